@@ -1,0 +1,43 @@
+// Training-input preparation in one kernel: u8 HWC images -> f32 NCHW crops with horizontal flip,
+// PCA-lighting delta (per sample, per channel) and per-pixel mean-image subtraction.
+
+typedef unsigned long long u64;
+
+struct AugmentParams {
+    unsigned int n;           // samples
+    unsigned int src_h, src_w;  // stored image size (u8 HWC, 3 channels)
+    unsigned int crop;        // output side
+    unsigned int mean_h, mean_w;  // mean image size (f32 HWC)
+    float scale;              // output multiplier (1 keeps the 0..255 scale)
+    unsigned int pad_;
+};
+
+// Per sample: crop origin in the stored image, crop origin in the mean image, flip flag and the
+// PCA-lighting delta (eigvec @ (alpha * eigval)) added to every pixel.
+struct AugmentSample {
+    unsigned int ox, oy;
+    unsigned int mox, moy;
+    unsigned int flip;
+    float delta[3];
+};
+
+// src: (N, SRC_H, SRC_W, 3) u8, mean: (MEAN_H, MEAN_W, 3) f32 -> x: (N, 3, CROP, CROP):
+// x[n,c,i,j] = (src[n, oy+i, ox+jj, c] + delta[c] - mean[moy+i, mox+jj, c]) * scale,
+// jj = flip ? CROP-1-j : j (the flip mirrors the crop; the mean is taken at the same source).
+extern "C" __global__ void augment_u8(const unsigned char* src, const float* mean,
+                                      const AugmentSample* samples, float* x, AugmentParams p) {
+    u64 plane = (u64)p.crop * p.crop;
+    u64 total = (u64)p.n * 3 * plane;
+    for (u64 t = blockIdx.x * (u64)blockDim.x + threadIdx.x; t < total;
+         t += (u64)gridDim.x * blockDim.x) {
+        unsigned j = (unsigned)(t % p.crop);
+        unsigned i = (unsigned)((t / p.crop) % p.crop);
+        unsigned c = (unsigned)((t / plane) % 3);
+        u64 n = t / (plane * 3);
+        AugmentSample s = samples[n];
+        unsigned jj = s.flip ? p.crop - 1 - j : j;
+        u64 si = ((n * p.src_h + s.oy + i) * p.src_w + s.ox + jj) * 3 + c;
+        u64 mi = (((u64)s.moy + i) * p.mean_w + s.mox + jj) * 3 + c;
+        x[t] = ((float)src[si] + s.delta[c] - mean[mi]) * p.scale;
+    }
+}

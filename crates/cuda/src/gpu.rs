@@ -1,0 +1,264 @@
+//! [`Gpu`]: one device context, one stream, the loaded kernel modules and the cuBLAS handle.
+
+use crate::error::{no_panic, CudaError};
+use crate::kernels::{cached_ptx, KernelFile};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Arithmetic precision of the GEMMs (convolutions and linear layers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// Strict f32 (cuBLAS `CUBLAS_COMPUTE_32F`, no tensor-core rounding); parity at 1e-4.
+    #[default]
+    F32,
+    /// f32 storage, TF32 tensor-core GEMMs (`CUBLAS_COMPUTE_32F_FAST_TF32`).
+    Tf32,
+    /// GEMM operands cast to bf16 right before each GEMM, f32 accumulation and f32 outputs;
+    /// master weights, activations, gradients and the optimizer stay f32.
+    Bf16,
+}
+
+impl Precision {
+    /// Parses `f32`, `tf32` or `bf16`.
+    pub fn parse(s: &str) -> Result<Precision, CudaError> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "tf32" => Ok(Precision::Tf32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(CudaError::invalid(
+                "precision",
+                format!("unknown precision {other:?}"),
+            )),
+        }
+    }
+
+    /// A documented relative-L2 bound against the f32 CPU reference for one op.
+    pub fn tolerance(self) -> f64 {
+        match self {
+            Precision::F32 => 1e-4,
+            Precision::Tf32 => 5e-3,
+            Precision::Bf16 => 3e-2,
+        }
+    }
+}
+
+/// Threads per block of the element-wise kernels.
+pub const BLOCK: u32 = 256;
+/// Largest grid of a grid-stride kernel (the kernels loop over the rest).
+pub const MAX_GRID: u64 = 1 << 16;
+
+/// Launch configuration for a grid-stride kernel over `n` elements, or `None` when `n == 0`.
+pub fn grid_for(n: u64) -> Option<LaunchConfig> {
+    if n == 0 {
+        return None;
+    }
+    let blocks = n.div_ceil(BLOCK as u64).min(MAX_GRID) as u32;
+    Some(LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// Number of CUDA devices; 0 when there is no driver or it fails (never panics).
+pub fn device_count() -> usize {
+    if !driver_available() {
+        return 0;
+    }
+    no_panic("device_count", || {
+        CudaContext::device_count().map_err(CudaError::driver("cuDeviceGetCount"))
+    })
+    .map(|n| n.max(0) as usize)
+    .unwrap_or(0)
+}
+
+/// True when libcuda can be loaded (never panics).
+pub fn driver_available() -> bool {
+    std::panic::catch_unwind(|| {
+        // SAFETY: `is_culib_present` only tries `dlopen` on candidate names.
+        unsafe { cudarc::driver::sys::is_culib_present() }
+    })
+    .unwrap_or(false)
+}
+
+/// True when libcublas can be loaded (never panics).
+pub fn cublas_available() -> bool {
+    std::panic::catch_unwind(|| {
+        // SAFETY: `is_culib_present` only tries `dlopen` on candidate names.
+        unsafe { cudarc::cublas::sys::is_culib_present() }
+    })
+    .unwrap_or(false)
+}
+
+/// True when libcudnn can be loaded (never panics). The convolutions currently use
+/// im2col + cuBLAS; cuDNN is reported for diagnostics only.
+pub fn cudnn_available() -> bool {
+    std::panic::catch_unwind(|| {
+        // SAFETY: `is_culib_present` only tries `dlopen` on candidate names.
+        unsafe { cudarc::cudnn::sys::is_culib_present() }
+    })
+    .unwrap_or(false)
+}
+
+/// One CUDA device: context, a single stream on which everything runs in order, the kernel
+/// modules (compiled once per process, loaded once per context) and a cuBLAS handle.
+pub struct Gpu {
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    pub(crate) blas: CudaBlas,
+    arch: Option<&'static str>,
+    name: String,
+    compute_capability: (i32, i32),
+    modules: Mutex<HashMap<KernelFile, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    /// Scratch for bf16 GEMM operands (grown on demand).
+    pub(crate) bf16_scratch: Mutex<Option<CudaSlice<u16>>>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu")
+            .field("name", &self.name)
+            .field("compute_capability", &self.compute_capability)
+            .finish()
+    }
+}
+
+impl Gpu {
+    /// Opens device `ordinal`. Errors (never panics) without a driver or device.
+    pub fn new(ordinal: usize) -> Result<Gpu, CudaError> {
+        if !driver_available() {
+            return Err(CudaError::NoDevice("libcuda could not be loaded".into()));
+        }
+        if !cublas_available() {
+            return Err(CudaError::NoDevice("libcublas could not be loaded".into()));
+        }
+        no_panic("Gpu::new", || {
+            let count = device_count();
+            if ordinal >= count {
+                return Err(CudaError::NoDevice(format!(
+                    "device {ordinal} requested, {count} present"
+                )));
+            }
+            let ctx = CudaContext::new(ordinal).map_err(CudaError::driver("cuCtx (context)"))?;
+            // SAFETY: every buffer and launch of this crate uses the one stream created below
+            // (cuBLAS is bound to it too), so no cross-stream synchronisation is needed; this
+            // runs before any buffer is allocated.
+            unsafe { ctx.disable_event_tracking() };
+            let stream = ctx
+                .new_stream()
+                .map_err(CudaError::driver("cuStreamCreate"))?;
+            let blas = CudaBlas::new(stream.clone()).map_err(CudaError::blas("cublasCreate"))?;
+            let compute_capability = ctx
+                .compute_capability()
+                .map_err(CudaError::driver("compute capability"))?;
+            let name = ctx.name().map_err(CudaError::driver("device name"))?;
+            let arch = match compute_capability {
+                (m, _) if m >= 9 => Some("compute_90"),
+                (8, _) => Some("compute_80"),
+                _ => None,
+            };
+            Ok(Gpu {
+                ctx,
+                stream,
+                blas,
+                arch,
+                name,
+                compute_capability,
+                modules: Mutex::new(HashMap::new()),
+                functions: Mutex::new(HashMap::new()),
+                bf16_scratch: Mutex::new(None),
+            })
+        })
+    }
+
+    /// The device name (e.g. "NVIDIA H100 80GB HBM3").
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// (major, minor) compute capability.
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.compute_capability
+    }
+
+    /// The stream all work runs on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Waits for all queued work.
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        self.stream
+            .synchronize()
+            .map_err(CudaError::driver("synchronize"))
+    }
+
+    /// The kernel `name` of `file` (compiled and loaded on first use).
+    pub(crate) fn function(
+        &self,
+        file: KernelFile,
+        name: &'static str,
+    ) -> Result<CudaFunction, CudaError> {
+        let mut funcs = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = funcs.get(name) {
+            return Ok(f.clone());
+        }
+        let module = {
+            let mut mods = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+            match mods.get(&file) {
+                Some(m) => m.clone(),
+                None => {
+                    let ptx = cached_ptx(file, self.arch)?;
+                    let m = self
+                        .ctx
+                        .load_module(ptx)
+                        .map_err(CudaError::driver(format!("load {}", file.file_name())))?;
+                    mods.insert(file, m.clone());
+                    m
+                }
+            }
+        };
+        let f = module
+            .load_function(name)
+            .map_err(CudaError::driver(format!(
+                "{}: kernel {name}",
+                file.file_name()
+            )))?;
+        funcs.insert(name, f.clone());
+        Ok(f)
+    }
+
+    /// Allocates `n` zeroed f32.
+    pub fn zeros(&self, n: usize) -> Result<CudaSlice<f32>, CudaError> {
+        self.stream
+            .alloc_zeros::<f32>(n.max(1))
+            .map_err(CudaError::driver(format!("alloc {n} f32")))
+    }
+
+    /// Copies host data to a new device buffer.
+    pub fn upload<T: cudarc::driver::DeviceRepr>(
+        &self,
+        v: &[T],
+    ) -> Result<CudaSlice<T>, CudaError> {
+        if v.is_empty() {
+            return Err(CudaError::invalid("upload", "empty buffer"));
+        }
+        self.stream
+            .clone_htod(v)
+            .map_err(CudaError::driver("copy host to device"))
+    }
+
+    /// Copies a device buffer (or view) to the host.
+    pub fn download<T, S>(&self, s: &S) -> Result<Vec<T>, CudaError>
+    where
+        T: cudarc::driver::DeviceRepr + Clone + Default,
+        S: cudarc::driver::DevicePtr<T>,
+    {
+        self.stream
+            .clone_dtoh(s)
+            .map_err(CudaError::driver("copy device to host"))
+    }
+}

@@ -1,0 +1,28 @@
+//! `alexnet-cuda`: the CUDA backend.
+//!
+//! - [`Gpu`]: context, one stream, NVRTC-compiled kernel modules (`kernels/*.cu`, compiled once
+//!   per process and cached by [`kernels::KernelFile`]), a cuBLAS handle.
+//! - [`ops`]: one module per op family with the launch code of its kernels.
+//! - [`GpuNet`]: a whole [`alexnet_tensor::spec::Plan`] on the device, with flat parameter,
+//!   gradient and momentum buffers laid out exactly like the plan (checkpoints interchangeable
+//!   with the CPU path).
+//! - [`check_kernels`]: NVRTC-compiles every kernel (needs libnvrtc only, no GPU).
+//!
+//! Everything loads the CUDA libraries at run time (cudarc dynamic loading): the crate builds
+//! and its CPU-side tests pass on machines without CUDA; [`Gpu::new`] then returns an error and
+//! [`device_count`] returns 0, never a panic.
+
+pub mod bench;
+pub mod error;
+pub mod gpu;
+pub mod hash;
+pub mod kernels;
+pub mod net;
+pub mod ops;
+
+pub use bench::bench_train_step;
+pub use error::CudaError;
+pub use gpu::{cublas_available, cudnn_available, device_count, driver_available, Gpu, Precision};
+pub use kernels::{check_kernels, nvrtc_available};
+pub use net::GpuNet;
+pub use ops::augment::{AugmentParams, AugmentSample};

@@ -1,0 +1,403 @@
+//! [`GpuNet`]: a planned network on one GPU. Parameters, gradients and momentum are single flat
+//! device buffers with exactly the [`Plan`]'s offsets, so a checkpoint taken on the GPU loads on
+//! the CPU and back.
+//!
+//! Fusions: conv + ReLU and linear + ReLU (bias and ReLU in the GEMM epilogue), LRN + max-pool
+//! (the LRN output is never stored; its backward is recomputed from the LRN input), SGD over the
+//! whole flat buffer in one launch.
+
+mod pass;
+mod stages;
+
+use crate::error::CudaError;
+use crate::gpu::{Gpu, Precision};
+use crate::ops::augment::{AugmentParams, AugmentSample};
+use crate::ops::conv::ConvWorkspace;
+use alexnet_tensor::spec::Plan;
+use cudarc::driver::CudaSlice;
+use stages::{build_stages, Stage};
+use std::sync::Arc;
+
+/// Elements of the convolution column buffer above which convolutions run in sample chunks.
+pub const COL_BUDGET: usize = 1 << 26;
+
+/// A planned network on one GPU (see the module docs).
+pub struct GpuNet {
+    gpu: Arc<Gpu>,
+    plan: Plan,
+    batch: usize,
+    precision: Precision,
+    stages: Vec<Stage>,
+    /// acts[0] is the input; each stage writes its own output buffer.
+    acts: Vec<CudaSlice<f32>>,
+    /// Per-sample element count of each activation buffer.
+    act_len: Vec<usize>,
+    args: Vec<CudaSlice<i32>>,
+    params: CudaSlice<f32>,
+    grads: CudaSlice<f32>,
+    momentum: CudaSlice<f32>,
+    /// Ping-pong gradient buffers (each as large as the largest activation).
+    gbuf: [CudaSlice<f32>; 2],
+    ws: ConvWorkspace,
+    labels: CudaSlice<u32>,
+    row_loss: CudaSlice<f32>,
+    mean: Option<(CudaSlice<f32>, usize, usize)>,
+    input_grad: bool,
+    /// Which of `gbuf` holds the input gradient after the last backward (when enabled).
+    input_grad_at: Option<usize>,
+    /// Samples of the last forward.
+    last_n: usize,
+}
+
+impl std::fmt::Debug for GpuNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuNet")
+            .field("batch", &self.batch)
+            .field("precision", &self.precision)
+            .field("stages", &self.stages.len())
+            .finish()
+    }
+}
+
+impl GpuNet {
+    /// Allocates the network for batches of at most `batch` samples. Parameters start at zero:
+    /// upload them with [`GpuNet::upload_params`].
+    pub fn new(
+        gpu: Arc<Gpu>,
+        plan: &Plan,
+        batch: usize,
+        precision: Precision,
+    ) -> Result<Self, CudaError> {
+        if batch == 0 {
+            return Err(CudaError::invalid("GpuNet::new", "batch must be > 0"));
+        }
+        let built = build_stages(plan, batch)?;
+        let mut acts = Vec::with_capacity(built.act_len.len());
+        for &l in &built.act_len {
+            acts.push(gpu.zeros(l * batch)?);
+        }
+        let mut args = Vec::with_capacity(built.arg_len.len());
+        for &l in &built.arg_len {
+            args.push(
+                gpu.stream
+                    .alloc_zeros::<i32>((l * batch).max(1))
+                    .map_err(CudaError::driver("alloc argmax"))?,
+            );
+        }
+        let max_act = built.act_len.iter().copied().max().unwrap_or(1) * batch;
+        let gbuf = [gpu.zeros(max_act)?, gpu.zeros(max_act)?];
+        let ws = ConvWorkspace::new(&gpu, built.col_cap, built.tmp_cap)?;
+        let total = plan.total;
+        Ok(GpuNet {
+            params: gpu.zeros(total)?,
+            grads: gpu.zeros(total)?,
+            momentum: gpu.zeros(total)?,
+            labels: gpu
+                .stream
+                .alloc_zeros::<u32>(batch)
+                .map_err(CudaError::driver("alloc labels"))?,
+            row_loss: gpu.zeros(batch)?,
+            plan: plan.clone(),
+            batch,
+            precision,
+            stages: built.stages,
+            acts,
+            act_len: built.act_len,
+            args,
+            gbuf,
+            ws,
+            mean: None,
+            input_grad: false,
+            input_grad_at: None,
+            last_n: 0,
+            gpu,
+        })
+    }
+
+    /// The plan this network runs.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The largest batch.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// The GEMM precision.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Changes the GEMM precision.
+    pub fn set_precision(&mut self, p: Precision) {
+        self.precision = p;
+    }
+
+    /// The device.
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// Also compute the gradient of the input in `forward_backward` (off by default: training
+    /// does not need it).
+    pub fn set_input_grad(&mut self, on: bool) {
+        self.input_grad = on;
+    }
+
+    fn upload_flat(&mut self, which: u8, v: &[f32]) -> Result<(), CudaError> {
+        if v.len() != self.plan.total {
+            return Err(CudaError::shape(
+                "upload",
+                format!(
+                    "{} values for a plan of {} parameters",
+                    v.len(),
+                    self.plan.total
+                ),
+            ));
+        }
+        let s = self.gpu.stream.clone();
+        let dst = if which == 0 {
+            &mut self.params
+        } else {
+            &mut self.momentum
+        };
+        s.memcpy_htod(v, dst)
+            .map_err(CudaError::driver("upload flat buffer"))
+    }
+
+    /// Uploads the flat parameter buffer (the plan's layout).
+    pub fn upload_params(&mut self, params: &[f32]) -> Result<(), CudaError> {
+        self.upload_flat(0, params)
+    }
+
+    /// Uploads the momentum (velocity) buffer (the plan's layout).
+    pub fn upload_momentum(&mut self, v: &[f32]) -> Result<(), CudaError> {
+        self.upload_flat(1, v)
+    }
+
+    /// Downloads the flat parameter buffer.
+    pub fn download_params(&self) -> Result<Vec<f32>, CudaError> {
+        self.gpu.download(&self.params.slice(0..self.plan.total))
+    }
+
+    /// Downloads the gradients of the last `forward_backward`.
+    pub fn download_grads(&self) -> Result<Vec<f32>, CudaError> {
+        self.gpu.download(&self.grads.slice(0..self.plan.total))
+    }
+
+    /// Downloads the momentum buffer.
+    pub fn download_momentum(&self) -> Result<Vec<f32>, CudaError> {
+        self.gpu.download(&self.momentum.slice(0..self.plan.total))
+    }
+
+    /// Zeroes the momentum buffer.
+    pub fn reset_momentum(&mut self) -> Result<(), CudaError> {
+        let s = self.gpu.stream.clone();
+        s.memset_zeros(&mut self.momentum)
+            .map_err(CudaError::driver("zero momentum"))
+    }
+
+    /// Uploads the per-pixel mean image (HWC, f32, `h` x `w` x 3) used by the u8 path.
+    pub fn set_mean_image(&mut self, mean: &[f32], h: usize, w: usize) -> Result<(), CudaError> {
+        if mean.len() != h * w * 3 || mean.is_empty() {
+            return Err(CudaError::shape(
+                "set_mean_image",
+                format!("{} values for {h}x{w}x3", mean.len()),
+            ));
+        }
+        self.mean = Some((self.gpu.upload(mean)?, h, w));
+        Ok(())
+    }
+
+    /// The output of layer `name` in the last forward ((n, per-sample shape) row-major), for
+    /// locating mismatches. Layers fused into a later stage that is not stored (the LRN before a
+    /// pool) are an error; a fused ReLU returns its conv/linear stage output (= the ReLU output).
+    pub fn download_activation(&self, name: &str) -> Result<Vec<f32>, CudaError> {
+        let idx = self
+            .stages
+            .iter()
+            .find_map(|s| s.names().iter().any(|n| n == name).then_some(s.out()))
+            .ok_or_else(|| {
+                CudaError::invalid(
+                    "download_activation",
+                    format!("no stored output for layer {name:?}"),
+                )
+            })?;
+        let len = self.act_len[idx] * self.last_n;
+        self.gpu.download(&self.acts[idx].slice(0..len))
+    }
+
+    /// The gradient of the input (N, C, H, W) of the last `forward_backward` (needs
+    /// [`GpuNet::set_input_grad`]).
+    pub fn download_input_grad(&self) -> Result<Vec<f32>, CudaError> {
+        let at = self.input_grad_at.ok_or_else(|| {
+            CudaError::invalid(
+                "download_input_grad",
+                "enable set_input_grad before forward_backward",
+            )
+        })?;
+        let len = self.act_len[0] * self.last_n;
+        self.gpu.download(&self.gbuf[at].slice(0..len))
+    }
+
+    /// Uploads x: (n, C, H, W) into the input buffer; returns n.
+    fn load_input(&mut self, x: &[f32]) -> Result<usize, CudaError> {
+        let per = self.act_len[0];
+        if per == 0 || x.is_empty() || x.len() / per * per != x.len() || x.len() / per > self.batch
+        {
+            return Err(CudaError::shape(
+                "forward",
+                format!(
+                    "input of {} values is not n x {per} with 1 <= n <= {}",
+                    x.len(),
+                    self.batch
+                ),
+            ));
+        }
+        let s = self.gpu.stream.clone();
+        let mut dst = self.acts[0].slice_mut(0..x.len());
+        s.memcpy_htod(x, &mut dst)
+            .map_err(CudaError::driver("upload input"))?;
+        Ok(x.len() / per)
+    }
+
+    fn load_labels(&mut self, labels: &[u32], n: usize) -> Result<(), CudaError> {
+        if labels.len() != n {
+            return Err(CudaError::shape(
+                "forward_backward",
+                format!("{} labels for {n} samples", labels.len()),
+            ));
+        }
+        let c = self.plan.num_classes;
+        if let Some(bad) = labels.iter().find(|&&l| l as usize >= c) {
+            return Err(CudaError::invalid(
+                "forward_backward",
+                format!("label {bad} >= {c} classes"),
+            ));
+        }
+        let s = self.gpu.stream.clone();
+        let mut dst = self.labels.slice_mut(0..n);
+        s.memcpy_htod(labels, &mut dst)
+            .map_err(CudaError::driver("upload labels"))
+    }
+
+    /// Forward pass of x: (n, C, H, W), n <= batch; returns the logits (n, classes). With
+    /// `train`, dropout draws its mask from `dropout_seed`; otherwise dropout is the identity.
+    pub fn forward(
+        &mut self,
+        x: &[f32],
+        train: bool,
+        dropout_seed: u64,
+    ) -> Result<Vec<f32>, CudaError> {
+        let n = self.load_input(x)?;
+        self.run_forward(n, train, dropout_seed)?;
+        let last = self.stages.last().map(|s| s.out()).unwrap_or(0);
+        self.gpu
+            .download(&self.acts[last].slice(0..n * self.plan.num_classes))
+    }
+
+    /// Forward + backward of x: (n, C, H, W) with `labels` (n) at training mode; fills the
+    /// gradients (overwritten, not accumulated) and returns the mean cross-entropy.
+    pub fn forward_backward(
+        &mut self,
+        x: &[f32],
+        labels: &[u32],
+        dropout_seed: u64,
+    ) -> Result<f32, CudaError> {
+        let n = self.load_input(x)?;
+        self.load_labels(labels, n)?;
+        self.run_forward(n, true, dropout_seed)?;
+        let loss = self.run_loss(n)?;
+        self.run_backward(n, dropout_seed)?;
+        Ok(loss)
+    }
+
+    /// One SGD step (the paper's rule) over the whole flat buffer in one launch.
+    pub fn sgd_step(&mut self, lr: f32, momentum: f32, weight_decay: f32) -> Result<(), CudaError> {
+        let n = self.plan.total;
+        let g = self.grads.slice(0..n);
+        crate::ops::sgd::sgd_step(
+            &self.gpu,
+            &mut self.params.slice_mut(0..n),
+            &g,
+            &mut self.momentum.slice_mut(0..n),
+            n,
+            (lr, momentum, weight_decay),
+        )
+    }
+
+    /// One training step from u8 images: the augment kernel builds the input (crop, flip, PCA
+    /// lighting, mean subtraction; see [`crate::ops::augment`]), then forward, backward and SGD.
+    /// images: (n, src_h, src_w, 3) u8 HWC; `samples` (n) gives each crop. Needs
+    /// [`GpuNet::set_mean_image`]. Returns the mean loss.
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_step_u8(
+        &mut self,
+        images: &[u8],
+        (src_h, src_w): (usize, usize),
+        samples: &[AugmentSample],
+        labels: &[u32],
+        dropout_seed: u64,
+        (lr, momentum, weight_decay): (f32, f32, f32),
+    ) -> Result<f32, CudaError> {
+        let n = self.augment_input(images, (src_h, src_w), samples)?;
+        self.load_labels(labels, n)?;
+        self.run_forward(n, true, dropout_seed)?;
+        let loss = self.run_loss(n)?;
+        self.run_backward(n, dropout_seed)?;
+        self.sgd_step(lr, momentum, weight_decay)?;
+        Ok(loss)
+    }
+
+    /// Builds the input buffer from u8 images through the augment kernel; returns n.
+    pub fn augment_input(
+        &mut self,
+        images: &[u8],
+        (src_h, src_w): (usize, usize),
+        samples: &[AugmentSample],
+    ) -> Result<usize, CudaError> {
+        let [c, h, w] = self.plan.input;
+        if c != 3 || h != w {
+            return Err(CudaError::invalid(
+                "augment",
+                format!("input {c}x{h}x{w} is not 3 x S x S"),
+            ));
+        }
+        let n = samples.len();
+        if n == 0 || n > self.batch || images.len() != n * src_h * src_w * 3 {
+            return Err(CudaError::shape(
+                "augment",
+                format!(
+                    "{} bytes / {n} samples for batch <= {} of {src_h}x{src_w}x3",
+                    images.len(),
+                    self.batch
+                ),
+            ));
+        }
+        let (mean, mh, mw) = self
+            .mean
+            .as_ref()
+            .ok_or_else(|| CudaError::invalid("augment", "no mean image (call set_mean_image)"))?;
+        let mut p = AugmentParams::square(n, src_h, h, *mh)?;
+        p.src_w = crate::ops::u32_of("augment", "src_w", src_w)?;
+        p.mean_w = crate::ops::u32_of("augment", "mean_w", *mw)?;
+        let src = self.gpu.upload(images)?;
+        let mut x = self.acts[0].slice_mut(0..n * c * h * w);
+        crate::ops::augment::augment_u8(
+            &self.gpu,
+            &src.as_view(),
+            &mean.as_view(),
+            samples,
+            &mut x,
+            p,
+        )?;
+        Ok(n)
+    }
+
+    /// Mutable access to the flat device buffers (params, grads) for callers that fuse their
+    /// own kernels (e.g. multi-GPU gradient reduction).
+    pub fn buffers_mut(&mut self) -> (&mut CudaSlice<f32>, &mut CudaSlice<f32>) {
+        (&mut self.params, &mut self.grads)
+    }
+}

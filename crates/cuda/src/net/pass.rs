@@ -1,0 +1,399 @@
+//! Forward, loss and backward passes of [`GpuNet`] over its stage list.
+
+use super::stages::{Span, Stage};
+use super::GpuNet;
+use crate::error::CudaError;
+use crate::hash::layer_seed;
+use crate::ops::conv::{conv_backward, conv_forward, ConvShape};
+use crate::ops::elementwise::{bias_act, col_sum, dropout_apply, relu_fwd, relu_mask};
+use crate::ops::gemm::{gemm, MatDesc};
+use crate::ops::lrn::{
+    lrn_bwd, lrn_fwd, lrn_pool_fwd, maxpool_bwd, maxpool_fwd, LrnParams, PoolGeom,
+};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+
+/// (&bufs[i], &mut bufs[o]) for i < o.
+fn in_out<T>(
+    bufs: &mut [CudaSlice<T>],
+    i: usize,
+    o: usize,
+) -> Result<(&CudaSlice<T>, &mut CudaSlice<T>), CudaError> {
+    if i >= o || o >= bufs.len() {
+        return Err(CudaError::invalid(
+            "GpuNet",
+            format!("buffer order {i} -> {o}"),
+        ));
+    }
+    let (lo, hi) = bufs.split_at_mut(o);
+    Ok((&lo[i], &mut hi[0]))
+}
+
+/// Runs `f` on mutable views of two disjoint spans (weight, bias) of the flat gradient buffer.
+fn with_spans<R>(
+    buf: &mut CudaSlice<f32>,
+    a: Span,
+    b: Span,
+    f: impl FnOnce(&mut CudaViewMut<f32>, &mut CudaViewMut<f32>) -> Result<R, CudaError>,
+) -> Result<R, CudaError> {
+    let bad = || {
+        CudaError::invalid(
+            "GpuNet",
+            format!("parameter spans {a:?} {b:?} overlap or exceed the buffer"),
+        )
+    };
+    let len = buf.len();
+    if a.0 + a.1 > len || b.0 + b.1 > len {
+        return Err(bad());
+    }
+    if a.0 + a.1 <= b.0 {
+        let (mut lo, mut hi) = buf.split_at_mut(b.0);
+        let mut wa = lo.try_slice_mut(a.0..a.0 + a.1).ok_or_else(bad)?;
+        let mut hb = hi.try_slice_mut(0..b.1).ok_or_else(bad)?;
+        f(&mut wa, &mut hb)
+    } else if b.0 + b.1 <= a.0 {
+        let (mut lo, mut hi) = buf.split_at_mut(a.0);
+        let mut wb = lo.try_slice_mut(b.0..b.0 + b.1).ok_or_else(bad)?;
+        let mut ha = hi.try_slice_mut(0..a.1).ok_or_else(bad)?;
+        f(&mut ha, &mut wb)
+    } else {
+        Err(bad())
+    }
+}
+
+fn span_view(buf: &CudaSlice<f32>, s: Span) -> Result<CudaView<'_, f32>, CudaError> {
+    buf.try_slice(s.0..s.0 + s.1)
+        .ok_or_else(|| CudaError::invalid("GpuNet", format!("span {s:?} outside the buffer")))
+}
+
+fn lrn_q(
+    n: usize,
+    c: usize,
+    hw: usize,
+    size: usize,
+    alpha: f32,
+    beta: f32,
+    k: f32,
+) -> Result<LrnParams, CudaError> {
+    LrnParams::new(n, c, hw, size, alpha, beta, k, false)
+}
+
+impl GpuNet {
+    pub(super) fn run_forward(
+        &mut self,
+        n: usize,
+        train: bool,
+        seed: u64,
+    ) -> Result<(), CudaError> {
+        self.last_n = n;
+        self.input_grad_at = None;
+        let gpu = self.gpu.clone();
+        let prec = self.precision;
+        for st in &self.stages {
+            let (inp, out) = (st.inp(), st.out());
+            let (xs, ys) = in_out(&mut self.acts, inp, out)?;
+            let x = xs.as_view();
+            let mut y = ys.as_view_mut();
+            match st {
+                Stage::Conv {
+                    shape, relu, w, b, ..
+                } => {
+                    let s = ConvShape { n, ..*shape };
+                    let (wv, bv) = (span_view(&self.params, *w)?, span_view(&self.params, *b)?);
+                    // x: (n, C, H, W) -> y: (n, O, HO, WO)
+                    conv_forward(&gpu, prec, &s, &x, &wv, &bv, &mut y, *relu, &mut self.ws)?;
+                }
+                Stage::Linear {
+                    fin,
+                    fout,
+                    relu,
+                    w,
+                    b,
+                    ..
+                } => {
+                    let (wv, bv) = (span_view(&self.params, *w)?, span_view(&self.params, *b)?);
+                    // y (n, out) = x (n, in) @ W^T (in, out)
+                    gemm(
+                        &gpu,
+                        prec,
+                        1.0,
+                        &x,
+                        MatDesc::new(n, *fin),
+                        &wv,
+                        MatDesc::new(*fout, *fin).t(),
+                        0.0,
+                        &mut y,
+                        MatDesc::new(n, *fout),
+                    )?;
+                    // y (n, out, 1) += b (+ReLU)
+                    bias_act(&gpu, &mut y, &bv, (n, *fout, 1), *relu)?;
+                }
+                Stage::Relu { len, .. } => relu_fwd(&gpu, &x, &mut y, n * len)?, // (n * len)
+                Stage::Lrn {
+                    c,
+                    hw,
+                    size,
+                    alpha,
+                    beta,
+                    k,
+                    ..
+                } => {
+                    // x, y: (n, C, H, W)
+                    lrn_fwd(
+                        &gpu,
+                        &x,
+                        &mut y,
+                        lrn_q(n, *c, *hw, *size, *alpha, *beta, *k)?,
+                    )?;
+                }
+                Stage::Pool {
+                    c,
+                    h,
+                    w,
+                    k,
+                    stride,
+                    arg,
+                    ..
+                } => {
+                    let g = PoolGeom::new(n * c, *h, *w, *k, *stride)?;
+                    // x: (n*C, H, W) -> y, arg: (n*C, HO, WO)
+                    maxpool_fwd(&gpu, &x, &mut y, &mut self.args[*arg].as_view_mut(), g)?;
+                }
+                Stage::LrnPool {
+                    c,
+                    h,
+                    w,
+                    size,
+                    alpha,
+                    beta,
+                    k,
+                    pk,
+                    pstride,
+                    arg,
+                    ..
+                } => {
+                    let q = lrn_q(n, *c, h * w, *size, *alpha, *beta, *k)?;
+                    let g = PoolGeom::new(n * c, *h, *w, *pk, *pstride)?;
+                    // x: (n, C, H, W) -> y, arg: (n, C, HO, WO)
+                    lrn_pool_fwd(&gpu, &x, &mut y, &mut self.args[*arg].as_view_mut(), q, g)?;
+                }
+                Stage::Dropout { len, p, layer, .. } => {
+                    if train && *p > 0.0 {
+                        // x, y: (n * len)
+                        dropout_apply(&gpu, &x, &mut y, n * len, *p, layer_seed(seed, *layer))?;
+                    } else {
+                        let s = gpu.stream.clone();
+                        s.memcpy_dtod(&x.slice(0..n * len), &mut y.slice_mut(0..n * len))
+                            .map_err(CudaError::driver("dropout (eval copy)"))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Softmax cross-entropy of the last stage's output; writes dlogits into gbuf[0] and returns
+    /// the mean loss (summed in f64 on the host).
+    pub(super) fn run_loss(&mut self, n: usize) -> Result<f32, CudaError> {
+        let c = self.plan.num_classes;
+        let last = self.stages.last().map(|s| s.out()).unwrap_or(0);
+        let logits = self.acts[last].slice(0..n * c);
+        let labels = self.labels.slice(0..n);
+        // logits: (n, classes) -> dlogits: (n, classes), row_loss: (n)
+        crate::ops::loss::softmax_ce(
+            &self.gpu,
+            &logits,
+            &labels,
+            &mut self.gbuf[0].slice_mut(0..n * c),
+            &mut self.row_loss.slice_mut(0..n),
+            (n, c),
+        )?;
+        let rows = self.gpu.download(&self.row_loss.slice(0..n))?;
+        let sum: f64 = rows.iter().map(|&r| r as f64).sum();
+        Ok((sum / n as f64) as f32)
+    }
+
+    /// Backward from the loss gradient in gbuf[0] down to the first stage.
+    pub(super) fn run_backward(&mut self, n: usize, seed: u64) -> Result<(), CudaError> {
+        let gpu = self.gpu.clone();
+        let prec = self.precision;
+        let mut cur = 0usize;
+        for (si, st) in self.stages.iter().enumerate().rev() {
+            let need_dx = si > 0 || self.input_grad;
+            let (x, y) = (&self.acts[st.inp()], &self.acts[st.out()]);
+            let (g0, g1) = self.gbuf.split_at_mut(1);
+            let (gc, go) = if cur == 0 {
+                (&mut g0[0], &mut g1[0])
+            } else {
+                (&mut g1[0], &mut g0[0])
+            };
+            let mut swap = true;
+            match st {
+                Stage::Conv {
+                    shape, relu, w, b, ..
+                } => {
+                    let s = ConvShape { n, ..*shape };
+                    let wv = span_view(&self.params, *w)?;
+                    let ym = if *relu { Some(y.as_view()) } else { None };
+                    let mut dx = go.as_view_mut();
+                    let ws = &mut self.ws;
+                    with_spans(&mut self.grads, *w, *b, |dw, db| {
+                        // dy: (n, O, HO, WO) -> dw, db, dx: (n, C, H, W)
+                        conv_backward(
+                            &gpu,
+                            prec,
+                            &s,
+                            &x.as_view(),
+                            &wv,
+                            ym.as_ref(),
+                            &gc.as_view(),
+                            need_dx.then_some(&mut dx),
+                            dw,
+                            db,
+                            ws,
+                        )
+                    })?;
+                    swap = need_dx;
+                }
+                Stage::Linear {
+                    fin,
+                    fout,
+                    relu,
+                    w,
+                    b,
+                    ..
+                } => {
+                    if *relu {
+                        // g (n * out) *= (y > 0)
+                        relu_mask(&gpu, &y.as_view(), &mut gc.as_view_mut(), n * fout)?;
+                    }
+                    let wv = span_view(&self.params, *w)?;
+                    let g = gc.as_view();
+                    with_spans(&mut self.grads, *w, *b, |dw, db| {
+                        // db (out) = column sums of g (n, out)
+                        col_sum(&gpu, &g, db, (n, *fout))?;
+                        // dW (out, in) = g^T (out, n) @ x (n, in)
+                        gemm(
+                            &gpu,
+                            prec,
+                            1.0,
+                            &g,
+                            MatDesc::new(n, *fout).t(),
+                            &x.as_view(),
+                            MatDesc::new(n, *fin),
+                            0.0,
+                            dw,
+                            MatDesc::new(*fout, *fin),
+                        )
+                    })?;
+                    if need_dx {
+                        // dx (n, in) = g (n, out) @ W (out, in)
+                        gemm(
+                            &gpu,
+                            prec,
+                            1.0,
+                            &g,
+                            MatDesc::new(n, *fout),
+                            &wv,
+                            MatDesc::new(*fout, *fin),
+                            0.0,
+                            &mut go.as_view_mut(),
+                            MatDesc::new(n, *fin),
+                        )?;
+                    }
+                    swap = need_dx;
+                }
+                Stage::Relu { len, .. } => {
+                    // g (n * len) *= (y > 0), in place
+                    relu_mask(&gpu, &y.as_view(), &mut gc.as_view_mut(), n * len)?;
+                    swap = false;
+                }
+                Stage::Lrn {
+                    c,
+                    hw,
+                    size,
+                    alpha,
+                    beta,
+                    k,
+                    ..
+                } => {
+                    // x, dy, dx: (n, C, H, W)
+                    lrn_bwd(
+                        &gpu,
+                        &x.as_view(),
+                        &gc.as_view(),
+                        &mut go.as_view_mut(),
+                        lrn_q(n, *c, *hw, *size, *alpha, *beta, *k)?,
+                    )?;
+                }
+                Stage::Pool {
+                    c,
+                    h,
+                    w,
+                    k,
+                    stride,
+                    arg,
+                    ..
+                } => {
+                    let g = PoolGeom::new(n * c, *h, *w, *k, *stride)?;
+                    // dy, arg: (n*C, HO, WO) -> dx: (n*C, H, W)
+                    maxpool_bwd(
+                        &gpu,
+                        &gc.as_view(),
+                        &self.args[*arg].as_view(),
+                        &mut go.as_view_mut(),
+                        g,
+                    )?;
+                }
+                Stage::LrnPool {
+                    c,
+                    h,
+                    w,
+                    size,
+                    alpha,
+                    beta,
+                    k,
+                    pk,
+                    pstride,
+                    arg,
+                    ..
+                } => {
+                    let g = PoolGeom::new(n * c, *h, *w, *pk, *pstride)?;
+                    // dy, arg: (n*C, HO, WO) -> d(LRN out): (n, C, H, W) in the other buffer
+                    maxpool_bwd(
+                        &gpu,
+                        &gc.as_view(),
+                        &self.args[*arg].as_view(),
+                        &mut go.as_view_mut(),
+                        g,
+                    )?;
+                    let q = lrn_q(n, *c, h * w, *size, *alpha, *beta, *k)?;
+                    // x, d(LRN out) -> dx: (n, C, H, W) back in the current buffer
+                    lrn_bwd(&gpu, &x.as_view(), &go.as_view(), &mut gc.as_view_mut(), q)?;
+                    swap = false;
+                }
+                Stage::Dropout { len, p, layer, .. } => {
+                    if *p > 0.0 {
+                        // dy, dx: (n * len), same mask as the forward
+                        dropout_apply(
+                            &gpu,
+                            &gc.as_view(),
+                            &mut go.as_view_mut(),
+                            n * len,
+                            *p,
+                            layer_seed(seed, *layer),
+                        )?;
+                    } else {
+                        swap = false;
+                    }
+                }
+            }
+            if swap {
+                cur = 1 - cur;
+            }
+            if si == 0 && self.input_grad {
+                self.input_grad_at = Some(cur);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,132 @@
+//! Launch of `kernels/augment.cu`: u8 HWC images -> f32 NCHW crops with flip, PCA lighting and
+//! mean subtraction in one kernel.
+
+use super::{check_len, u32_of};
+use crate::error::CudaError;
+use crate::gpu::{grid_for, Gpu};
+use crate::kernels::KernelFile;
+use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
+
+/// `AugmentParams` of kernels/augment.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AugmentParams {
+    pub n: u32,
+    pub src_h: u32,
+    pub src_w: u32,
+    pub crop: u32,
+    pub mean_h: u32,
+    pub mean_w: u32,
+    pub scale: f32,
+    pub pad_: u32,
+}
+
+// SAFETY: `#[repr(C)]` of u32/f32 fields, identical to the C struct `AugmentParams`.
+unsafe impl DeviceRepr for AugmentParams {}
+
+/// Per-sample augmentation (`AugmentSample` of kernels/augment.cu): crop origin in the stored
+/// image (`ox`, `oy`) and in the mean image (`mox`, `moy`), horizontal flip, and the PCA-lighting
+/// delta `eigvec @ (alpha * eigval)` added to every pixel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct AugmentSample {
+    pub ox: u32,
+    pub oy: u32,
+    pub mox: u32,
+    pub moy: u32,
+    pub flip: u32,
+    pub delta: [f32; 3],
+}
+
+// SAFETY: `#[repr(C)]` of u32/f32 fields, identical to the C struct `AugmentSample`.
+unsafe impl DeviceRepr for AugmentSample {}
+
+impl AugmentParams {
+    /// Checks every sample's crop against the image and mean sizes.
+    pub fn validate(&self, samples: &[AugmentSample]) -> Result<(), CudaError> {
+        if samples.len() != self.n as usize {
+            return Err(CudaError::shape(
+                "augment",
+                format!("{} samples for n = {}", samples.len(), self.n),
+            ));
+        }
+        for (i, s) in samples.iter().enumerate() {
+            let fits = |o: u32, side: u32| o as u64 + self.crop as u64 <= side as u64;
+            if !(fits(s.ox, self.src_w) && fits(s.oy, self.src_h)) {
+                return Err(CudaError::invalid(
+                    "augment",
+                    format!(
+                        "sample {i}: crop {} at ({}, {}) outside {}x{}",
+                        self.crop, s.ox, s.oy, self.src_w, self.src_h
+                    ),
+                ));
+            }
+            if !(fits(s.mox, self.mean_w) && fits(s.moy, self.mean_h)) {
+                return Err(CudaError::invalid(
+                    "augment",
+                    format!(
+                        "sample {i}: mean crop at ({}, {}) outside {}x{}",
+                        s.mox, s.moy, self.mean_w, self.mean_h
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Parameters for `n` images of `src` x `src` cropped to `crop`, mean image `mean` x `mean`.
+    pub fn square(n: usize, src: usize, crop: usize, mean: usize) -> Result<Self, CudaError> {
+        let u = |what, v| u32_of("augment", what, v);
+        Ok(AugmentParams {
+            n: u("n", n)?,
+            src_h: u("src", src)?,
+            src_w: u("src", src)?,
+            crop: u("crop", crop)?,
+            mean_h: u("mean", mean)?,
+            mean_w: u("mean", mean)?,
+            scale: 1.0,
+            pad_: 0,
+        })
+    }
+}
+
+/// src: (N, SRC_H, SRC_W, 3) u8, mean: (MEAN_H, MEAN_W, 3) f32, samples: (N) (host, validated
+/// and uploaded here) -> x: (N, 3, CROP, CROP) f32.
+pub fn augment_u8(
+    gpu: &Gpu,
+    src: &CudaView<u8>,
+    mean: &CudaView<f32>,
+    samples: &[AugmentSample],
+    x: &mut CudaViewMut<f32>,
+    p: AugmentParams,
+) -> Result<(), CudaError> {
+    p.validate(samples)?;
+    let n = p.n as usize;
+    check_len(
+        "augment",
+        "images",
+        src.len(),
+        n * p.src_h as usize * p.src_w as usize * 3,
+    )?;
+    check_len(
+        "augment",
+        "mean",
+        mean.len(),
+        p.mean_h as usize * p.mean_w as usize * 3,
+    )?;
+    let out = n * 3 * p.crop as usize * p.crop as usize;
+    check_len("augment", "x", x.len(), out)?;
+    let Some(cfg) = grid_for(out as u64) else {
+        return Ok(());
+    };
+    let f = gpu.function(KernelFile::Augment, "augment_u8")?;
+    let samples = gpu.upload(samples)?;
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(src).arg(mean).arg(&samples).arg(x).arg(&p);
+    // SAFETY: types match `augment_u8(const u8*, const float*, const AugmentSample*, float*,
+    // AugmentParams)`; buffer sizes are checked and every crop is validated above against the
+    // image and mean sizes.
+    unsafe { l.launch(cfg) }
+        .map_err(CudaError::driver("augment_u8"))
+        .map(|_| ())
+}

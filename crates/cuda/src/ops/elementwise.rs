@@ -1,0 +1,236 @@
+//! Launches of `kernels/elementwise.cu`: bias (+ReLU), ReLU, dropout, bias-gradient sums and the
+//! NCHW <-> CNHW transposes around the convolution GEMMs.
+
+use super::check_len;
+use crate::error::CudaError;
+use crate::gpu::{grid_for, Gpu};
+use crate::kernels::KernelFile;
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+
+const F: KernelFile = KernelFile::Elementwise;
+
+fn launch_err(op: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> CudaError {
+    CudaError::driver(op)
+}
+
+/// y: (N, C, HW) in place: y += b[c], then ReLU when `relu`.
+pub fn bias_act(
+    gpu: &Gpu,
+    y: &mut CudaViewMut<f32>,
+    b: &CudaView<f32>,
+    (n, c, hw): (usize, usize, usize),
+    relu: bool,
+) -> Result<(), CudaError> {
+    check_len("bias_act", "y", y.len(), n * c * hw)?;
+    check_len("bias_act", "b", b.len(), c)?;
+    let Some(cfg) = grid_for((n * c * hw) as u64) else {
+        return Ok(());
+    };
+    let f = gpu.function(F, "bias_act")?;
+    let (n, c, hw, r) = (n as u64, c as u64, hw as u64, relu as i32);
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(y).arg(b).arg(&n).arg(&c).arg(&hw).arg(&r);
+    // SAFETY: argument types match `bias_act(float*, const float*, u64, u64, u64, int)` and the
+    // buffers hold n*c*hw and c elements (checked above).
+    unsafe { l.launch(cfg) }
+        .map_err(launch_err("bias_act"))
+        .map(|_| ())
+}
+
+/// t: (C, NB, HW) -> y: (NB, C, HW) + b[c] (ReLU when `relu`).
+pub fn cnhw_to_nchw_bias_act(
+    gpu: &Gpu,
+    t: &CudaView<f32>,
+    b: &CudaView<f32>,
+    y: &mut CudaViewMut<f32>,
+    (nb, c, hw): (usize, usize, usize),
+    relu: bool,
+) -> Result<(), CudaError> {
+    let len = nb * c * hw;
+    check_len("conv epilogue", "t", t.len(), len)?;
+    check_len("conv epilogue", "y", y.len(), len)?;
+    check_len("conv epilogue", "b", b.len(), c)?;
+    let Some(cfg) = grid_for(len as u64) else {
+        return Ok(());
+    };
+    let f = gpu.function(F, "cnhw_to_nchw_bias_act")?;
+    let (nb, c, hw, r) = (nb as u64, c as u64, hw as u64, relu as i32);
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(t).arg(b).arg(y).arg(&nb).arg(&c).arg(&hw).arg(&r);
+    // SAFETY: types match the kernel signature; t, y hold nb*c*hw and b holds c (checked).
+    unsafe { l.launch(cfg) }
+        .map_err(launch_err("cnhw_to_nchw_bias_act"))
+        .map(|_| ())
+}
+
+/// dy: (NB, C, HW) -> t: (C, NB, HW), times the ReLU mask of `y` (same layout) when given.
+pub fn nchw_to_cnhw_mask(
+    gpu: &Gpu,
+    dy: &CudaView<f32>,
+    y: Option<&CudaView<f32>>,
+    t: &mut CudaViewMut<f32>,
+    (nb, c, hw): (usize, usize, usize),
+) -> Result<(), CudaError> {
+    let len = nb * c * hw;
+    check_len("conv backward", "dy", dy.len(), len)?;
+    check_len("conv backward", "t", t.len(), len)?;
+    if let Some(y) = y {
+        check_len("conv backward", "y", y.len(), len)?;
+    }
+    let Some(cfg) = grid_for(len as u64) else {
+        return Ok(());
+    };
+    let f = gpu.function(F, "nchw_to_cnhw_mask")?;
+    let (nb, c, hw, r) = (nb as u64, c as u64, hw as u64, y.is_some() as i32);
+    let ymask = y.unwrap_or(dy);
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(dy)
+        .arg(ymask)
+        .arg(t)
+        .arg(&nb)
+        .arg(&c)
+        .arg(&hw)
+        .arg(&r);
+    // SAFETY: types match; all three buffers hold nb*c*hw elements (checked; y is only read
+    // when relu = 1, and then it is the checked mask).
+    unsafe { l.launch(cfg) }
+        .map_err(launch_err("nchw_to_cnhw_mask"))
+        .map(|_| ())
+}
+
+/// y = max(x, 0); x, y: (n).
+pub fn relu_fwd(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    y: &mut CudaViewMut<f32>,
+    n: usize,
+) -> Result<(), CudaError> {
+    check_len("relu", "x", x.len(), n)?;
+    check_len("relu", "y", y.len(), n)?;
+    let Some(cfg) = grid_for(n as u64) else {
+        return Ok(());
+    };
+    let f = gpu.function(F, "relu_fwd")?;
+    let n = n as u64;
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(x).arg(y).arg(&n);
+    // SAFETY: types match `relu_fwd(const float*, float*, u64)`; both hold n (checked).
+    unsafe { l.launch(cfg) }
+        .map_err(launch_err("relu_fwd"))
+        .map(|_| ())
+}
+
+/// g (n) in place: g = g where y > 0 else 0 (the ReLU backward, y the ReLU output).
+pub fn relu_mask(
+    gpu: &Gpu,
+    y: &CudaView<f32>,
+    g: &mut CudaViewMut<f32>,
+    n: usize,
+) -> Result<(), CudaError> {
+    check_len("relu backward", "y", y.len(), n)?;
+    check_len("relu backward", "g", g.len(), n)?;
+    let Some(cfg) = grid_for(n as u64) else {
+        return Ok(());
+    };
+    let f = gpu.function(F, "relu_mask")?;
+    let n = n as u64;
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(y).arg(g).arg(&n);
+    // SAFETY: types match `relu_mask(const float*, float*, u64)`; both hold n (checked).
+    unsafe { l.launch(cfg) }
+        .map_err(launch_err("relu_mask"))
+        .map(|_| ())
+}
+
+/// Keep threshold of the dropout hash for drop probability `p`: element i is kept iff
+/// `(hash(seed, i) >> 11) >= threshold`, which equals `uniform53(seed, i) >= p` exactly.
+pub fn dropout_threshold(p: f64) -> u64 {
+    (p * (1u64 << 53) as f64).ceil() as u64
+}
+
+/// Inverted dropout (its own backward): y = x * keep / (1 - p); x, y: (n).
+pub fn dropout_apply(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    y: &mut CudaViewMut<f32>,
+    n: usize,
+    p: f32,
+    seed: u64,
+) -> Result<(), CudaError> {
+    if !(0.0..1.0).contains(&p) {
+        return Err(CudaError::invalid(
+            "dropout",
+            format!("p={p} not in [0, 1)"),
+        ));
+    }
+    check_len("dropout", "x", x.len(), n)?;
+    check_len("dropout", "y", y.len(), n)?;
+    let Some(cfg) = grid_for(n as u64) else {
+        return Ok(());
+    };
+    let f = gpu.function(F, "dropout_apply")?;
+    let (n, thr, scale) = (
+        n as u64,
+        dropout_threshold(p as f64),
+        (1.0 / (1.0 - p as f64)) as f32,
+    );
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(x).arg(y).arg(&n).arg(&seed).arg(&thr).arg(&scale);
+    // SAFETY: types match `dropout_apply(const float*, float*, u64, u64, u64, float)`; both hold
+    // n (checked).
+    unsafe { l.launch(cfg) }
+        .map_err(launch_err("dropout_apply"))
+        .map(|_| ())
+}
+
+/// m: (rows, cols): out[r] (+)= sum_j m[r, j] (one block per row, deterministic).
+pub fn row_sum(
+    gpu: &Gpu,
+    m: &CudaView<f32>,
+    out: &mut CudaViewMut<f32>,
+    (rows, cols): (usize, usize),
+    accumulate: bool,
+) -> Result<(), CudaError> {
+    check_len("row_sum", "m", m.len(), rows * cols)?;
+    check_len("row_sum", "out", out.len(), rows)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let rows32 = super::u32_of("row_sum", "rows", rows)?;
+    let cfg = LaunchConfig {
+        grid_dim: (rows32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let f = gpu.function(F, "row_sum")?;
+    let (cols, acc) = (cols as u64, accumulate as i32);
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(m).arg(out).arg(&cols).arg(&acc);
+    // SAFETY: types match `row_sum(const float*, float*, u64, int)`; m holds rows*cols and out
+    // rows (checked); block size 256 is a power of two <= the kernel's 1024 shared slots.
+    unsafe { l.launch(cfg) }
+        .map_err(launch_err("row_sum"))
+        .map(|_| ())
+}
+
+/// m: (rows, cols) -> out: (cols) = column sums.
+pub fn col_sum(
+    gpu: &Gpu,
+    m: &CudaView<f32>,
+    out: &mut CudaViewMut<f32>,
+    (rows, cols): (usize, usize),
+) -> Result<(), CudaError> {
+    check_len("col_sum", "m", m.len(), rows * cols)?;
+    check_len("col_sum", "out", out.len(), cols)?;
+    let Some(cfg) = grid_for(cols as u64) else {
+        return Ok(());
+    };
+    let f = gpu.function(F, "col_sum")?;
+    let (rows, cols) = (rows as u64, cols as u64);
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(m).arg(out).arg(&rows).arg(&cols);
+    // SAFETY: types match `col_sum(const float*, float*, u64, u64)`; sizes checked.
+    unsafe { l.launch(cfg) }
+        .map_err(launch_err("col_sum"))
+        .map(|_| ())
+}

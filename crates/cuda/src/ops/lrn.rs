@@ -1,0 +1,233 @@
+//! Launches of `kernels/lrn_pool.cu`: LRN forward/backward (paper convention: alpha times the
+//! plain sum of squares), max-pool forward/backward (argmax), and the fused (ReLU +) LRN + pool
+//! forward.
+
+use super::{check_len, u32_of};
+use crate::error::CudaError;
+use crate::gpu::{grid_for, Gpu};
+use crate::kernels::KernelFile;
+use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
+
+const F: KernelFile = KernelFile::LrnPool;
+
+/// `LrnParams` of kernels/lrn_pool.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LrnParams {
+    pub n: u32,
+    pub c: u32,
+    pub hw: u32,
+    pub half: u32,
+    pub alpha: f32,
+    pub beta: f32,
+    pub k: f32,
+    pub relu_input: i32,
+}
+
+// SAFETY: `#[repr(C)]` of u32/f32/i32 fields, identical to the C struct `LrnParams`.
+unsafe impl DeviceRepr for LrnParams {}
+
+impl LrnParams {
+    /// LRN over x: (N, C, H*W) with window `size` (half-width floor(size/2)).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        n: usize,
+        c: usize,
+        hw: usize,
+        size: usize,
+        alpha: f32,
+        beta: f32,
+        k: f32,
+        relu_input: bool,
+    ) -> Result<Self, CudaError> {
+        if size == 0 {
+            return Err(CudaError::invalid("lrn", "size must be > 0"));
+        }
+        Ok(LrnParams {
+            n: u32_of("lrn", "n", n)?,
+            c: u32_of("lrn", "c", c)?,
+            hw: u32_of("lrn", "hw", hw)?,
+            half: u32_of("lrn", "size", size / 2)?,
+            alpha,
+            beta,
+            k,
+            relu_input: relu_input as i32,
+        })
+    }
+    fn len(&self) -> usize {
+        self.n as usize * self.c as usize * self.hw as usize
+    }
+}
+
+/// `PoolGeom` of kernels/lrn_pool.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolGeom {
+    pub planes: u32,
+    pub h: u32,
+    pub w: u32,
+    pub k: u32,
+    pub stride: u32,
+    pub ho: u32,
+    pub wo: u32,
+    pub pad_: u32,
+}
+
+// SAFETY: `#[repr(C)]` of u32 fields, identical to the C struct `PoolGeom`.
+unsafe impl DeviceRepr for PoolGeom {}
+
+impl PoolGeom {
+    /// Max-pool `k`/`stride` (no padding, floor mode) over `planes` planes of h x w.
+    pub fn new(
+        planes: usize,
+        h: usize,
+        w: usize,
+        k: usize,
+        stride: usize,
+    ) -> Result<Self, CudaError> {
+        if k == 0 || stride == 0 || h < k || w < k {
+            return Err(CudaError::invalid(
+                "maxpool",
+                format!("pool {k}/{stride} does not fit {h}x{w}"),
+            ));
+        }
+        let u = |what, v| u32_of("maxpool", what, v);
+        Ok(PoolGeom {
+            planes: u("planes", planes)?,
+            h: u("h", h)?,
+            w: u("w", w)?,
+            k: u("k", k)?,
+            stride: u("stride", stride)?,
+            ho: u("ho", (h - k) / stride + 1)?,
+            wo: u("wo", (w - k) / stride + 1)?,
+            pad_: 0,
+        })
+    }
+    /// Input elements.
+    pub fn in_len(&self) -> usize {
+        self.planes as usize * self.h as usize * self.w as usize
+    }
+    /// Output elements.
+    pub fn out_len(&self) -> usize {
+        self.planes as usize * self.ho as usize * self.wo as usize
+    }
+}
+
+/// x, y: (N, C, H, W): y = LRN(x).
+pub fn lrn_fwd(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    y: &mut CudaViewMut<f32>,
+    q: LrnParams,
+) -> Result<(), CudaError> {
+    check_len("lrn", "x", x.len(), q.len())?;
+    check_len("lrn", "y", y.len(), q.len())?;
+    let Some(cfg) = grid_for(q.len() as u64) else {
+        return Ok(());
+    };
+    let f = gpu.function(F, "lrn_fwd")?;
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(x).arg(y).arg(&q);
+    // SAFETY: types match `lrn_fwd(const float*, float*, LrnParams)`; sizes checked.
+    unsafe { l.launch(cfg) }
+        .map_err(CudaError::driver("lrn_fwd"))
+        .map(|_| ())
+}
+
+/// x (the LRN input), dy, dx: (N, C, H, W): dx = LRN'(x)^T dy (times the ReLU mask when
+/// `q.relu_input`).
+pub fn lrn_bwd(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    dy: &CudaView<f32>,
+    dx: &mut CudaViewMut<f32>,
+    q: LrnParams,
+) -> Result<(), CudaError> {
+    check_len("lrn backward", "x", x.len(), q.len())?;
+    check_len("lrn backward", "dy", dy.len(), q.len())?;
+    check_len("lrn backward", "dx", dx.len(), q.len())?;
+    let Some(cfg) = grid_for(q.len() as u64) else {
+        return Ok(());
+    };
+    let f = gpu.function(F, "lrn_bwd")?;
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(x).arg(dy).arg(dx).arg(&q);
+    // SAFETY: types match `lrn_bwd(const float*, const float*, float*, LrnParams)`; sizes checked.
+    unsafe { l.launch(cfg) }
+        .map_err(CudaError::driver("lrn_bwd"))
+        .map(|_| ())
+}
+
+/// x: (planes, H, W) -> y, arg: (planes, HO, WO).
+pub fn maxpool_fwd(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    y: &mut CudaViewMut<f32>,
+    arg: &mut CudaViewMut<i32>,
+    g: PoolGeom,
+) -> Result<(), CudaError> {
+    check_len("maxpool", "x", x.len(), g.in_len())?;
+    check_len("maxpool", "y", y.len(), g.out_len())?;
+    check_len("maxpool", "argmax", arg.len(), g.out_len())?;
+    let Some(cfg) = grid_for(g.out_len() as u64) else {
+        return Ok(());
+    };
+    let f = gpu.function(F, "maxpool_fwd")?;
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(x).arg(y).arg(arg).arg(&g);
+    // SAFETY: types match `maxpool_fwd(const float*, float*, int*, PoolGeom)`; sizes checked.
+    unsafe { l.launch(cfg) }
+        .map_err(CudaError::driver("maxpool_fwd"))
+        .map(|_| ())
+}
+
+/// dy, arg: (planes, HO, WO) -> dx: (planes, H, W) (overwritten).
+pub fn maxpool_bwd(
+    gpu: &Gpu,
+    dy: &CudaView<f32>,
+    arg: &CudaView<i32>,
+    dx: &mut CudaViewMut<f32>,
+    g: PoolGeom,
+) -> Result<(), CudaError> {
+    check_len("maxpool backward", "dy", dy.len(), g.out_len())?;
+    check_len("maxpool backward", "argmax", arg.len(), g.out_len())?;
+    check_len("maxpool backward", "dx", dx.len(), g.in_len())?;
+    let Some(cfg) = grid_for(g.in_len() as u64) else {
+        return Ok(());
+    };
+    let f = gpu.function(F, "maxpool_bwd")?;
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(dy).arg(arg).arg(dx).arg(&g);
+    // SAFETY: types match `maxpool_bwd(const float*, const int*, float*, PoolGeom)`; sizes checked.
+    unsafe { l.launch(cfg) }
+        .map_err(CudaError::driver("maxpool_bwd"))
+        .map(|_| ())
+}
+
+/// Fused (ReLU +) LRN + max-pool: x: (N, C, H, W) -> y, arg: (N, C, HO, WO).
+pub fn lrn_pool_fwd(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    y: &mut CudaViewMut<f32>,
+    arg: &mut CudaViewMut<i32>,
+    q: LrnParams,
+    g: PoolGeom,
+) -> Result<(), CudaError> {
+    if g.planes as usize != q.n as usize * q.c as usize || (g.h * g.w) != q.hw {
+        return Err(CudaError::shape("lrn+pool", format!("{q:?} vs {g:?}")));
+    }
+    check_len("lrn+pool", "x", x.len(), q.len())?;
+    check_len("lrn+pool", "y", y.len(), g.out_len())?;
+    check_len("lrn+pool", "argmax", arg.len(), g.out_len())?;
+    let Some(cfg) = grid_for(g.out_len() as u64) else {
+        return Ok(());
+    };
+    let f = gpu.function(F, "lrn_pool_fwd")?;
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(x).arg(y).arg(arg).arg(&q).arg(&g);
+    // SAFETY: types match `lrn_pool_fwd(const float*, float*, int*, LrnParams, PoolGeom)`;
+    // the two descriptions agree and the sizes are checked.
+    unsafe { l.launch(cfg) }
+        .map_err(CudaError::driver("lrn_pool_fwd"))
+        .map(|_| ())
+}

@@ -1,0 +1,181 @@
+//! CPU-side tests: no GPU (and no CUDA library) needed.
+
+use alexnet_cuda::gpu::{grid_for, BLOCK, MAX_GRID};
+use alexnet_cuda::hash::{keeps, layer_seed, mix_hash, uniform};
+use alexnet_cuda::kernels::{kernel_names, KernelFile};
+use alexnet_cuda::ops::augment::{AugmentParams, AugmentSample};
+use alexnet_cuda::ops::conv::{ConvGeom, ConvShape};
+use alexnet_cuda::ops::convert::f32_to_bf16_bits;
+use alexnet_cuda::ops::elementwise::dropout_threshold;
+use alexnet_cuda::ops::gemm::{gemm_dims, MatDesc};
+use alexnet_cuda::ops::lrn::{LrnParams, PoolGeom};
+use alexnet_cuda::ops::sgd::SgdParams;
+use alexnet_cuda::{device_count, CudaError, Gpu, Precision};
+use std::mem::{align_of, size_of};
+
+#[test]
+fn repr_c_structs_match_the_cuda_structs() {
+    // Sizes of the C structs in kernels/*.cu (all-u32/f32 fields, SgdParams leads with a u64).
+    assert_eq!(size_of::<ConvGeom>(), 36);
+    assert_eq!(size_of::<LrnParams>(), 32);
+    assert_eq!(size_of::<PoolGeom>(), 32);
+    assert_eq!((size_of::<SgdParams>(), align_of::<SgdParams>()), (24, 8));
+    assert_eq!(size_of::<AugmentParams>(), 32);
+    assert_eq!(size_of::<AugmentSample>(), 32);
+    // Each C struct declares the same field count as its Rust mirror.
+    let src = KernelFile::LrnPool.source();
+    assert!(src.contains("struct LrnParams") && src.contains("struct PoolGeom"));
+}
+
+#[test]
+fn kernel_inventory() {
+    let names: Vec<&str> = KernelFile::ALL
+        .iter()
+        .flat_map(|f| f.kernel_names())
+        .collect();
+    assert_eq!(names.len(), 20, "{names:?}");
+    for n in [
+        "im2col",
+        "col2im",
+        "lrn_pool_fwd",
+        "softmax_ce",
+        "sgd_step",
+        "augment_u8",
+        "f32_to_bf16",
+    ] {
+        assert!(names.contains(&n), "{n} missing from {names:?}");
+    }
+    assert_eq!(
+        kernel_names("extern \"C\" __global__ void k(int* a) {}"),
+        vec!["k"]
+    );
+}
+
+#[test]
+fn launch_config_arithmetic() {
+    assert!(grid_for(0).is_none());
+    let c = grid_for(1).unwrap();
+    assert_eq!((c.grid_dim.0, c.block_dim.0), (1, BLOCK));
+    assert_eq!(grid_for(BLOCK as u64 + 1).unwrap().grid_dim.0, 2);
+    // Huge sizes are capped; the kernels are grid-stride loops.
+    assert_eq!(grid_for(u64::MAX / 2).unwrap().grid_dim.0 as u64, MAX_GRID);
+}
+
+#[test]
+fn dropout_hash_statistics() {
+    let (n, p) = (200_000u64, 0.5);
+    let seed = layer_seed(42, 3);
+    let kept = (0..n).filter(|&i| keeps(seed, i, p)).count() as f64 / n as f64;
+    // Standard error sqrt(p(1-p)/n) ~ 0.0011.
+    assert!((kept - 0.5).abs() < 0.006, "keep rate {kept}");
+    let mean = (0..n).map(|i| uniform(7, i)).sum::<f64>() / n as f64;
+    assert!((mean - 0.5).abs() < 0.003, "uniform mean {mean}");
+    // Neighbouring indices are uncorrelated: P(both kept) ~ 1/4.
+    let both = (0..n)
+        .filter(|&i| keeps(seed, i, p) && keeps(seed, i + 1, p))
+        .count() as f64;
+    assert!((both / n as f64 - 0.25).abs() < 0.006);
+    // The integer threshold decides exactly like `uniform >= p`.
+    for &p in &[0.0, 0.1, 0.5, 0.9, 1.0 / 3.0] {
+        for i in 0..2000 {
+            assert_eq!(keeps(9, i, p), uniform(9, i) >= p);
+        }
+    }
+    assert_eq!(dropout_threshold(0.0), 0);
+    assert_ne!(layer_seed(1, 0), layer_seed(1, 1));
+    assert_ne!(mix_hash(1, 0), mix_hash(2, 0));
+}
+
+#[test]
+fn gemm_and_conv_shapes() {
+    let a = MatDesc::new(4, 3);
+    assert_eq!(a.extent(), 12);
+    assert_eq!(a.t().op_shape(), (3, 4));
+    assert_eq!(
+        gemm_dims(a, MatDesc::new(3, 5), MatDesc::new(4, 5)).unwrap(),
+        (4, 5, 3)
+    );
+    assert!(gemm_dims(a, MatDesc::new(4, 5), MatDesc::new(4, 5)).is_err());
+    let strided = MatDesc {
+        rows: 2,
+        cols: 3,
+        ld: 10,
+        trans: false,
+    };
+    assert_eq!(strided.extent(), 13);
+    let s = ConvShape {
+        n: 8,
+        c: 3,
+        h: 224,
+        w: 224,
+        o: 96,
+        k: 11,
+        stride: 4,
+        pad: 2,
+        groups: 1,
+    };
+    assert_eq!((s.ho(), s.wo()), (55, 55));
+    assert_eq!(s.kdim(), 363);
+    let per = 363 * 55 * 55;
+    assert_eq!(s.chunk(per * 3, usize::MAX), 3);
+    assert_eq!(s.chunk(1, usize::MAX), 1);
+    assert_eq!(s.chunk(usize::MAX, usize::MAX), 8);
+    let bad = ConvShape { groups: 2, ..s };
+    assert!(matches!(bad.validate(), Err(CudaError::Invalid { .. })));
+}
+
+#[test]
+fn param_structs_validate() {
+    let g = PoolGeom::new(4, 55, 55, 3, 2).unwrap();
+    assert_eq!((g.ho, g.wo, g.out_len()), (27, 27, 4 * 27 * 27));
+    assert!(PoolGeom::new(1, 2, 2, 3, 2).is_err());
+    assert_eq!(
+        LrnParams::new(1, 7, 4, 5, 1e-4, 0.75, 2.0, false)
+            .unwrap()
+            .half,
+        2
+    );
+    assert!(LrnParams::new(1, 7, 4, 0, 1e-4, 0.75, 2.0, false).is_err());
+    let p = AugmentParams::square(1, 256, 224, 256).unwrap();
+    let ok = AugmentSample {
+        ox: 32,
+        oy: 0,
+        mox: 32,
+        moy: 0,
+        flip: 1,
+        delta: [0.0; 3],
+    };
+    assert!(p.validate(&[ok]).is_ok());
+    let out = AugmentSample { ox: 33, ..ok };
+    assert!(p.validate(&[out]).is_err());
+    assert!(p.validate(&[ok, ok]).is_err());
+}
+
+#[test]
+fn bf16_rounding_mirror() {
+    assert_eq!(f32_to_bf16_bits(1.0), 0x3f80);
+    // 1 + 2^-8 is exactly halfway between two bf16 values: ties to even (down).
+    assert_eq!(f32_to_bf16_bits(1.0 + 1.0 / 256.0), 0x3f80);
+    assert_eq!(f32_to_bf16_bits(1.0 + 3.0 / 256.0), 0x3f82);
+    assert_eq!(f32_to_bf16_bits(f32::INFINITY), 0x7f80);
+    assert!(f32_to_bf16_bits(f32::NAN) & 0x7f != 0);
+}
+
+#[test]
+fn precision_parsing() {
+    assert_eq!(Precision::parse("TF32").unwrap(), Precision::Tf32);
+    assert_eq!(Precision::parse("bf16").unwrap(), Precision::Bf16);
+    assert!(Precision::parse("fp8").is_err());
+    assert!(Precision::F32.tolerance() <= 1e-4);
+}
+
+#[test]
+fn no_device_is_an_error_not_a_panic() {
+    let n = device_count();
+    if n == 0 {
+        let e = Gpu::new(0).unwrap_err();
+        assert!(matches!(e, CudaError::NoDevice(_)), "{e}");
+    } else {
+        assert!(Gpu::new(n).is_err());
+    }
+}

@@ -1,0 +1,560 @@
+//! `prepare-data`: source tree (synthetic, ImageNet layout, Fashion-MNIST) -> shards + statistics
+//! + `manifest.json` (written last).
+//!
+//! Shards are planned as fixed groups of source files (`<split>-<k>.shard`); each one is written to a
+//! temp file and renamed, then a `<split>-<k>.part.json` sidecar records the inputs' key, its
+//! manifest entry and its skips. A rerun after an interruption reuses every shard whose sidecar key
+//! matches (resume) and rebuilds the rest; the old `manifest.json` is removed first, so the
+//! directory never reads as valid while it is being rewritten.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use fast_image_resize::Resizer;
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::decode;
+use crate::error::DataError;
+pub use crate::manifest::Storage;
+use crate::manifest::{
+    ClassEntry, Manifest, ShardInfo, Skipped, SourceInfo, SplitInfo, Splits, StatsFiles,
+    FORMAT_VERSION, TOOL_VERSION,
+};
+use crate::shards::{crc_string, write_atomic, write_shard, Dataset, SplitData};
+use crate::stats::{self, MEAN_FILE, STATS_FILE};
+use crate::synthetic::{self, SyntheticOptions};
+
+/// Where the images come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The embedded synthetic set, drawn from `seed` into `PrepareOptions::synthetic_dir`.
+    Synthetic {
+        /// Seed of the drawing.
+        seed: u64,
+    },
+    /// An ILSVRC-2012 tree: `train/<wnid>/*`, and `val/<wnid>/*` or flat `val/` + devkit labels.
+    ImageNet {
+        /// Root of the tree.
+        dir: PathBuf,
+        /// Ground truth for a flat val (default: the devkit path under `dir`).
+        val_ground_truth: Option<PathBuf>,
+    },
+    /// Fashion-MNIST IDX files (train = `train-*`, val = `t10k-*`).
+    FashionMnist {
+        /// Directory holding the IDX files.
+        dir: PathBuf,
+    },
+}
+
+/// Options of [`prepare`].
+#[derive(Clone, Debug)]
+pub struct PrepareOptions {
+    /// Source.
+    pub source: Source,
+    /// Output directory (manifest + shards + stats).
+    pub out: PathBuf,
+    /// S: records are S x S x 3 (shorter side to S, central crop).
+    pub image_size: u32,
+    /// Raw records or q90 JPEGs.
+    pub storage: Storage,
+    /// Show indicatif progress bars.
+    pub progress: bool,
+    /// Where the synthetic JPEG tree is written (synthetic source only).
+    pub synthetic_dir: PathBuf,
+    /// Size of the synthetic set (its `seed` is replaced by `Source::Synthetic::seed`).
+    pub synthetic: SyntheticOptions,
+    /// Target shard size in bytes (raw record size x records per shard).
+    pub shard_bytes: u64,
+    /// JPEG quality for `Storage::Jpeg`.
+    pub jpeg_quality: u8,
+}
+
+impl PrepareOptions {
+    /// Defaults for a source: image size 64 (synthetic), 256 (ImageNet), 28 (Fashion-MNIST).
+    pub fn new(source: Source, out: PathBuf) -> Self {
+        let image_size = match source {
+            Source::Synthetic { .. } => 64,
+            Source::ImageNet { .. } => 256,
+            Source::FashionMnist { .. } => 28,
+        };
+        PrepareOptions {
+            source,
+            out,
+            image_size,
+            storage: Storage::Raw,
+            progress: false,
+            synthetic_dir: PathBuf::from("data-cache/synthetic-ilsvrc"),
+            synthetic: SyntheticOptions::default(),
+            shard_bytes: 256 << 20,
+            jpeg_quality: 90,
+        }
+    }
+}
+
+impl Default for PrepareOptions {
+    fn default() -> Self {
+        PrepareOptions::new(Source::Synthetic { seed: 0 }, PathBuf::from("shards/synthetic"))
+    }
+}
+
+/// Result of [`verify`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Shards checked.
+    pub shards: usize,
+    /// Records in them.
+    pub records: u64,
+    /// Bytes read.
+    pub bytes: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Part {
+    key: String,
+    info: Option<ShardInfo>,
+    skipped: Vec<Skipped>,
+}
+
+/// One unit of input: a file (path relative to `root`) or an in-memory Fashion-MNIST image.
+struct Item {
+    rel: String,
+    label: u32,
+    key: String,
+}
+
+enum Loader<'a> {
+    Files(&'a Path),
+    Idx(&'a crate::fashion::IdxSplit),
+}
+
+impl Loader<'_> {
+    fn load(&self, i: usize, item: &Item, s: u32, rz: &mut Resizer) -> Result<Vec<u8>, String> {
+        match self {
+            Loader::Files(root) => {
+                let bytes = std::fs::read(root.join(&item.rel)).map_err(|e| format!("read: {e}"))?;
+                decode::ingest(&bytes, s, rz)
+            }
+            Loader::Idx(sp) => {
+                let n = sp.rows * sp.cols;
+                let g = &sp.pixels[i * n..(i + 1) * n];
+                let img = decode::Rgb {
+                    w: sp.cols as u32,
+                    h: sp.rows as u32,
+                    px: g.iter().flat_map(|&v| [v, v, v]).collect(),
+                };
+                if img.w == s && img.h == s {
+                    Ok(img.px)
+                } else {
+                    decode::resize_center(&img, s, rz)
+                }
+            }
+        }
+    }
+}
+
+fn fnv(s: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn bar(progress: bool, len: usize, msg: &str) -> ProgressBar {
+    if !progress {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len as u64);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg:>6} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+    {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(msg.to_string());
+    pb
+}
+
+/// Ingests one split into shards; returns its manifest entry and skips.
+fn ingest_split(
+    opts: &PrepareOptions,
+    split: &str,
+    items: &[Item],
+    loader: &Loader<'_>,
+) -> Result<(SplitInfo, Vec<Skipped>), DataError> {
+    let s = opts.image_size;
+    let rec = 4 + 3 * (s as u64).pow(2);
+    let per = (opts.shard_bytes / rec).max(1) as usize;
+    let pb = bar(opts.progress, items.len(), split);
+    let mut info = SplitInfo::default();
+    let mut skipped = Vec::new();
+    for (k, chunk) in items.chunks(per).enumerate() {
+        let file = format!("{split}-{k:05}.shard");
+        let part_path = opts.out.join(format!("{split}-{k:05}.part.json"));
+        let mut key = format!("{TOOL_VERSION}|{s}|{}|{}|{split}", opts.storage, opts.jpeg_quality);
+        for it in chunk {
+            key.push_str(&format!("|{}:{}:{}", it.rel, it.label, it.key));
+        }
+        let key = fnv(&key);
+        if let Some(part) = reusable(&opts.out, &part_path, &file, &key) {
+            if let Some(i) = part.info {
+                info.count += i.count;
+                info.shards.push(i);
+            }
+            skipped.extend(part.skipped);
+            pb.inc(chunk.len() as u64);
+            continue;
+        }
+        let base = k * per;
+        let results: Vec<Result<Vec<u8>, String>> = chunk
+            .par_iter()
+            .enumerate()
+            .map_init(Resizer::new, |rz, (j, it)| {
+                let px = loader.load(base + j, it, s, rz)?;
+                let out = match opts.storage {
+                    Storage::Raw => px,
+                    Storage::Jpeg => decode::encode_jpeg(&px, s, opts.jpeg_quality)?,
+                };
+                pb.inc(1);
+                Ok(out)
+            })
+            .collect();
+        let mut records = Vec::with_capacity(chunk.len());
+        let mut part_skips = Vec::new();
+        for (it, r) in chunk.iter().zip(results) {
+            match r {
+                Ok(b) => records.push((it.label, b)),
+                Err(reason) => part_skips.push(Skipped {
+                    split: split.to_string(),
+                    path: it.rel.clone(),
+                    reason,
+                }),
+            }
+        }
+        let shard = if records.is_empty() {
+            let _ = std::fs::remove_file(opts.out.join(&file));
+            None
+        } else {
+            Some(write_shard(&opts.out, &file, opts.storage, s, &records)?)
+        };
+        let part = Part { key, info: shard.clone(), skipped: part_skips.clone() };
+        let text = serde_json::to_vec(&part).map_err(|e| DataError::json(&part_path, e))?;
+        write_atomic(&part_path, &text)?;
+        if let Some(i) = shard {
+            info.count += i.count;
+            info.shards.push(i);
+        }
+        skipped.extend(part_skips);
+    }
+    pb.finish_and_clear();
+    Ok((info, skipped))
+}
+
+fn reusable(out: &Path, part_path: &Path, file: &str, key: &str) -> Option<Part> {
+    let part: Part = serde_json::from_slice(&std::fs::read(part_path).ok()?).ok()?;
+    if part.key != key {
+        return None;
+    }
+    if let Some(info) = &part.info {
+        if info.file != file || !out.join(file).is_file() {
+            return None;
+        }
+    }
+    Some(part)
+}
+
+fn list_files(dir: &Path) -> Result<Vec<String>, DataError> {
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
+        let e = e.map_err(|e| DataError::io(dir, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') && e.path().is_file() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn subdirs(dir: &Path) -> Result<Vec<String>, DataError> {
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
+        let e = e.map_err(|e| DataError::io(dir, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') && e.path().is_dir() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn file_key(p: &Path) -> String {
+    std::fs::metadata(p).map(|m| m.len().to_string()).unwrap_or_default()
+}
+
+/// Lists an ImageNet-layout tree: classes, train items, val items, pre-ingestion skips.
+type Listing = (Vec<ClassEntry>, Vec<Item>, Vec<Item>, Vec<Skipped>, Option<PathBuf>);
+
+fn list_imagenet(dir: &Path, gt: Option<&Path>) -> Result<Listing, DataError> {
+    if !dir.is_dir() {
+        return Err(DataError::SourceMissing { path: dir.to_path_buf() });
+    }
+    let expected = "train/<wnid>/*.JPEG (ILSVRC-2012 layout)".to_string();
+    let tdir = dir.join("train");
+    if !tdir.is_dir() {
+        return Err(DataError::SourceEmpty { path: dir.to_path_buf(), expected });
+    }
+    let wnids = subdirs(&tdir)?;
+    let mut classes = Vec::new();
+    let mut index = BTreeMap::new();
+    for (i, w) in wnids.iter().enumerate() {
+        let name = crate::classes::by_wnid(w)?.map(|r| r.name.clone()).unwrap_or(w.clone());
+        classes.push(ClassEntry { index: i as u32, wnid: w.clone(), name });
+        index.insert(w.clone(), i as u32);
+    }
+    let mut train = Vec::new();
+    for (i, w) in wnids.iter().enumerate() {
+        for f in list_files(&tdir.join(w))? {
+            let rel = format!("train/{w}/{f}");
+            train.push(Item { key: file_key(&dir.join(&rel)), rel, label: i as u32 });
+        }
+    }
+    if train.is_empty() {
+        return Err(DataError::SourceEmpty { path: tdir, expected });
+    }
+    let mut val = Vec::new();
+    let mut skipped = Vec::new();
+    let vdir = dir.join("val");
+    let mut gt_used = None;
+    if vdir.is_dir() {
+        for w in subdirs(&vdir)? {
+            for f in list_files(&vdir.join(&w))? {
+                let rel = format!("val/{w}/{f}");
+                match index.get(&w) {
+                    Some(&label) => val.push(Item { key: file_key(&dir.join(&rel)), rel, label }),
+                    None => skipped.push(Skipped {
+                        split: "val".into(),
+                        path: rel,
+                        reason: format!("class {w} has no train/ folder"),
+                    }),
+                }
+            }
+        }
+        let flat = list_files(&vdir)?;
+        if !flat.is_empty() {
+            let gt_path = gt.map(Path::to_path_buf).unwrap_or_else(|| {
+                dir.join("ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt")
+            });
+            if !gt_path.is_file() {
+                return Err(DataError::ValLabelsMissing { path: vdir, gt: gt_path });
+            }
+            let ids = read_ground_truth(&gt_path)?;
+            for f in flat {
+                let rel = format!("val/{f}");
+                let label = val_label(&f, &ids, &index)?;
+                match label {
+                    Ok(label) => val.push(Item { key: file_key(&dir.join(&rel)), rel, label }),
+                    Err(reason) => skipped.push(Skipped { split: "val".into(), path: rel, reason }),
+                }
+            }
+            gt_used = Some(gt_path);
+        }
+    }
+    Ok((classes, train, val, skipped, gt_used))
+}
+
+type LabelResult = Result<u32, String>;
+
+fn val_label(f: &str, ids: &[u32], index: &BTreeMap<String, u32>) -> Result<LabelResult, DataError> {
+    let num = f
+        .strip_prefix("ILSVRC2012_val_")
+        .and_then(|r| r.split('.').next())
+        .and_then(|n| n.parse::<usize>().ok());
+    let Some(n) = num else {
+        return Ok(Err("flat val file name is not ILSVRC2012_val_<n>.<ext>".into()));
+    };
+    let Some(&id) = n.checked_sub(1).and_then(|i| ids.get(i)) else {
+        return Ok(Err(format!("no ground-truth line {n} ({} lines)", ids.len())));
+    };
+    let Some(row) = crate::classes::by_devkit_id(id)? else {
+        return Ok(Err(format!("ground-truth id {id} is not an ILSVRC2012_ID (1..1000)")));
+    };
+    Ok(match index.get(&row.wnid) {
+        Some(&l) => Ok(l),
+        None => Err(format!("label {} ({}) has no train/ folder", row.wnid, row.name)),
+    })
+}
+
+/// Reads the devkit's validation ground truth: one ILSVRC2012_ID (1..1000) per line.
+pub fn read_ground_truth(path: &Path) -> Result<Vec<u32>, DataError> {
+    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+    let mut ids = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.is_empty() {
+            continue;
+        }
+        match t.parse::<u32>() {
+            Ok(id) if (1..=1000).contains(&id) => ids.push(id),
+            _ => {
+                return Err(DataError::BadLabels {
+                    path: path.to_path_buf(),
+                    line: i + 1,
+                    msg: format!("expected an ILSVRC2012_ID 1..1000, got {t:?}"),
+                })
+            }
+        }
+    }
+    Ok(ids)
+}
+
+fn clean_out(out: &Path) -> Result<(), DataError> {
+    std::fs::create_dir_all(out).map_err(|e| DataError::io(out, e))?;
+    let m = out.join(crate::manifest::MANIFEST_FILE);
+    if m.exists() {
+        std::fs::remove_file(&m).map_err(|e| DataError::io(&m, e))?;
+    }
+    for f in list_files(out)? {
+        if f.ends_with(".tmp") {
+            let p = out.join(&f);
+            std::fs::remove_file(&p).map_err(|e| DataError::io(&p, e))?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_stale(out: &Path, keep: &[&ShardInfo]) -> Result<(), DataError> {
+    for f in list_files(out)? {
+        let ours = (f.starts_with("train-") || f.starts_with("val-"))
+            && (f.ends_with(".shard") || f.ends_with(".part.json"));
+        let stem = f.trim_end_matches(".part.json").trim_end_matches(".shard");
+        let listed = keep.iter().any(|s| s.file.trim_end_matches(".shard") == stem);
+        if ours && !listed && f.ends_with(".shard") {
+            let p = out.join(&f);
+            std::fs::remove_file(&p).map_err(|e| DataError::io(&p, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the whole preparation and returns the manifest it wrote.
+pub fn prepare(opts: &PrepareOptions) -> Result<Manifest, DataError> {
+    if opts.image_size < 8 || opts.image_size > 4096 {
+        return Err(DataError::InvalidArg(format!("--image-size {} not in 8..=4096", opts.image_size)));
+    }
+    let (classes, train, val, pre_skipped, source, fashion);
+    match &opts.source {
+        Source::Synthetic { seed } => {
+            let so = SyntheticOptions { seed: *seed, ..opts.synthetic.clone() };
+            if !synthetic::is_current(&opts.synthetic_dir, &so) {
+                synthetic::generate(&opts.synthetic_dir, &so)?;
+            }
+            let (c, t, v, s, _) = list_imagenet(&opts.synthetic_dir, None)?;
+            (classes, train, val, pre_skipped, fashion) = (c, t, v, s, None);
+            source = SourceInfo {
+                kind: "synthetic".into(),
+                path: opts.synthetic_dir.display().to_string(),
+                seed: Some(*seed),
+                val_ground_truth: Some(synthetic::GROUND_TRUTH.into()),
+            };
+        }
+        Source::ImageNet { dir, val_ground_truth } => {
+            let (c, t, v, s, gt) = list_imagenet(dir, val_ground_truth.as_deref())?;
+            (classes, train, val, pre_skipped, fashion) = (c, t, v, s, None);
+            source = SourceInfo {
+                kind: "imagenet".into(),
+                path: dir.display().to_string(),
+                seed: None,
+                val_ground_truth: gt.map(|p| p.display().to_string()),
+            };
+        }
+        Source::FashionMnist { dir } => {
+            if !dir.is_dir() {
+                return Err(DataError::SourceMissing { path: dir.clone() });
+            }
+            let tr = crate::fashion::load(dir, "train")?;
+            let te = crate::fashion::load(dir, "t10k")?;
+            let items = |sp: &crate::fashion::IdxSplit, name: &str| -> Vec<Item> {
+                (0..sp.len())
+                    .map(|i| Item { rel: format!("{name}#{i}"), label: sp.labels[i] as u32, key: String::new() })
+                    .collect()
+            };
+            train = items(&tr, "train-images-idx3-ubyte");
+            val = items(&te, "t10k-images-idx3-ubyte");
+            classes = (0..10)
+                .map(|i| ClassEntry {
+                    index: i,
+                    wnid: format!("fashion-mnist/{i}"),
+                    name: crate::fashion::NAMES[i as usize].into(),
+                })
+                .collect();
+            pre_skipped = Vec::new();
+            source = SourceInfo {
+                kind: "fashion-mnist".into(),
+                path: dir.display().to_string(),
+                seed: None,
+                val_ground_truth: None,
+            };
+            fashion = Some((tr, te));
+        }
+    }
+    clean_out(&opts.out)?;
+    let root = match &opts.source {
+        Source::Synthetic { .. } => opts.synthetic_dir.as_path(),
+        Source::ImageNet { dir, .. } | Source::FashionMnist { dir } => dir.as_path(),
+    };
+    let (tl, vl) = match &fashion {
+        Some((tr, te)) => (Loader::Idx(tr), Loader::Idx(te)),
+        None => (Loader::Files(root), Loader::Files(root)),
+    };
+    let (tinfo, mut skipped) = ingest_split(opts, "train", &train, &tl)?;
+    let (vinfo, vskipped) = ingest_split(opts, "val", &val, &vl)?;
+    skipped.extend(vskipped);
+    skipped.extend(pre_skipped);
+    if tinfo.count == 0 {
+        return Err(DataError::SourceEmpty {
+            path: root.to_path_buf(),
+            expected: "at least one decodable training image (all were skipped)".into(),
+        });
+    }
+    let keep: Vec<&ShardInfo> = tinfo.shards.iter().chain(&vinfo.shards).collect();
+    remove_stale(&opts.out, &keep)?;
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        classes,
+        image_size: opts.image_size,
+        storage: opts.storage,
+        splits: Splits { train: tinfo, val: vinfo },
+        skipped,
+        source,
+        tool_version: TOOL_VERSION.into(),
+        stats: StatsFiles { file: STATS_FILE.into(), mean: MEAN_FILE.into() },
+    };
+    let train_data = SplitData::open(&opts.out, &manifest, &manifest.splits.train.shards)?;
+    stats::compute_and_save(&train_data, &opts.out)?;
+    manifest.save(&opts.out)?;
+    Ok(manifest)
+}
+
+/// Re-reads every shard and compares its crc32 with the manifest; also re-checks headers, sizes
+/// and the statistics files. The first mismatch is returned as an error naming the file.
+pub fn verify(out: &Path) -> Result<VerifyReport, DataError> {
+    let ds = Dataset::open(out)?;
+    let mut rep = VerifyReport { shards: 0, records: 0, bytes: 0 };
+    let m = &ds.manifest;
+    for info in m.splits.train.shards.iter().chain(&m.splits.val.shards) {
+        let p = out.join(&info.file);
+        let bytes = std::fs::read(&p).map_err(|e| DataError::io(&p, e))?;
+        let actual = crc_string(&bytes);
+        if actual != info.checksum {
+            return Err(DataError::Checksum { path: p, expected: info.checksum.clone(), actual });
+        }
+        rep.shards += 1;
+        rep.records += info.count;
+        rep.bytes += bytes.len() as u64;
+    }
+    Ok(rep)
+}

@@ -1,0 +1,301 @@
+//! 2-D convolution (cross-correlation) with stride, zero padding and groups, via im2col + GEMM.
+//!
+//! Samples are processed in fixed chunks (sized from the shapes, never from the thread count);
+//! weight gradients are accumulated per fixed group of chunks and summed in order, so results
+//! are bit-identical whatever the number of rayon threads.
+
+use crate::error::{check_len, LayerError};
+use alexnet_tensor::gemm::{gemm, Float};
+use rayon::prelude::*;
+
+/// Shapes and hyper-parameters of one convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub groups: usize,
+}
+
+/// Number of partial weight-gradient accumulators (fixed, for determinism).
+const GRAD_PARTS: usize = 8;
+/// Target number of output pixels per chunk (im2col columns per GEMM).
+const CHUNK_COLUMNS: usize = 2048;
+
+impl ConvShape {
+    /// Output height.
+    pub fn ho(&self) -> usize {
+        (self.h + 2 * self.pad - self.k) / self.stride + 1
+    }
+    /// Output width.
+    pub fn wo(&self) -> usize {
+        (self.w + 2 * self.pad - self.k) / self.stride + 1
+    }
+    fn cg(&self) -> usize {
+        self.c / self.groups
+    }
+    fn og(&self) -> usize {
+        self.o / self.groups
+    }
+    /// Rows of one group's im2col matrix: C/g * k * k.
+    fn kdim(&self) -> usize {
+        self.cg() * self.k * self.k
+    }
+    fn desc(&self) -> String {
+        format!(
+            "x ({},{},{},{}) w ({},{},{},{}) stride {} pad {} groups {}",
+            self.n,
+            self.c,
+            self.h,
+            self.w,
+            self.o,
+            self.cg(),
+            self.k,
+            self.k,
+            self.stride,
+            self.pad,
+            self.groups
+        )
+    }
+
+    /// Validates hyper-parameters and buffer lengths.
+    fn check(&self, x: usize, w: usize, b: usize, y: usize) -> Result<(), LayerError> {
+        let s = *self;
+        if s.groups == 0 || !s.c.is_multiple_of(s.groups) || !s.o.is_multiple_of(s.groups) {
+            return Err(LayerError::Param {
+                op: "conv2d",
+                detail: format!("groups {} must divide C={} and O={}", s.groups, s.c, s.o),
+            });
+        }
+        if s.k == 0 || s.stride == 0 || s.h + 2 * s.pad < s.k || s.w + 2 * s.pad < s.k {
+            return Err(LayerError::Param {
+                op: "conv2d",
+                detail: format!("kernel does not fit: {}", s.desc()),
+            });
+        }
+        let (ho, wo) = (s.ho(), s.wo());
+        check_len("conv2d", "x", x, s.n * s.c * s.h * s.w, || s.desc())?;
+        check_len("conv2d", "w", w, s.o * s.kdim(), || s.desc())?;
+        check_len("conv2d", "b", b, s.o, || s.desc())?;
+        check_len("conv2d", "y", y, s.n * s.o * ho * wo, || s.desc())
+    }
+
+    /// Samples per chunk: enough that one im2col matrix has about CHUNK_COLUMNS columns.
+    fn chunk(&self) -> usize {
+        (CHUNK_COLUMNS / (self.ho() * self.wo()).max(1)).clamp(1, self.n.max(1))
+    }
+}
+
+/// im2col of samples `x[n0..n0+nb]`, group `g`: col (K, nb*Ho*Wo) with K = C/g*k*k,
+/// row `(c', u, v)`, column `(sample, i, j)`.
+fn im2col<T: Float>(x: &[T], s: &ConvShape, n0: usize, nb: usize, g: usize, col: &mut [T]) {
+    let (ho, wo) = (s.ho(), s.wo());
+    let hw = ho * wo;
+    let cols = nb * hw;
+    let (k, st, pad) = (s.k, s.stride, s.pad as isize);
+    for cc in 0..s.cg() {
+        let ch = g * s.cg() + cc;
+        for u in 0..k {
+            for v in 0..k {
+                let row = (cc * k + u) * k + v;
+                let dst = &mut col[row * cols..(row + 1) * cols];
+                for sn in 0..nb {
+                    let plane = &x[((n0 + sn) * s.c + ch) * s.h * s.w..][..s.h * s.w];
+                    for i in 0..ho {
+                        let hi = (i * st + u) as isize - pad;
+                        let d = &mut dst[sn * hw + i * wo..sn * hw + (i + 1) * wo];
+                        if hi < 0 || hi >= s.h as isize {
+                            d.iter_mut().for_each(|e| *e = T::zero());
+                            continue;
+                        }
+                        let src = &plane[hi as usize * s.w..(hi as usize + 1) * s.w];
+                        for (j, e) in d.iter_mut().enumerate() {
+                            let wi = (j * st + v) as isize - pad;
+                            *e = if wi >= 0 && wi < s.w as isize {
+                                src[wi as usize]
+                            } else {
+                                T::zero()
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// col2im: adds col (K, nb*Ho*Wo) of group `g` back into `dx` for samples n0..n0+nb
+/// (`dx` here is the chunk's slice starting at sample n0).
+fn col2im<T: Float>(col: &[T], s: &ConvShape, nb: usize, g: usize, dx: &mut [T]) {
+    let (ho, wo) = (s.ho(), s.wo());
+    let hw = ho * wo;
+    let cols = nb * hw;
+    let (k, st, pad) = (s.k, s.stride, s.pad as isize);
+    for cc in 0..s.cg() {
+        let ch = g * s.cg() + cc;
+        for u in 0..k {
+            for v in 0..k {
+                let row = (cc * k + u) * k + v;
+                let srcrow = &col[row * cols..(row + 1) * cols];
+                for sn in 0..nb {
+                    let plane = &mut dx[(sn * s.c + ch) * s.h * s.w..][..s.h * s.w];
+                    for i in 0..ho {
+                        let hi = (i * st + u) as isize - pad;
+                        if hi < 0 || hi >= s.h as isize {
+                            continue;
+                        }
+                        let dst = &mut plane[hi as usize * s.w..(hi as usize + 1) * s.w];
+                        let src = &srcrow[sn * hw + i * wo..sn * hw + (i + 1) * wo];
+                        for (j, &e) in src.iter().enumerate() {
+                            let wi = (j * st + v) as isize - pad;
+                            if wi >= 0 && wi < s.w as isize {
+                                dst[wi as usize] = dst[wi as usize] + e;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Forward: `y[n,o,i,j] = b[o] + sum w[o,c',u,v] * xpad[n, G*C/g + c', i*s+u, j*s+v]`.
+///
+/// x: (N,C,H,W), w: (O,C/g,k,k), b: (O), y: (N,O,Ho,Wo).
+pub fn conv2d_forward<T: Float>(
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    y: &mut [T],
+    s: &ConvShape,
+) -> Result<(), LayerError> {
+    s.check(x.len(), w.len(), b.len(), y.len())?;
+    let (og, kd, hw) = (s.og(), s.kdim(), s.ho() * s.wo());
+    let chunk = s.chunk();
+    y.par_chunks_mut(chunk * s.o * hw)
+        .enumerate()
+        .try_for_each(|(ci, yc)| {
+            let n0 = ci * chunk;
+            let nb = yc.len() / (s.o * hw);
+            let mut col = vec![T::zero(); kd * nb * hw];
+            let mut out = vec![T::zero(); og * nb * hw];
+            for g in 0..s.groups {
+                im2col(x, s, n0, nb, g, &mut col);
+                // out (O/g, nb*HW) = w_g (O/g, K) x col (K, nb*HW)
+                gemm(
+                    false,
+                    false,
+                    og,
+                    nb * hw,
+                    kd,
+                    T::one(),
+                    &w[g * og * kd..][..og * kd],
+                    &col,
+                    T::zero(),
+                    &mut out,
+                )?;
+                for oo in 0..og {
+                    let bias = b[g * og + oo];
+                    for sn in 0..nb {
+                        let dst = &mut yc[(sn * s.o + g * og + oo) * hw..][..hw];
+                        let src = &out[oo * nb * hw + sn * hw..][..hw];
+                        for (d, &v) in dst.iter_mut().zip(src) {
+                            *d = v + bias;
+                        }
+                    }
+                }
+            }
+            Ok::<(), LayerError>(())
+        })
+}
+
+/// Backward: given dy (N,O,Ho,Wo), writes dx (N,C,H,W), dw (O,C/g,k,k) and db (O)
+/// (all overwritten, not accumulated).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward<T: Float>(
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    dx: &mut [T],
+    dw: &mut [T],
+    db: &mut [T],
+    s: &ConvShape,
+) -> Result<(), LayerError> {
+    s.check(x.len(), w.len(), db.len(), dy.len())?;
+    check_len("conv2d", "dx", dx.len(), x.len(), || s.desc())?;
+    check_len("conv2d", "dw", dw.len(), w.len(), || s.desc())?;
+    let (og, kd, hw) = (s.og(), s.kdim(), s.ho() * s.wo());
+    let chunk = s.chunk();
+    let nchunks = s.n.div_ceil(chunk);
+    let per_part = nchunks.div_ceil(GRAD_PARTS).max(1);
+    let sample = s.c * s.h * s.w;
+    // Each part owns a contiguous run of chunks: its dx slice and its own dw/db partials.
+    let parts: Vec<(Vec<T>, Vec<T>)> = dx
+        .par_chunks_mut(per_part * chunk * sample)
+        .enumerate()
+        .map(|(pi, dxp)| {
+            let mut pdw = vec![T::zero(); w.len()];
+            let mut pdb = vec![T::zero(); s.o];
+            let mut col = vec![T::zero(); kd * chunk * hw];
+            let mut dyg = vec![T::zero(); og * chunk * hw];
+            dxp.iter_mut().for_each(|e| *e = T::zero());
+            for (cj, dxc) in dxp.chunks_mut(chunk * sample).enumerate() {
+                let n0 = (pi * per_part + cj) * chunk;
+                let nb = dxc.len() / sample;
+                let cols = nb * hw;
+                for g in 0..s.groups {
+                    // dyg (O/g, nb*HW): this group's output gradient, samples side by side.
+                    for oo in 0..og {
+                        for sn in 0..nb {
+                            let src = &dy[((n0 + sn) * s.o + g * og + oo) * hw..][..hw];
+                            dyg[oo * cols + sn * hw..][..hw].copy_from_slice(src);
+                            let acc = src.iter().fold(T::zero(), |a, &v| a + v);
+                            pdb[g * og + oo] = pdb[g * og + oo] + acc;
+                        }
+                    }
+                    im2col(x, s, n0, nb, g, &mut col[..kd * cols]);
+                    // dw_g (O/g, K) += dyg (O/g, cols) x col^T (cols, K)
+                    gemm(
+                        false,
+                        true,
+                        og,
+                        kd,
+                        cols,
+                        T::one(),
+                        &dyg[..og * cols],
+                        &col[..kd * cols],
+                        T::one(),
+                        &mut pdw[g * og * kd..][..og * kd],
+                    )?;
+                    // dcol (K, cols) = w_g^T (K, O/g) x dyg (O/g, cols)
+                    gemm(
+                        true,
+                        false,
+                        kd,
+                        cols,
+                        og,
+                        T::one(),
+                        &w[g * og * kd..][..og * kd],
+                        &dyg[..og * cols],
+                        T::zero(),
+                        &mut col[..kd * cols],
+                    )?;
+                    col2im(&col[..kd * cols], s, nb, g, dxc);
+                }
+            }
+            Ok((pdw, pdb))
+        })
+        .collect::<Result<_, LayerError>>()?;
+    dw.iter_mut().for_each(|e| *e = T::zero());
+    db.iter_mut().for_each(|e| *e = T::zero());
+    for (pdw, pdb) in &parts {
+        dw.iter_mut().zip(pdw).for_each(|(a, &b)| *a = *a + b);
+        db.iter_mut().zip(pdb).for_each(|(a, &b)| *a = *a + b);
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! Local response normalisation across channels (the paper's section 3.3):
+//!
+//! `y[c] = x[c] / s[c]^beta`, `s[c] = k + alpha * sum_{j in W(c)} x[j]^2`, where W(c) is the
+//! window of `size` channels centred on c, clipped at the ends. `alpha` multiplies the plain sum
+//! of squares (it is not divided by `size`; see data/paper.toml for the paper's value).
+
+use crate::error::{check_len, LayerError};
+use alexnet_tensor::gemm::Float;
+use rayon::prelude::*;
+
+/// LRN hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LrnParams {
+    pub size: usize,
+    pub alpha: f64,
+    pub beta: f64,
+    pub k: f64,
+}
+
+fn check(p: &LrnParams, n: usize, c: usize, hw: usize, lens: &[usize]) -> Result<(), LayerError> {
+    if p.size == 0 {
+        return Err(LayerError::Param {
+            op: "lrn",
+            detail: "size must be > 0".into(),
+        });
+    }
+    for &l in lens {
+        check_len("lrn", "buffer", l, n * c * hw, || {
+            format!("(N,C,HW)=({n},{c},{hw})")
+        })?;
+    }
+    Ok(())
+}
+
+/// `s^-beta`, with the paper's beta = 0.75 computed by square roots (exact enough, much faster).
+#[inline]
+fn pow_neg_beta<T: Float>(s: T, beta: T, three_quarters: bool) -> T {
+    if three_quarters {
+        let r = s.sqrt();
+        T::one() / (r * r.sqrt())
+    } else {
+        s.powf(-beta)
+    }
+}
+
+/// Forward. x, y, scale: (N,C,H,W) with `hw` = H*W. `scale` receives s (for the backward).
+pub fn lrn_forward<T: Float>(
+    x: &[T],
+    y: &mut [T],
+    scale: &mut [T],
+    n: usize,
+    c: usize,
+    hw: usize,
+    p: &LrnParams,
+) -> Result<(), LayerError> {
+    check(p, n, c, hw, &[x.len(), y.len(), scale.len()])?;
+    let half = p.size / 2;
+    let (alpha, beta, k) = (T::of(p.alpha), T::of(p.beta), T::of(p.k));
+    let tq = p.beta == 0.75;
+    y.par_chunks_mut(c * hw)
+        .zip(scale.par_chunks_mut(c * hw))
+        .enumerate()
+        .for_each(|(ni, (yn, sn))| {
+            let xn = &x[ni * c * hw..(ni + 1) * c * hw];
+            for ci in 0..c {
+                let lo = ci.saturating_sub(half);
+                let hi = (ci + half).min(c - 1);
+                let s = &mut sn[ci * hw..(ci + 1) * hw];
+                s.iter_mut().for_each(|e| *e = T::zero());
+                for j in lo..=hi {
+                    for (e, &v) in s.iter_mut().zip(&xn[j * hw..(j + 1) * hw]) {
+                        *e = *e + v * v;
+                    }
+                }
+                let yc = &mut yn[ci * hw..(ci + 1) * hw];
+                for ((o, e), &v) in yc
+                    .iter_mut()
+                    .zip(s.iter_mut())
+                    .zip(&xn[ci * hw..(ci + 1) * hw])
+                {
+                    *e = k + alpha * *e;
+                    *o = v * pow_neg_beta(*e, beta, tq);
+                }
+            }
+        });
+    Ok(())
+}
+
+/// Backward: `dx[i] = dy[i] * s[i]^-beta - 2 alpha beta x[i] sum_{j in W(i)} dy[j] y[j] / s[j]`.
+#[allow(clippy::too_many_arguments)]
+pub fn lrn_backward<T: Float>(
+    x: &[T],
+    y: &[T],
+    scale: &[T],
+    dy: &[T],
+    dx: &mut [T],
+    n: usize,
+    c: usize,
+    hw: usize,
+    p: &LrnParams,
+) -> Result<(), LayerError> {
+    check(
+        p,
+        n,
+        c,
+        hw,
+        &[x.len(), y.len(), scale.len(), dy.len(), dx.len()],
+    )?;
+    let half = p.size / 2;
+    let (beta, tq) = (T::of(p.beta), p.beta == 0.75);
+    let coef = T::of(2.0 * p.alpha * p.beta);
+    dx.par_chunks_mut(c * hw).enumerate().for_each(|(ni, dxn)| {
+        let base = ni * c * hw;
+        let (xn, yn, sn, dyn_) = (
+            &x[base..base + c * hw],
+            &y[base..base + c * hw],
+            &scale[base..base + c * hw],
+            &dy[base..base + c * hw],
+        );
+        // r[j] = dy[j] * y[j] / s[j]
+        let r: Vec<T> = (0..c * hw).map(|i| dyn_[i] * yn[i] / sn[i]).collect();
+        let mut acc = vec![T::zero(); hw];
+        for ci in 0..c {
+            let lo = ci.saturating_sub(half);
+            let hi = (ci + half).min(c - 1);
+            acc.iter_mut().for_each(|e| *e = T::zero());
+            for j in lo..=hi {
+                for (a, &v) in acc.iter_mut().zip(&r[j * hw..(j + 1) * hw]) {
+                    *a = *a + v;
+                }
+            }
+            let o = ci * hw;
+            for i in 0..hw {
+                dxn[o + i] =
+                    dyn_[o + i] * pow_neg_beta(sn[o + i], beta, tq) - coef * xn[o + i] * acc[i];
+            }
+        }
+    });
+    Ok(())
+}

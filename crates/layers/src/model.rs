@@ -1,0 +1,413 @@
+//! An AlexNet-topology network on the CPU, built from a [`Plan`] (a preset or a fixture's layer
+//! list). Parameters, gradients and momentum are three flat buffers sharing the plan's layout
+//! (named views `conv1.weight`, ...): SGD is one pass, a checkpoint one write.
+//!
+//! Generic over the element type: f32 for training, f64 for finite-difference gradient checks.
+
+use crate::conv::{conv2d_backward, conv2d_forward, ConvShape};
+use crate::dropout::{dropout_backward, dropout_forward};
+use crate::error::{check_len, LayerError};
+use crate::linear::{linear_backward, linear_forward};
+use crate::loss::softmax_cross_entropy;
+use crate::lrn::{lrn_backward, lrn_forward, LrnParams};
+use crate::pool::{maxpool_backward, maxpool_forward, PoolShape};
+use crate::relu::{relu_backward, relu_forward};
+use alexnet_tensor::gemm::Float;
+use alexnet_tensor::rng::Rng;
+use alexnet_tensor::spec::{Op, Plan};
+
+/// Training (dropout active, with this seed for the step) or evaluation (dropout = identity).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Train { seed: u64 },
+    Eval,
+}
+
+/// Per-layer state saved by the forward pass for the backward pass.
+#[derive(Debug, Default, Clone)]
+enum Aux<T> {
+    #[default]
+    None,
+    /// LRN: s = k + alpha * sum of squares, per element.
+    Scale(Vec<T>),
+    /// Max-pool: argmax index within the plane, per output.
+    Arg(Vec<u32>),
+    /// Dropout: the scaled keep-mask (0 or 1/(1-p)); empty at evaluation.
+    Mask(Vec<T>),
+}
+
+/// The network with its flat parameter, gradient and momentum buffers.
+#[derive(Debug, Clone)]
+pub struct Model<T: Float> {
+    pub plan: Plan,
+    /// All parameters, laid out as `plan.params`.
+    pub params: Vec<T>,
+    /// Gradients of the last backward pass, same layout.
+    pub grads: Vec<T>,
+    /// SGD velocity (the paper's v, which includes the learning rate), same layout.
+    pub momentum: Vec<T>,
+    n: usize,
+    input: Vec<T>,
+    acts: Vec<Vec<T>>,
+    aux: Vec<Aux<T>>,
+    train: bool,
+}
+
+fn conv_shape(op: &Op, n: usize, in_shape: &[usize]) -> ConvShape {
+    match (op, in_shape) {
+        (
+            Op::Conv {
+                cin,
+                cout,
+                k,
+                stride,
+                pad,
+                groups,
+            },
+            [_, h, w],
+        ) => ConvShape {
+            n,
+            c: *cin,
+            h: *h,
+            w: *w,
+            o: *cout,
+            k: *k,
+            stride: *stride,
+            pad: *pad,
+            groups: *groups,
+        },
+        // Invariant: Plan::new only creates Op::Conv with a (C,H,W) input shape.
+        _ => unreachable!("conv layer without a (C,H,W) input"),
+    }
+}
+
+impl<T: Float> Model<T> {
+    /// A model with all parameters zero (call [`Model::init`] or load a checkpoint).
+    pub fn new(plan: Plan) -> Self {
+        let total = plan.total;
+        let layers = plan.layers.len();
+        Model {
+            plan,
+            params: vec![T::zero(); total],
+            grads: vec![T::zero(); total],
+            momentum: vec![T::zero(); total],
+            n: 0,
+            input: Vec::new(),
+            acts: vec![Vec::new(); layers],
+            aux: vec![Aux::None; layers],
+            train: false,
+        }
+    }
+
+    /// Paper-style initialisation from the plan: weights ~ N(0, std^2), biases constant.
+    /// Each parameter draws from its own stream of `seed`, so adding a layer does not change
+    /// the others' draws.
+    pub fn init(&mut self, seed: u64) {
+        for (i, e) in self.plan.params.iter().enumerate() {
+            let view = &mut self.params[e.offset..e.offset + e.len];
+            if e.init_std > 0.0 {
+                let mut rng = Rng::derive(seed, &[i as u64]);
+                let std = T::of(e.init_std as f64);
+                view.iter_mut()
+                    .for_each(|v| *v = T::of(rng.normal() as f64) * std);
+            } else {
+                view.iter_mut()
+                    .for_each(|v| *v = T::of(e.init_constant as f64));
+            }
+        }
+        self.momentum.iter_mut().for_each(|v| *v = T::zero());
+    }
+
+    /// The parameter view `name` (e.g. "conv1.weight").
+    pub fn param(&self, name: &str) -> Option<&[T]> {
+        self.plan
+            .param(name)
+            .map(|e| &self.params[e.offset..e.offset + e.len])
+    }
+
+    /// Mutable parameter view.
+    pub fn param_mut(&mut self, name: &str) -> Option<&mut [T]> {
+        let e = self.plan.param(name)?.clone();
+        Some(&mut self.params[e.offset..e.offset + e.len])
+    }
+
+    /// The gradient view `name`.
+    pub fn grad(&self, name: &str) -> Option<&[T]> {
+        self.plan
+            .param(name)
+            .map(|e| &self.grads[e.offset..e.offset + e.len])
+    }
+
+    /// Output of the named layer from the last forward pass: (N, per-sample shape).
+    pub fn activation(&self, name: &str) -> Option<&[T]> {
+        let i = self.plan.layers.iter().position(|l| l.name == name)?;
+        Some(&self.acts[i])
+    }
+
+    /// Number of classes (logits per sample).
+    pub fn classes(&self) -> usize {
+        self.plan.num_classes
+    }
+
+    /// Forward pass. x: (N, C, H, W) -> logits (N, classes).
+    pub fn forward(&mut self, x: &[T], n: usize, mode: Mode) -> Result<&[T], LayerError> {
+        let [c, h, w] = self.plan.input;
+        check_len("model.forward", "x", x.len(), n * c * h * w, || {
+            format!("({n},{c},{h},{w})")
+        })?;
+        self.n = n;
+        self.train = matches!(mode, Mode::Train { .. });
+        self.input.clear();
+        self.input.extend_from_slice(x);
+        for li in 0..self.plan.layers.len() {
+            let (before, rest) = self.acts.split_at_mut(li);
+            let xin: &[T] = if li == 0 {
+                &self.input
+            } else {
+                &before[li - 1]
+            };
+            let out = &mut rest[0];
+            let layer = &self.plan.layers[li];
+            let out_len = n * layer.out_shape.iter().product::<usize>();
+            out.resize(out_len, T::zero());
+            let aux = &mut self.aux[li];
+            match &layer.op {
+                Op::Conv { .. } => {
+                    let s = conv_shape(&layer.op, n, &layer.in_shape);
+                    // Invariant: the plan gives every conv layer a (weight, bias) pair.
+                    let (wi, bi) = layer.params.expect("conv has params");
+                    let (we, be) = (&self.plan.params[wi], &self.plan.params[bi]);
+                    conv2d_forward(
+                        xin,
+                        &self.params[we.offset..we.offset + we.len],
+                        &self.params[be.offset..be.offset + be.len],
+                        out,
+                        &s,
+                    )?;
+                }
+                Op::Relu => relu_forward(xin, out)?,
+                Op::Lrn {
+                    size,
+                    alpha,
+                    beta,
+                    k,
+                } => {
+                    let p = LrnParams {
+                        size: *size,
+                        alpha: *alpha as f64,
+                        beta: *beta as f64,
+                        k: *k as f64,
+                    };
+                    let (ch, hw) = (layer.in_shape[0], layer.in_shape[1] * layer.in_shape[2]);
+                    let mut scale = match std::mem::take(aux) {
+                        Aux::Scale(v) => v,
+                        _ => Vec::new(),
+                    };
+                    scale.resize(out_len, T::zero());
+                    lrn_forward(xin, out, &mut scale, n, ch, hw, &p)?;
+                    *aux = Aux::Scale(scale);
+                }
+                Op::MaxPool { k, stride } => {
+                    let s = PoolShape {
+                        planes: n * layer.in_shape[0],
+                        h: layer.in_shape[1],
+                        w: layer.in_shape[2],
+                        k: *k,
+                        stride: *stride,
+                    };
+                    let mut arg = match std::mem::take(aux) {
+                        Aux::Arg(v) => v,
+                        _ => Vec::new(),
+                    };
+                    arg.resize(out_len, 0);
+                    maxpool_forward(xin, out, &mut arg, &s)?;
+                    *aux = Aux::Arg(arg);
+                }
+                Op::Dropout { p } => match mode {
+                    Mode::Train { seed } => {
+                        let mut mask = match std::mem::take(aux) {
+                            Aux::Mask(v) => v,
+                            _ => Vec::new(),
+                        };
+                        mask.resize(out_len, T::zero());
+                        // The same per-layer seed as the CUDA path, so both draw identical masks.
+                        let layer_seed = alexnet_cuda::hash::layer_seed(seed, li);
+                        dropout_forward(xin, out, &mut mask, *p as f64, layer_seed)?;
+                        *aux = Aux::Mask(mask);
+                    }
+                    Mode::Eval => {
+                        out.copy_from_slice(xin);
+                        *aux = Aux::None;
+                    }
+                },
+                Op::Flatten => out.copy_from_slice(xin),
+                Op::Linear { fin, fout } => {
+                    // Invariant: the plan gives every linear layer a (weight, bias) pair.
+                    let (wi, bi) = layer.params.expect("linear has params");
+                    let (we, be) = (&self.plan.params[wi], &self.plan.params[bi]);
+                    linear_forward(
+                        xin,
+                        &self.params[we.offset..we.offset + we.len],
+                        &self.params[be.offset..be.offset + be.len],
+                        out,
+                        n,
+                        *fin,
+                        *fout,
+                    )?;
+                }
+            }
+        }
+        Ok(self.logits())
+    }
+
+    /// Logits of the last forward pass: (N, classes).
+    pub fn logits(&self) -> &[T] {
+        self.acts.last().map(|v| v.as_slice()).unwrap_or(&[])
+    }
+
+    /// Mean softmax cross-entropy of the last forward pass's logits, followed by the backward
+    /// pass (fills `grads`). Returns the loss.
+    pub fn loss_backward(&mut self, labels: &[u32]) -> Result<T, LayerError> {
+        let classes = self.classes();
+        check_len("model.loss", "labels", labels.len(), self.n, || {
+            format!("batch {}", self.n)
+        })?;
+        let mut dlogits = vec![T::zero(); self.n * classes];
+        let loss = softmax_cross_entropy(self.logits(), labels, &mut dlogits, classes)?;
+        self.backward(&dlogits, false)?;
+        Ok(loss)
+    }
+
+    /// Backward pass from `dlogits` (N, classes): overwrites `grads`; returns dx when asked.
+    pub fn backward(&mut self, dlogits: &[T], want_dx: bool) -> Result<Option<Vec<T>>, LayerError> {
+        let n = self.n;
+        check_len(
+            "model.backward",
+            "dlogits",
+            dlogits.len(),
+            n * self.classes(),
+            || format!("({n},{})", self.classes()),
+        )?;
+        let mut g = dlogits.to_vec();
+        let mut gin: Vec<T> = Vec::new();
+        for li in (0..self.plan.layers.len()).rev() {
+            let layer = &self.plan.layers[li];
+            let xin: &[T] = if li == 0 {
+                &self.input
+            } else {
+                &self.acts[li - 1]
+            };
+            let in_len = n * layer.in_shape.iter().product::<usize>();
+            let need_dx = li > 0 || want_dx;
+            gin.resize(in_len, T::zero());
+            match &layer.op {
+                Op::Conv { .. } => {
+                    let s = conv_shape(&layer.op, n, &layer.in_shape);
+                    // Invariant: the plan gives every conv layer a (weight, bias) pair.
+                    let (wi, bi) = layer.params.expect("conv has params");
+                    let (we, be) = (self.plan.params[wi].clone(), self.plan.params[bi].clone());
+                    let (gw, gb) = split_two(&mut self.grads, &we, &be);
+                    conv2d_backward(
+                        xin,
+                        &self.params[we.offset..we.offset + we.len],
+                        &g,
+                        &mut gin,
+                        gw,
+                        gb,
+                        &s,
+                    )?;
+                }
+                Op::Relu => relu_backward(&self.acts[li], &g, &mut gin)?,
+                Op::Lrn {
+                    size,
+                    alpha,
+                    beta,
+                    k,
+                } => {
+                    let p = LrnParams {
+                        size: *size,
+                        alpha: *alpha as f64,
+                        beta: *beta as f64,
+                        k: *k as f64,
+                    };
+                    let (ch, hw) = (layer.in_shape[0], layer.in_shape[1] * layer.in_shape[2]);
+                    let Aux::Scale(scale) = &self.aux[li] else {
+                        return Err(stale(&layer.name));
+                    };
+                    lrn_backward(xin, &self.acts[li], scale, &g, &mut gin, n, ch, hw, &p)?;
+                }
+                Op::MaxPool { k, stride } => {
+                    let s = PoolShape {
+                        planes: n * layer.in_shape[0],
+                        h: layer.in_shape[1],
+                        w: layer.in_shape[2],
+                        k: *k,
+                        stride: *stride,
+                    };
+                    let Aux::Arg(arg) = &self.aux[li] else {
+                        return Err(stale(&layer.name));
+                    };
+                    maxpool_backward(&g, arg, &mut gin, &s)?;
+                }
+                Op::Dropout { .. } => match &self.aux[li] {
+                    Aux::Mask(mask) if self.train => dropout_backward(&g, mask, &mut gin)?,
+                    _ => gin.copy_from_slice(&g),
+                },
+                Op::Flatten => gin.copy_from_slice(&g),
+                Op::Linear { fin, fout } => {
+                    // Invariant: the plan gives every linear layer a (weight, bias) pair.
+                    let (wi, bi) = layer.params.expect("linear has params");
+                    let (we, be) = (self.plan.params[wi].clone(), self.plan.params[bi].clone());
+                    let (gw, gb) = split_two(&mut self.grads, &we, &be);
+                    let dx = if need_dx { Some(&mut gin[..]) } else { None };
+                    linear_backward(
+                        xin,
+                        &self.params[we.offset..we.offset + we.len],
+                        &g,
+                        dx,
+                        gw,
+                        gb,
+                        n,
+                        *fin,
+                        *fout,
+                    )?;
+                }
+            }
+            std::mem::swap(&mut g, &mut gin);
+        }
+        Ok(if want_dx { Some(g) } else { None })
+    }
+
+    /// One SGD step with the paper's rule, in one pass over the whole flat buffer. Weight decay
+    /// applies to every parameter, biases included (the rule as the paper writes it, and what
+    /// the CUDA path's single-launch SGD does).
+    pub fn sgd(&mut self, lr: f64, momentum: f64, weight_decay: f64) -> Result<(), LayerError> {
+        crate::sgd::sgd_step(
+            &mut self.params,
+            &self.grads,
+            &mut self.momentum,
+            lr,
+            momentum,
+            weight_decay,
+        )
+    }
+}
+
+fn stale(name: &str) -> LayerError {
+    LayerError::Param {
+        op: "model.backward",
+        detail: format!("{name}: no saved forward state"),
+    }
+}
+
+/// Two disjoint mutable views (weight, bias) of the flat gradient buffer.
+fn split_two<'a, T>(
+    buf: &'a mut [T],
+    w: &alexnet_tensor::spec::ParamEntry,
+    b: &alexnet_tensor::spec::ParamEntry,
+) -> (&'a mut [T], &'a mut [T]) {
+    // The plan lays each bias right after its weight.
+    debug_assert_eq!(w.offset + w.len, b.offset);
+    let (left, right) = buf.split_at_mut(b.offset);
+    (&mut left[w.offset..w.offset + w.len], &mut right[..b.len])
+}

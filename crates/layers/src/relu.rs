@@ -1,0 +1,37 @@
+//! ReLU: y = max(x, 0); dx = dy where x > 0, else 0.
+
+use crate::error::{check_len, LayerError};
+use alexnet_tensor::gemm::Float;
+use rayon::prelude::*;
+
+const CHUNK: usize = 1 << 14;
+
+/// Forward. x, y: any shape, same length.
+pub fn relu_forward<T: Float>(x: &[T], y: &mut [T]) -> Result<(), LayerError> {
+    check_len("relu", "y", y.len(), x.len(), || {
+        format!("x of {} elements", x.len())
+    })?;
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(yc, xc)| {
+            for (o, &i) in yc.iter_mut().zip(xc) {
+                *o = if i > T::zero() { i } else { T::zero() };
+            }
+        });
+    Ok(())
+}
+
+/// Backward from the forward *output* y (y > 0 exactly where x > 0): dx = dy * [y > 0].
+pub fn relu_backward<T: Float>(y: &[T], dy: &[T], dx: &mut [T]) -> Result<(), LayerError> {
+    let shape = || format!("y of {} elements", y.len());
+    check_len("relu", "dy", dy.len(), y.len(), shape)?;
+    check_len("relu", "dx", dx.len(), y.len(), shape)?;
+    dx.par_chunks_mut(CHUNK)
+        .zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+        .for_each(|(dxc, (yc, dyc))| {
+            for ((d, &o), &g) in dxc.iter_mut().zip(yc).zip(dyc) {
+                *d = if o > T::zero() { g } else { T::zero() };
+            }
+        });
+    Ok(())
+}

@@ -1,0 +1,374 @@
+//! Single-precision GEMM on row-major slices, through `matrixmultiply`.
+//!
+//! `C (m x n) = alpha * op(A) * op(B) + beta * C`, where `op(A)` is `m x k` and `op(B)` is `k x n`.
+//! With `ta == false` A is stored `[m, k]`; with `ta == true` it is stored `[k, m]` (so op(A) is
+//! its transpose); likewise B is stored `[k, n]` or `[n, k]`. C is always stored `[m, n]`.
+
+use crate::TensorError;
+use rayon::prelude::*;
+
+/// The element types the layers run in: f32 for training, f64 for gradient checks.
+pub trait Float:
+    num_traits::Float + num_traits::FromPrimitive + Default + Send + Sync + std::fmt::Debug + 'static
+{
+    /// Raw GEMM with explicit strides (matrixmultiply's contract).
+    ///
+    /// # Safety
+    /// Every index `i*rs + p*cs` formed for the given sizes must lie inside the pointed-to
+    /// buffers, and C must not alias A or B.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn raw_gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    );
+    /// Conversion used by tests and the f64 gradient checks.
+    fn of(x: f64) -> Self {
+        <Self as num_traits::FromPrimitive>::from_f64(x).unwrap_or_else(Self::nan)
+    }
+}
+
+impl Float for f32 {
+    unsafe fn raw_gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f32,
+        a: *const f32,
+        rsa: isize,
+        csa: isize,
+        b: *const f32,
+        rsb: isize,
+        csb: isize,
+        beta: f32,
+        c: *mut f32,
+        rsc: isize,
+        csc: isize,
+    ) {
+        // SAFETY: forwarded; the caller upholds matrixmultiply's bounds and aliasing contract.
+        unsafe {
+            matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+        }
+    }
+}
+
+impl Float for f64 {
+    unsafe fn raw_gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f64,
+        a: *const f64,
+        rsa: isize,
+        csa: isize,
+        b: *const f64,
+        rsb: isize,
+        csb: isize,
+        beta: f64,
+        c: *mut f64,
+        rsc: isize,
+        csc: isize,
+    ) {
+        // SAFETY: forwarded; the caller upholds matrixmultiply's bounds and aliasing contract.
+        unsafe {
+            matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+        }
+    }
+}
+
+/// Strides (row, column) of op(X) for a row-major X stored untransposed `[r, c]` or transposed.
+fn strides(trans: bool, rows: usize, cols: usize) -> (isize, isize) {
+    // op(X) is rows x cols. Untransposed storage [rows, cols]: (cols, 1).
+    // Transposed storage [cols, rows]: element (i, j) of op(X) is at j * rows + i.
+    if trans {
+        (1, rows as isize)
+    } else {
+        (cols as isize, 1)
+    }
+}
+
+fn check<T>(m: usize, n: usize, k: usize, a: &[T], b: &[T], c: &[T]) -> Result<(), TensorError> {
+    if a.len() < m * k || b.len() < k * n || c.len() < m * n {
+        return Err(TensorError::Shape {
+            op: "sgemm",
+            detail: format!(
+                "m={m} n={n} k={k} needs A {} B {} C {} elements, got {} {} {}",
+                m * k,
+                k * n,
+                m * n,
+                a.len(),
+                b.len(),
+                c.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// f32 [`gemm`].
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(
+    ta: bool,
+    tb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+) -> Result<(), TensorError> {
+    gemm(ta, tb, m, n, k, alpha, a, b, beta, c)
+}
+
+/// f32 [`par_gemm`].
+#[allow(clippy::too_many_arguments)]
+pub fn par_sgemm(
+    ta: bool,
+    tb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+) -> Result<(), TensorError> {
+    par_gemm(ta, tb, m, n, k, alpha, a, b, beta, c)
+}
+
+/// `C = alpha * op(A) op(B) + beta * C` on one thread. See the module docs for layouts.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm<T: Float>(
+    ta: bool,
+    tb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T,
+    a: &[T],
+    b: &[T],
+    beta: T,
+    c: &mut [T],
+) -> Result<(), TensorError> {
+    check(m, n, k, a, b, c)?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let (rsa, csa) = strides(ta, m, k);
+    let (rsb, csb) = strides(tb, k, n);
+    // SAFETY: `check` proved that A holds m*k, B k*n and C m*n elements; with the strides above
+    // every index matrixmultiply forms (i*rs + p*cs for i < rows, p < cols) lies inside those
+    // ranges, and C is borrowed mutably so it aliases neither A nor B.
+    unsafe {
+        T::raw_gemm(
+            m,
+            k,
+            n,
+            alpha,
+            a.as_ptr(),
+            rsa,
+            csa,
+            b.as_ptr(),
+            rsb,
+            csb,
+            beta,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+    Ok(())
+}
+
+/// Like [`gemm`], split over rayon threads along the larger of m and n.
+///
+/// Each element of C is computed by exactly one call over the full k range, so the result does
+/// not depend on the number of threads.
+#[allow(clippy::too_many_arguments)]
+pub fn par_gemm<T: Float>(
+    ta: bool,
+    tb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T,
+    a: &[T],
+    b: &[T],
+    beta: T,
+    c: &mut [T],
+) -> Result<(), TensorError> {
+    check(m, n, k, a, b, c)?;
+    let threads = rayon::current_num_threads();
+    let flops = m * n * k;
+    if threads <= 1 || flops < (1 << 20) || m == 0 || n == 0 {
+        return gemm(ta, tb, m, n, k, alpha, a, b, beta, c);
+    }
+    let (rsa, csa) = strides(ta, m, k);
+    let (rsb, csb) = strides(tb, k, n);
+    let parts = threads * 2;
+    if m >= n {
+        // Split rows of C: block [i0, i1) uses rows i0.. of op(A).
+        let rows = m.div_ceil(parts).max(1);
+        c[..m * n]
+            .par_chunks_mut(rows * n)
+            .enumerate()
+            .for_each(|(ci, cblk)| {
+                let i0 = ci * rows;
+                let mi = cblk.len() / n;
+                // SAFETY: A holds m*k elements (checked); rows i0..i0+mi of op(A) start at
+                // i0*rsa and every index i*rsa + p*csa with i < mi, p < k stays below m*k. B is
+                // whole; cblk is this task's own disjoint mi x n block of C.
+                unsafe {
+                    T::raw_gemm(
+                        mi,
+                        k,
+                        n,
+                        alpha,
+                        a.as_ptr().offset(i0 as isize * rsa),
+                        rsa,
+                        csa,
+                        b.as_ptr(),
+                        rsb,
+                        csb,
+                        beta,
+                        cblk.as_mut_ptr(),
+                        n as isize,
+                        1,
+                    );
+                }
+            });
+    } else {
+        // Split columns of C: each task owns columns [j0, j1) of every row. The blocks are
+        // not contiguous, so tasks write through a raw pointer into disjoint column ranges.
+        let cols = n.div_ceil(parts).max(1);
+        let cptr = SendPtr(c.as_mut_ptr());
+        (0..n.div_ceil(cols)).into_par_iter().for_each(|ci| {
+            let j0 = ci * cols;
+            let nj = cols.min(n - j0);
+            let cp = cptr;
+            // SAFETY: B holds k*n elements (checked); columns j0..j0+nj of op(B) start at
+            // j0*csb and stay inside it. Tasks write disjoint column ranges [j0, j0+nj) of C
+            // (C holds m*n elements, checked), so no two tasks touch the same element, and the
+            // caller's &mut borrow of C outlives the parallel loop.
+            unsafe {
+                T::raw_gemm(
+                    m,
+                    k,
+                    nj,
+                    alpha,
+                    a.as_ptr(),
+                    rsa,
+                    csa,
+                    b.as_ptr().offset(j0 as isize * csb),
+                    rsb,
+                    csb,
+                    beta,
+                    cp.0.add(j0),
+                    n as isize,
+                    1,
+                );
+            }
+        });
+    }
+    Ok(())
+}
+
+struct SendPtr<T>(*mut T);
+impl<T> Clone for SendPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SendPtr<T> {}
+// SAFETY: the pointer is only used to write disjoint column blocks of one C matrix from
+// par_sgemm's tasks, while the caller's exclusive borrow keeps the buffer alive.
+unsafe impl<T> Send for SendPtr<T> {}
+// SAFETY: as above; shared between tasks only to derive disjoint write ranges.
+unsafe impl<T> Sync for SendPtr<T> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(ta: bool, tb: bool, m: usize, n: usize, k: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0f64;
+                for p in 0..k {
+                    let av = if ta { a[p * m + i] } else { a[i * k + p] };
+                    let bv = if tb { b[j * k + p] } else { b[p * n + j] };
+                    s += av as f64 * bv as f64;
+                }
+                c[i * n + j] = s as f32;
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn hand_computed_2x2() {
+        // [1 2; 3 4] * [5 6; 7 8] = [19 22; 43 50]
+        let mut c = vec![0.0; 4];
+        sgemm(
+            false,
+            false,
+            2,
+            2,
+            2,
+            1.0,
+            &[1., 2., 3., 4.],
+            &[5., 6., 7., 8.],
+            0.0,
+            &mut c,
+        )
+        .unwrap();
+        assert_eq!(c, vec![19., 22., 43., 50.]);
+    }
+
+    #[test]
+    fn all_transposes_and_parallel_match_naive() {
+        for &(m, n, k) in &[(3, 5, 7), (200, 33, 170), (17, 300, 250)] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0)
+                .collect();
+            for ta in [false, true] {
+                for tb in [false, true] {
+                    let want = naive(ta, tb, m, n, k, &a, &b);
+                    let mut c1 = vec![1.0; m * n];
+                    sgemm(ta, tb, m, n, k, 1.0, &a, &b, 0.0, &mut c1).unwrap();
+                    let mut c2 = vec![0.5; m * n];
+                    par_sgemm(ta, tb, m, n, k, 1.0, &a, &b, 2.0, &mut c2).unwrap();
+                    for i in 0..m * n {
+                        assert!((c1[i] - want[i]).abs() < 1e-3 * (1.0 + want[i].abs()));
+                        assert!((c2[i] - 1.0 - want[i]).abs() < 1e-3 * (1.0 + want[i].abs()));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn short_buffers_are_an_error() {
+        let mut c = vec![0.0; 3];
+        let e = sgemm(false, false, 2, 2, 2, 1.0, &[0.; 4], &[0.; 4], 0.0, &mut c).unwrap_err();
+        assert!(e.to_string().contains("sgemm"), "{e}");
+    }
+}

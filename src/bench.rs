@@ -1,0 +1,79 @@
+//! `cargo xtask bench`: training (forward + backward + SGD) and inference img/s on random data.
+
+use crate::presets::load_preset;
+use alexnet_layers::{Mode, Model};
+use alexnet_tensor::rng::Rng;
+use anyhow::{bail, Result};
+use std::time::Instant;
+
+/// What `bench` measured.
+#[derive(Debug, serde::Serialize)]
+pub struct BenchResult {
+    pub train_img_per_s: f64,
+    pub infer_img_per_s: f64,
+    pub preset: String,
+    pub batch: usize,
+    pub device: String,
+    pub threads: usize,
+    pub precision: String,
+    pub timed_steps: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// CPU benchmark: `warmup` untimed steps, then the median of `steps` timed steps.
+pub fn bench_cpu(
+    preset: &str,
+    batch: usize,
+    classes: usize,
+    warmup: usize,
+    steps: usize,
+) -> Result<BenchResult> {
+    if batch == 0 || steps == 0 {
+        bail!("--batch and --steps must be at least 1");
+    }
+    let spec = load_preset(preset)?;
+    let plan = spec.plan(classes)?;
+    let mut model: Model<f32> = Model::new(plan.clone());
+    model.init(1);
+    let [c, h, w] = plan.input;
+    let mut rng = Rng::new(7);
+    let x: Vec<f32> = (0..batch * c * h * w)
+        .map(|_| rng.normal() * 50.0)
+        .collect();
+    let labels: Vec<u32> = (0..batch)
+        .map(|_| rng.below(classes as u64) as u32)
+        .collect();
+    let mut train = Vec::new();
+    for step in 0..warmup + steps {
+        let t = Instant::now();
+        model.forward(&x, batch, Mode::Train { seed: step as u64 })?;
+        model.loss_backward(&labels)?;
+        // A tiny lr keeps the weights (and so the work) essentially fixed.
+        model.sgd(1e-6, 0.9, 5e-4)?;
+        if step >= warmup {
+            train.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let mut infer = Vec::new();
+    for step in 0..warmup + steps {
+        let t = Instant::now();
+        model.forward(&x, batch, Mode::Eval)?;
+        if step >= warmup {
+            infer.push(t.elapsed().as_secs_f64());
+        }
+    }
+    Ok(BenchResult {
+        train_img_per_s: batch as f64 / median(train),
+        infer_img_per_s: batch as f64 / median(infer),
+        preset: spec.name,
+        batch,
+        device: "cpu".into(),
+        threads: rayon::current_num_threads(),
+        precision: "f32".into(),
+        timed_steps: steps,
+    })
+}

@@ -1,0 +1,6 @@
+//! `alexnet`: the orchestration layer over the workspace crates. The `alexnet` binary (run
+//! through `cargo xtask <command>`) calls into these modules.
+
+pub mod bench;
+pub mod parity;
+pub mod presets;

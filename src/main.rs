@@ -1,0 +1,130 @@
+//! The `alexnet` command-line tool. Users reach it through `cargo xtask <command>`, which runs
+//! this binary in release mode.
+
+use alexnet::{bench, parity};
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", version, about = "AlexNet reproduced in Rust")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every parity fixture in DIR against the CPU layers; ends with "N passed, M failed".
+    Parity(ParityArgs),
+    /// Time training and inference throughput.
+    Bench(BenchArgs),
+    /// NVRTC-compile every CUDA kernel (needs libnvrtc, not a GPU).
+    CheckKernels,
+}
+
+#[derive(Args)]
+struct ParityArgs {
+    /// Folder of *.safetensors fixtures [default: tests/fixtures/parity].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+fn default_fixture_dir() -> PathBuf {
+    let here = PathBuf::from("tests/fixtures/parity");
+    if here.is_dir() {
+        return here;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity")
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Preset name (small, paper, paper-6conv) or TOML file.
+    #[arg(long, default_value = "small")]
+    preset: String,
+    /// Batch size.
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Number of classes of the final layer.
+    #[arg(long, default_value_t = 1000)]
+    classes: usize,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 7)]
+    steps: usize,
+    /// f32, tf32 or bf16 (CUDA only; the CPU computes in f32).
+    #[arg(long, default_value = "f32")]
+    precision: String,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn run_parity(args: &ParityArgs) -> Result<bool> {
+    let dir = args.dir.clone().unwrap_or_else(default_fixture_dir);
+    let files = parity::fixture_files(&dir)?;
+    let (mut passed, mut failed) = (0, 0);
+    for f in &files {
+        let r = parity::run_file(f);
+        println!("{}", r.line());
+        if r.passed() {
+            passed += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(failed == 0)
+}
+
+fn run_bench(a: &BenchArgs) -> Result<()> {
+    let r = match a.device.as_str() {
+        "cpu" => bench::bench_cpu(&a.preset, a.batch, a.classes, a.warmup, a.steps)?,
+        other => anyhow::bail!("--device {other}: this build benchmarks `cpu` only so far"),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "bench: preset {} batch {} device {} ({} threads, {}): train {:.1} img/s, inference {:.1} img/s (median of {} steps)",
+            r.preset, r.batch, r.device, r.threads, r.precision, r.train_img_per_s, r.infer_img_per_s, r.timed_steps
+        );
+    }
+    Ok(())
+}
+
+fn run_check_kernels() -> Result<bool> {
+    if !alexnet_cuda::nvrtc_available() {
+        anyhow::bail!(
+            "libnvrtc not found: install it (e.g. `pip install nvidia-cuda-nvrtc==13.0.88`) and put \
+             its lib folder on LD_LIBRARY_PATH (see crates/cuda/README.md)"
+        );
+    }
+    let n = alexnet_cuda::check_kernels()?;
+    println!("{n} kernels compiled");
+    Ok(true)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match &cli.cmd {
+        Cmd::Parity(a) => run_parity(a),
+        Cmd::Bench(a) => run_bench(a).map(|_| true),
+        Cmd::CheckKernels => run_check_kernels(),
+    };
+    match res {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -3,4 +3,4 @@
 
 pub mod bench;
 pub mod parity;
-pub mod presets;
+pub use alexnet_train::presets;

@@ -22,6 +22,8 @@ enum Cmd {
     Bench(BenchArgs),
     /// NVRTC-compile every CUDA kernel (needs libnvrtc, not a GPU).
     CheckKernels,
+    /// Train a model or an ensemble (default: small preset on the synthetic shards).
+    Train(alexnet_train::cli::TrainArgs),
 }
 
 #[derive(Args)]
@@ -118,6 +120,7 @@ fn main() -> ExitCode {
         Cmd::Parity(a) => run_parity(a),
         Cmd::Bench(a) => run_bench(a).map(|_| true),
         Cmd::CheckKernels => run_check_kernels(),
+        Cmd::Train(a) => alexnet_train::cli::run_train(a).map(|_| true),
     };
     match res {
         Ok(true) => ExitCode::SUCCESS,

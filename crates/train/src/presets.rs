@@ -7,9 +7,12 @@ use std::path::Path;
 
 /// The embedded presets (name, TOML text).
 pub const PRESETS: &[(&str, &str)] = &[
-    ("small", include_str!("../data/small.toml")),
-    ("paper", include_str!("../data/paper.toml")),
-    ("paper-6conv", include_str!("../data/paper-6conv.toml")),
+    ("small", include_str!("../../../data/small.toml")),
+    ("paper", include_str!("../../../data/paper.toml")),
+    (
+        "paper-6conv",
+        include_str!("../../../data/paper-6conv.toml"),
+    ),
 ];
 
 /// Resolves `--preset`: an embedded name or a path to a TOML file.

@@ -1,0 +1,163 @@
+//! The device a model runs on: the CPU reference ([`Model`]) or CUDA ([`GpuNet`]). Both use the
+//! plan's flat parameter layout, so parameters and momentum move between them unchanged.
+
+use alexnet_cuda::{device_count, Gpu, GpuNet, Precision};
+use alexnet_layers::{Mode, Model};
+use alexnet_tensor::spec::Plan;
+use anyhow::{bail, Context, Result};
+use std::sync::Arc;
+
+/// Which device to use (`--device auto|cpu|cuda[:i]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DeviceChoice {
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceChoice {
+    /// Parses `auto` (CUDA when a device is present, else CPU), `cpu`, `cuda` or `cuda:i`.
+    pub fn parse(s: &str) -> Result<DeviceChoice> {
+        match s {
+            "auto" => Ok(if device_count() > 0 {
+                DeviceChoice::Cuda(0)
+            } else {
+                DeviceChoice::Cpu
+            }),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(i)) => Ok(DeviceChoice::Cuda(i)),
+                _ => bail!("--device {s}: expected auto, cpu, cuda or cuda:N"),
+            },
+        }
+    }
+
+    /// `cpu` or `cuda:i`.
+    pub fn label(&self) -> String {
+        match self {
+            DeviceChoice::Cpu => "cpu".into(),
+            DeviceChoice::Cuda(i) => format!("cuda:{i}"),
+        }
+    }
+}
+
+/// A network on one device.
+pub enum Backend {
+    Cpu(Box<Model<f32>>),
+    Cuda(Box<GpuNet>),
+}
+
+impl Backend {
+    /// Builds the network for batches of at most `batch` samples on `device`.
+    pub fn new(plan: &Plan, device: DeviceChoice, batch: usize, precision: &str) -> Result<Self> {
+        match device {
+            DeviceChoice::Cpu => {
+                if precision != "f32" {
+                    bail!("--precision {precision}: the CPU path computes in f32 only");
+                }
+                Ok(Backend::Cpu(Box::new(Model::new(plan.clone()))))
+            }
+            DeviceChoice::Cuda(i) => {
+                let p = Precision::parse(precision)?;
+                let gpu = Gpu::new(i).with_context(|| {
+                    format!("--device cuda:{i}: no usable CUDA device (use --device cpu)")
+                })?;
+                Ok(Backend::Cuda(Box::new(GpuNet::new(
+                    Arc::new(gpu),
+                    plan,
+                    batch,
+                    p,
+                )?)))
+            }
+        }
+    }
+
+    /// Replaces all parameters (flat, plan layout).
+    pub fn set_params(&mut self, params: &[f32]) -> Result<()> {
+        match self {
+            Backend::Cpu(m) => {
+                if params.len() != m.params.len() {
+                    bail!(
+                        "parameter count {} != network's {}",
+                        params.len(),
+                        m.params.len()
+                    );
+                }
+                m.params.copy_from_slice(params);
+            }
+            Backend::Cuda(g) => g.upload_params(params)?,
+        }
+        Ok(())
+    }
+
+    /// All parameters (flat, plan layout).
+    pub fn params(&self) -> Result<Vec<f32>> {
+        Ok(match self {
+            Backend::Cpu(m) => m.params.clone(),
+            Backend::Cuda(g) => g.download_params()?,
+        })
+    }
+
+    /// Replaces the SGD velocity.
+    pub fn set_momentum(&mut self, v: &[f32]) -> Result<()> {
+        match self {
+            Backend::Cpu(m) => {
+                if v.len() != m.momentum.len() {
+                    bail!(
+                        "momentum length {} != network's {}",
+                        v.len(),
+                        m.momentum.len()
+                    );
+                }
+                m.momentum.copy_from_slice(v);
+            }
+            Backend::Cuda(g) => g.upload_momentum(v)?,
+        }
+        Ok(())
+    }
+
+    /// The SGD velocity.
+    pub fn momentum(&self) -> Result<Vec<f32>> {
+        Ok(match self {
+            Backend::Cpu(m) => m.momentum.clone(),
+            Backend::Cuda(g) => g.download_momentum()?,
+        })
+    }
+
+    /// One training step: forward (dropout from `seed`), loss, backward, SGD. Returns the loss
+    /// and the logits (n, classes) of this batch (for the running training error).
+    pub fn train_step(
+        &mut self,
+        x: &[f32],
+        labels: &[u32],
+        seed: u64,
+        (lr, momentum, wd): (f64, f64, f64),
+    ) -> Result<(f32, Vec<f32>)> {
+        match self {
+            Backend::Cpu(m) => {
+                let logits = m.forward(x, labels.len(), Mode::Train { seed })?.to_vec();
+                let loss = m.loss_backward(labels)?;
+                if loss.is_finite() {
+                    m.sgd(lr, momentum, wd)?;
+                }
+                Ok((loss, logits))
+            }
+            Backend::Cuda(g) => {
+                let loss = g.forward_backward(x, labels, seed)?;
+                if loss.is_finite() {
+                    g.sgd_step(lr as f32, momentum as f32, wd as f32)?;
+                }
+                // The GPU path does not return training logits (saves a transfer per step).
+                Ok((loss, Vec::new()))
+            }
+        }
+    }
+
+    /// Inference logits (n, classes) with dropout off.
+    pub fn predict(&mut self, x: &[f32], n: usize) -> Result<Vec<f32>> {
+        Ok(match self {
+            Backend::Cpu(m) => m.forward(x, n, Mode::Eval)?.to_vec(),
+            Backend::Cuda(g) => g.forward(x, false, 0)?,
+        })
+    }
+}

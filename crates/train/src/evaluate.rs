@@ -1,0 +1,62 @@
+//! Evaluation on a split: softmax probabilities per sample for the center crop or the average
+//! over the 10 patches (the paper's test-time averaging), and top-1/top-5 errors.
+
+use crate::backend::Backend;
+use crate::metrics::topk_misses;
+use alexnet_data::{eval_batch, Dataset, Split, View};
+use alexnet_layers::loss::softmax_rows;
+use anyhow::Result;
+
+/// Softmax probabilities (N, classes) of `split` (or its first `limit` samples), averaged over
+/// the views of `view`. `batch` is the number of network inputs per forward pass.
+pub fn predict_split(
+    backend: &mut Backend,
+    dataset: &Dataset,
+    split: Split,
+    crop: usize,
+    view: View,
+    batch: usize,
+    limit: Option<usize>,
+    mut progress: impl FnMut(usize),
+) -> Result<(Vec<f32>, Vec<u32>)> {
+    let classes = dataset.num_classes();
+    let n = limit.map_or(dataset.split(split).len(), |l| {
+        l.min(dataset.split(split).len())
+    });
+    let views = match view {
+        View::Center => 1,
+        View::TenCrop => 10,
+    };
+    let per_pass = (batch / views).max(1);
+    let mut probs = Vec::with_capacity(n * classes);
+    let mut labels = Vec::with_capacity(n);
+    let mut start = 0;
+    while start < n {
+        let idx: Vec<usize> = (start..(start + per_pass).min(n)).collect();
+        let (x, l) = eval_batch(dataset, split, &idx, crop, view)?;
+        let logits = backend.predict(&x, idx.len() * views)?;
+        let p = softmax_rows(&logits, classes);
+        for s in 0..idx.len() {
+            let mut avg = vec![0.0f32; classes];
+            for v in 0..views {
+                let row = &p[(s * views + v) * classes..(s * views + v + 1) * classes];
+                avg.iter_mut()
+                    .zip(row)
+                    .for_each(|(a, &b)| *a += b / views as f32);
+            }
+            probs.extend_from_slice(&avg);
+        }
+        labels.extend_from_slice(&l);
+        start += idx.len();
+        progress(idx.len());
+    }
+    Ok((probs, labels))
+}
+
+/// (top-1 error, top-5 error) as fractions. top-5 is capped at the number of classes.
+pub fn errors(probs: &[f32], labels: &[u32], classes: usize) -> (f64, f64) {
+    let n = labels.len().max(1) as f64;
+    let t1 = topk_misses(probs, labels, classes, 1) as f64 / n;
+    let t5 = topk_misses(probs, labels, classes, 5.min(classes)) as f64 / n;
+    (t1, t5)
+}

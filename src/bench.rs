@@ -17,6 +17,9 @@ pub struct BenchResult {
     pub threads: usize,
     pub precision: String,
     pub timed_steps: usize,
+    /// Per-layer (name, forward ms, backward ms) per training step, when profiled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<(String, f64, f64)>>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -31,6 +34,7 @@ pub fn bench_cpu(
     classes: usize,
     warmup: usize,
     steps: usize,
+    profile: bool,
 ) -> Result<BenchResult> {
     if batch == 0 || steps == 0 {
         bail!("--batch and --steps must be at least 1");
@@ -57,7 +61,14 @@ pub fn bench_cpu(
         if step >= warmup {
             train.push(t.elapsed().as_secs_f64());
         }
+        if profile && step + 1 == warmup {
+            model.enable_profile();
+        }
     }
+    let layers = model.profile().map(|p| {
+        let k = 1e3 / steps as f64;
+        p.into_iter().map(|(n, f, b)| (n, f * k, b * k)).collect()
+    });
     let mut infer = Vec::new();
     for step in 0..warmup + steps {
         let t = Instant::now();
@@ -75,5 +86,6 @@ pub fn bench_cpu(
         threads: rayon::current_num_threads(),
         precision: "f32".into(),
         timed_steps: steps,
+        layers,
     })
 }

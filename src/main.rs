@@ -24,6 +24,17 @@ enum Cmd {
     CheckKernels,
     /// Train a model or an ensemble (default: small preset on the synthetic shards).
     Train(alexnet_train::cli::TrainArgs),
+    /// Decode a dataset into memory-mapped shards (default: draw and ingest the synthetic set).
+    PrepareData(alexnet_data::cli::PrepareArgs),
+    /// Ingestion (decode + resize + crop) and loader throughput.
+    BenchData(alexnet_data::cli::BenchDataArgs),
+    /// Evaluate a run (center crop, 10 patches, ensembles) and write report.md/json + pictures.
+    Report(alexnet_eval::ReportArgs),
+    /// Top-5 classes of images from a trained run's ensemble.
+    Predict(alexnet_eval::PredictArgs),
+    /// The whole main job on the embedded default: prepare-data, train, report (each skipped
+    /// when its output is already there and current).
+    All(alexnet::flow::AllArgs),
 }
 
 #[derive(Args)]
@@ -67,6 +78,9 @@ struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also print the time per layer (forward and backward) of a training step.
+    #[arg(long)]
+    profile: bool,
 }
 
 fn run_parity(args: &ParityArgs) -> Result<bool> {
@@ -88,7 +102,7 @@ fn run_parity(args: &ParityArgs) -> Result<bool> {
 
 fn run_bench(a: &BenchArgs) -> Result<()> {
     let r = match a.device.as_str() {
-        "cpu" => bench::bench_cpu(&a.preset, a.batch, a.classes, a.warmup, a.steps)?,
+        "cpu" => bench::bench_cpu(&a.preset, a.batch, a.classes, a.warmup, a.steps, a.profile)?,
         other => anyhow::bail!("--device {other}: this build benchmarks `cpu` only so far"),
     };
     if a.json {
@@ -98,6 +112,12 @@ fn run_bench(a: &BenchArgs) -> Result<()> {
             "bench: preset {} batch {} device {} ({} threads, {}): train {:.1} img/s, inference {:.1} img/s (median of {} steps)",
             r.preset, r.batch, r.device, r.threads, r.precision, r.train_img_per_s, r.infer_img_per_s, r.timed_steps
         );
+        if let Some(layers) = &r.layers {
+            println!("{:<10} {:>10} {:>10}   (ms per training step)", "layer", "forward", "backward");
+            for (n, f, b) in layers {
+                println!("{n:<10} {f:>10.1} {b:>10.1}");
+            }
+        }
     }
     Ok(())
 }
@@ -121,6 +141,11 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => run_bench(a).map(|_| true),
         Cmd::CheckKernels => run_check_kernels(),
         Cmd::Train(a) => alexnet_train::cli::run_train(a).map(|_| true),
+        Cmd::PrepareData(a) => alexnet_data::cli::run_prepare(a).map(|_| true),
+        Cmd::BenchData(a) => alexnet_data::cli::run_bench_data(a).map(|_| true),
+        Cmd::Report(a) => alexnet_eval::report(a).map(|_| true),
+        Cmd::Predict(a) => alexnet_eval::predict(a).map(|_| true),
+        Cmd::All(a) => alexnet::flow::run_all(a).map(|_| true),
     };
     match res {
         Ok(true) => ExitCode::SUCCESS,

@@ -19,6 +19,7 @@ pub mod hash;
 pub mod kernels;
 pub mod net;
 pub mod ops;
+pub mod parity;
 
 pub use bench::bench_train_step;
 pub use error::CudaError;

@@ -558,3 +558,46 @@ pub fn verify(out: &Path) -> Result<VerifyReport, DataError> {
     }
     Ok(rep)
 }
+
+/// Writes a prepared-data directory directly from in-memory records (`(label, S*S*3 u8 HWC)`),
+/// with statistics and manifest, as [`prepare`] would. For tests and tools; classes are named
+/// `class<i>`.
+pub fn from_records(
+    out: &Path,
+    image_size: u32,
+    num_classes: usize,
+    train: &[(u32, Vec<u8>)],
+    val: &[(u32, Vec<u8>)],
+) -> Result<Manifest, DataError> {
+    clean_out(out)?;
+    let mut splits = Splits::default();
+    for (name, recs, info) in [("train", train, &mut splits.train), ("val", val, &mut splits.val)] {
+        if !recs.is_empty() {
+            let sh = write_shard(out, &format!("{name}-00000.shard"), Storage::Raw, image_size, recs)?;
+            info.count = sh.count;
+            info.shards.push(sh);
+        }
+    }
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        classes: (0..num_classes as u32)
+            .map(|i| ClassEntry { index: i, wnid: format!("class{i}"), name: format!("class{i}") })
+            .collect(),
+        image_size,
+        storage: Storage::Raw,
+        splits,
+        skipped: Vec::new(),
+        source: SourceInfo {
+            kind: "records".into(),
+            path: String::new(),
+            seed: None,
+            val_ground_truth: None,
+        },
+        tool_version: TOOL_VERSION.into(),
+        stats: StatsFiles { file: STATS_FILE.into(), mean: MEAN_FILE.into() },
+    };
+    let train_data = SplitData::open(out, &manifest, &manifest.splits.train.shards)?;
+    stats::compute_and_save(&train_data, out)?;
+    manifest.save(out)?;
+    Ok(manifest)
+}

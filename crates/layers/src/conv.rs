@@ -91,36 +91,49 @@ impl ConvShape {
     }
 }
 
+/// The output columns `j` whose input column `j*stride + v - pad` lies inside `[0, w)`.
+#[inline]
+fn valid_cols(wo: usize, w: usize, stride: usize, v: usize, pad: usize) -> (usize, usize) {
+    // j*stride + v >= pad  and  j*stride + v < w + pad
+    let j0 = if pad > v { (pad - v).div_ceil(stride) } else { 0 };
+    let j1 = if w + pad > v { (w + pad - v).div_ceil(stride) } else { 0 };
+    (j0.min(wo), j1.clamp(j0.min(wo), wo))
+}
+
 /// im2col of samples `x[n0..n0+nb]`, group `g`: col (K, nb*Ho*Wo) with K = C/g*k*k,
 /// row `(c', u, v)`, column `(sample, i, j)`.
 fn im2col<T: Float>(x: &[T], s: &ConvShape, n0: usize, nb: usize, g: usize, col: &mut [T]) {
     let (ho, wo) = (s.ho(), s.wo());
     let hw = ho * wo;
     let cols = nb * hw;
-    let (k, st, pad) = (s.k, s.stride, s.pad as isize);
+    let (k, st, pad) = (s.k, s.stride, s.pad);
     for cc in 0..s.cg() {
         let ch = g * s.cg() + cc;
         for u in 0..k {
             for v in 0..k {
                 let row = (cc * k + u) * k + v;
                 let dst = &mut col[row * cols..(row + 1) * cols];
+                let (j0, j1) = valid_cols(wo, s.w, st, v, pad);
                 for sn in 0..nb {
                     let plane = &x[((n0 + sn) * s.c + ch) * s.h * s.w..][..s.h * s.w];
                     for i in 0..ho {
-                        let hi = (i * st + u) as isize - pad;
                         let d = &mut dst[sn * hw + i * wo..sn * hw + (i + 1) * wo];
-                        if hi < 0 || hi >= s.h as isize {
-                            d.iter_mut().for_each(|e| *e = T::zero());
+                        let hi = i * st + u;
+                        if hi < pad || hi >= s.h + pad || j0 >= j1 {
+                            d.fill(T::zero());
                             continue;
                         }
-                        let src = &plane[hi as usize * s.w..(hi as usize + 1) * s.w];
-                        for (j, e) in d.iter_mut().enumerate() {
-                            let wi = (j * st + v) as isize - pad;
-                            *e = if wi >= 0 && wi < s.w as isize {
-                                src[wi as usize]
-                            } else {
-                                T::zero()
-                            };
+                        let src = &plane[(hi - pad) * s.w..(hi - pad + 1) * s.w];
+                        d[..j0].fill(T::zero());
+                        d[j1..].fill(T::zero());
+                        // Input column of output column j: j*st + v - pad (>= 0 for j >= j0).
+                        let first = j0 * st + v - pad;
+                        if st == 1 {
+                            d[j0..j1].copy_from_slice(&src[first..first + (j1 - j0)]);
+                        } else {
+                            for (e, &sv) in d[j0..j1].iter_mut().zip(src[first..].iter().step_by(st)) {
+                                *e = sv;
+                            }
                         }
                     }
                 }
@@ -135,27 +148,29 @@ fn col2im<T: Float>(col: &[T], s: &ConvShape, nb: usize, g: usize, dx: &mut [T])
     let (ho, wo) = (s.ho(), s.wo());
     let hw = ho * wo;
     let cols = nb * hw;
-    let (k, st, pad) = (s.k, s.stride, s.pad as isize);
+    let (k, st, pad) = (s.k, s.stride, s.pad);
     for cc in 0..s.cg() {
         let ch = g * s.cg() + cc;
         for u in 0..k {
             for v in 0..k {
                 let row = (cc * k + u) * k + v;
                 let srcrow = &col[row * cols..(row + 1) * cols];
+                let (j0, j1) = valid_cols(wo, s.w, st, v, pad);
+                if j0 >= j1 {
+                    continue;
+                }
+                let first = j0 * st + v - pad;
                 for sn in 0..nb {
                     let plane = &mut dx[(sn * s.c + ch) * s.h * s.w..][..s.h * s.w];
                     for i in 0..ho {
-                        let hi = (i * st + u) as isize - pad;
-                        if hi < 0 || hi >= s.h as isize {
+                        let hi = i * st + u;
+                        if hi < pad || hi >= s.h + pad {
                             continue;
                         }
-                        let dst = &mut plane[hi as usize * s.w..(hi as usize + 1) * s.w];
-                        let src = &srcrow[sn * hw + i * wo..sn * hw + (i + 1) * wo];
-                        for (j, &e) in src.iter().enumerate() {
-                            let wi = (j * st + v) as isize - pad;
-                            if wi >= 0 && wi < s.w as isize {
-                                dst[wi as usize] = dst[wi as usize] + e;
-                            }
+                        let dst = &mut plane[(hi - pad) * s.w..(hi - pad + 1) * s.w];
+                        let src = &srcrow[sn * hw + i * wo + j0..sn * hw + i * wo + j1];
+                        for (d, &e) in dst[first..].iter_mut().step_by(st).zip(src) {
+                            *d = *d + e;
                         }
                     }
                 }
@@ -226,8 +241,26 @@ pub fn conv2d_backward<T: Float>(
     db: &mut [T],
     s: &ConvShape,
 ) -> Result<(), LayerError> {
-    s.check(x.len(), w.len(), db.len(), dy.len())?;
     check_len("conv2d", "dx", dx.len(), x.len(), || s.desc())?;
+    conv2d_backward_opt(x, w, dy, Some(dx), dw, db, s)
+}
+
+/// [`conv2d_backward`] with an optional dx: the first layer needs no input gradient, which
+/// saves a GEMM and the col2im.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward_opt<T: Float>(
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    dx: Option<&mut [T]>,
+    dw: &mut [T],
+    db: &mut [T],
+    s: &ConvShape,
+) -> Result<(), LayerError> {
+    s.check(x.len(), w.len(), db.len(), dy.len())?;
+    if let Some(dx) = &dx {
+        check_len("conv2d", "dx", dx.len(), x.len(), || s.desc())?;
+    }
     check_len("conv2d", "dw", dw.len(), w.len(), || s.desc())?;
     let (og, kd, hw) = (s.og(), s.kdim(), s.ho() * s.wo());
     let chunk = s.chunk();
@@ -235,18 +268,27 @@ pub fn conv2d_backward<T: Float>(
     let per_part = nchunks.div_ceil(GRAD_PARTS).max(1);
     let sample = s.c * s.h * s.w;
     // Each part owns a contiguous run of chunks: its dx slice and its own dw/db partials.
-    let parts: Vec<(Vec<T>, Vec<T>)> = dx
-        .par_chunks_mut(per_part * chunk * sample)
+    let part_samples = per_part * chunk;
+    let nparts = s.n.div_ceil(part_samples);
+    let dx_parts: Vec<Option<&mut [T]>> = match dx {
+        Some(dx) => dx.chunks_mut(part_samples * sample).map(Some).collect(),
+        None => (0..nparts).map(|_| None).collect(),
+    };
+    let parts: Vec<(Vec<T>, Vec<T>)> = dx_parts
+        .into_par_iter()
         .enumerate()
-        .map(|(pi, dxp)| {
+        .map(|(pi, mut dxp)| {
             let mut pdw = vec![T::zero(); w.len()];
             let mut pdb = vec![T::zero(); s.o];
             let mut col = vec![T::zero(); kd * chunk * hw];
             let mut dyg = vec![T::zero(); og * chunk * hw];
-            dxp.iter_mut().for_each(|e| *e = T::zero());
-            for (cj, dxc) in dxp.chunks_mut(chunk * sample).enumerate() {
-                let n0 = (pi * per_part + cj) * chunk;
-                let nb = dxc.len() / sample;
+            if let Some(d) = dxp.as_deref_mut() {
+                d.fill(T::zero());
+            }
+            let p0 = pi * part_samples;
+            let p1 = (p0 + part_samples).min(s.n);
+            for (cj, n0) in (p0..p1).step_by(chunk).enumerate() {
+                let nb = chunk.min(p1 - n0);
                 let cols = nb * hw;
                 for g in 0..s.groups {
                     // dyg (O/g, nb*HW): this group's output gradient, samples side by side.
@@ -272,6 +314,10 @@ pub fn conv2d_backward<T: Float>(
                         T::one(),
                         &mut pdw[g * og * kd..][..og * kd],
                     )?;
+                    let Some(dxp) = dxp.as_deref_mut() else {
+                        continue;
+                    };
+                    let dxc = &mut dxp[cj * chunk * sample..][..nb * sample];
                     // dcol (K, cols) = w_g^T (K, O/g) x dyg (O/g, cols)
                     gemm(
                         true,

@@ -4,7 +4,7 @@
 //!
 //! Generic over the element type: f32 for training, f64 for finite-difference gradient checks.
 
-use crate::conv::{conv2d_backward, conv2d_forward, ConvShape};
+use crate::conv::{conv2d_backward_opt, conv2d_forward, ConvShape};
 use crate::dropout::{dropout_backward, dropout_forward};
 use crate::error::{check_len, LayerError};
 use crate::linear::{linear_backward, linear_forward};
@@ -51,6 +51,8 @@ pub struct Model<T: Float> {
     acts: Vec<Vec<T>>,
     aux: Vec<Aux<T>>,
     train: bool,
+    /// Seconds spent per layer (forward, backward) since profiling was switched on.
+    profile: Option<Vec<(f64, f64)>>,
 }
 
 fn conv_shape(op: &Op, n: usize, in_shape: &[usize]) -> ConvShape {
@@ -96,6 +98,7 @@ impl<T: Float> Model<T> {
             acts: vec![Vec::new(); layers],
             aux: vec![Aux::None; layers],
             train: false,
+            profile: None,
         }
     }
 
@@ -116,6 +119,18 @@ impl<T: Float> Model<T> {
             }
         }
         self.momentum.iter_mut().for_each(|v| *v = T::zero());
+    }
+
+    /// Starts (or restarts) per-layer timing; read it with [`Model::profile`].
+    pub fn enable_profile(&mut self) {
+        self.profile = Some(vec![(0.0, 0.0); self.plan.layers.len()]);
+    }
+
+    /// Per-layer (name, forward seconds, backward seconds) accumulated since
+    /// [`Model::enable_profile`].
+    pub fn profile(&self) -> Option<Vec<(String, f64, f64)>> {
+        let p = self.profile.as_ref()?;
+        Some(self.plan.layers.iter().zip(p).map(|(l, &(f, b))| (l.name.clone(), f, b)).collect())
     }
 
     /// The parameter view `name` (e.g. "conv1.weight").
@@ -160,6 +175,7 @@ impl<T: Float> Model<T> {
         self.input.clear();
         self.input.extend_from_slice(x);
         for li in 0..self.plan.layers.len() {
+            let t0 = self.profile.is_some().then(std::time::Instant::now);
             let (before, rest) = self.acts.split_at_mut(li);
             let xin: &[T] = if li == 0 {
                 &self.input
@@ -256,6 +272,9 @@ impl<T: Float> Model<T> {
                     )?;
                 }
             }
+            if let (Some(t0), Some(p)) = (t0, self.profile.as_mut()) {
+                p[li].0 += t0.elapsed().as_secs_f64();
+            }
         }
         Ok(self.logits())
     }
@@ -291,6 +310,7 @@ impl<T: Float> Model<T> {
         let mut g = dlogits.to_vec();
         let mut gin: Vec<T> = Vec::new();
         for li in (0..self.plan.layers.len()).rev() {
+            let t0 = self.profile.is_some().then(std::time::Instant::now);
             let layer = &self.plan.layers[li];
             let xin: &[T] = if li == 0 {
                 &self.input
@@ -307,11 +327,12 @@ impl<T: Float> Model<T> {
                     let (wi, bi) = layer.params.expect("conv has params");
                     let (we, be) = (self.plan.params[wi].clone(), self.plan.params[bi].clone());
                     let (gw, gb) = split_two(&mut self.grads, &we, &be);
-                    conv2d_backward(
+                    let dx = if need_dx { Some(&mut gin[..]) } else { None };
+                    conv2d_backward_opt(
                         xin,
                         &self.params[we.offset..we.offset + we.len],
                         &g,
-                        &mut gin,
+                        dx,
                         gw,
                         gb,
                         &s,
@@ -374,6 +395,9 @@ impl<T: Float> Model<T> {
                 }
             }
             std::mem::swap(&mut g, &mut gin);
+            if let (Some(t0), Some(p)) = (t0, self.profile.as_mut()) {
+                p[li].1 += t0.elapsed().as_secs_f64();
+            }
         }
         Ok(if want_dx { Some(g) } else { None })
     }

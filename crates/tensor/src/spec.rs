@@ -118,9 +118,9 @@ pub struct InitSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainSpec {
     pub batch_size: usize,
-    pub lr: f32,
-    pub momentum: f32,
-    pub weight_decay: f32,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
     pub epochs: usize,
     /// "plateau" or "step:E1,E2,...".
     pub schedule: String,

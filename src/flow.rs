@@ -55,7 +55,10 @@ pub fn run_all(a: &AllArgs) -> Result<PathBuf> {
     // 1. prepare-data
     let manifest = match Manifest::load(&data) {
         Ok(m) => {
-            println!("all: {} is prepared (delete it to redo), skipping prepare-data", data.display());
+            println!(
+                "all: {} is prepared (delete it to redo), skipping prepare-data",
+                data.display()
+            );
             m
         }
         Err(_) => {

@@ -22,6 +22,8 @@ enum Cmd {
     Bench(BenchArgs),
     /// NVRTC-compile every CUDA kernel (needs libnvrtc, not a GPU).
     CheckKernels,
+    /// On a GPU machine: CUDA parity (fixtures, whole model vs CPU) and the benchmark table.
+    GpuCheck(GpuCheckArgs),
     /// Train a model or an ensemble (default: small preset on the synthetic shards).
     Train(alexnet_train::cli::TrainArgs),
     /// Decode a dataset into memory-mapped shards (default: draw and ingest the synthetic set).
@@ -53,6 +55,13 @@ fn default_fixture_dir() -> PathBuf {
 }
 
 #[derive(Args)]
+struct GpuCheckArgs {
+    /// Folder of *.safetensors fixtures [default: tests/fixtures/parity].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct BenchArgs {
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
@@ -78,9 +87,15 @@ struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
-    /// Also print the time per layer (forward and backward) of a training step.
+    /// Also print the time per layer (forward and backward) of a training step (CPU).
     #[arg(long)]
     profile: bool,
+    /// CUDA: leave the loader out (random f32 input prepared once on the host).
+    #[arg(long)]
+    synthetic_data: bool,
+    /// CPU: use matrixmultiply instead of the gemm crate for f32 GEMMs (for comparison).
+    #[arg(long)]
+    matrixmultiply: bool,
 }
 
 fn run_parity(args: &ParityArgs) -> Result<bool> {
@@ -101,9 +116,21 @@ fn run_parity(args: &ParityArgs) -> Result<bool> {
 }
 
 fn run_bench(a: &BenchArgs) -> Result<()> {
+    if a.matrixmultiply {
+        alexnet_tensor::gemm::set_f32_backend(alexnet_tensor::gemm::F32Backend::Matrixmultiply);
+    }
     let r = match a.device.as_str() {
         "cpu" => bench::bench_cpu(&a.preset, a.batch, a.classes, a.warmup, a.steps, a.profile)?,
-        other => anyhow::bail!("--device {other}: this build benchmarks `cpu` only so far"),
+        "cuda" => alexnet::gpu_check::bench_cuda(
+            &a.preset,
+            a.batch,
+            a.classes,
+            &a.precision,
+            a.synthetic_data,
+            a.warmup,
+            a.steps,
+        )?,
+        other => anyhow::bail!("--device {other}: expected cpu or cuda"),
     };
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
@@ -113,7 +140,10 @@ fn run_bench(a: &BenchArgs) -> Result<()> {
             r.preset, r.batch, r.device, r.threads, r.precision, r.train_img_per_s, r.infer_img_per_s, r.timed_steps
         );
         if let Some(layers) = &r.layers {
-            println!("{:<10} {:>10} {:>10}   (ms per training step)", "layer", "forward", "backward");
+            println!(
+                "{:<10} {:>10} {:>10}   (ms per training step)",
+                "layer", "forward", "backward"
+            );
             for (n, f, b) in layers {
                 println!("{n:<10} {f:>10.1} {b:>10.1}");
             }
@@ -140,6 +170,9 @@ fn main() -> ExitCode {
         Cmd::Parity(a) => run_parity(a),
         Cmd::Bench(a) => run_bench(a).map(|_| true),
         Cmd::CheckKernels => run_check_kernels(),
+        Cmd::GpuCheck(a) => {
+            alexnet::gpu_check::gpu_check(&a.dir.clone().unwrap_or_else(default_fixture_dir))
+        }
         Cmd::Train(a) => alexnet_train::cli::run_train(a).map(|_| true),
         Cmd::PrepareData(a) => alexnet_data::cli::run_prepare(a).map(|_| true),
         Cmd::BenchData(a) => alexnet_data::cli::run_bench_data(a).map(|_| true),

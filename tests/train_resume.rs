@@ -1,134 +1,11 @@
 //! Training end to end on a tiny synthetic set, and exact resume: a run stopped part-way and
 //! resumed ends with a byte-identical final.safetensors.
 
-use alexnet_data::{prepare, PrepareOptions, Source, SyntheticOptions};
-use alexnet_train::cli::{run_train_with, TrainArgs};
+mod common;
+
+use alexnet_train::cli::run_train_with;
 use alexnet_train::metrics::read_jsonl;
-use std::path::{Path, PathBuf};
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("alexnet-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A tiny preset: the small topology at 24x24 crops of 28x28 images.
-const TINY: &str = r#"
-name = "tiny"
-[input]
-channels = 3
-image_size = 28
-crop = 24
-[init]
-weight_std = 0.05
-bias = 0.0
-[train]
-batch_size = 16
-lr = 0.01
-momentum = 0.9
-weight_decay = 0.0005
-epochs = 2
-schedule = "plateau"
-models = 2
-[[layers]]
-name = "conv1"
-type = "conv2d"
-out_channels = 8
-kernel = 5
-padding = 2
-weight_std = 0.02
-[[layers]]
-name = "relu1"
-type = "relu"
-[[layers]]
-name = "norm1"
-type = "lrn"
-size = 5
-alpha = 2e-5
-beta = 0.75
-k = 2.0
-[[layers]]
-name = "pool1"
-type = "maxpool"
-kernel = 3
-stride = 2
-[[layers]]
-name = "conv2"
-type = "conv2d"
-out_channels = 16
-kernel = 3
-padding = 1
-groups = 2
-bias_init = 0.1
-[[layers]]
-name = "relu2"
-type = "relu"
-[[layers]]
-name = "pool2"
-type = "maxpool"
-kernel = 3
-stride = 2
-[[layers]]
-name = "flatten"
-type = "flatten"
-[[layers]]
-name = "fc6"
-type = "linear"
-out_features = 32
-weight_std = 0.05
-[[layers]]
-name = "relu6"
-type = "relu"
-[[layers]]
-name = "drop6"
-type = "dropout"
-p = 0.5
-[[layers]]
-name = "fc8"
-type = "linear"
-"#;
-
-fn tiny_data(root: &Path) -> PathBuf {
-    let out = root.join("shards");
-    let mut o = PrepareOptions::new(Source::Synthetic { seed: 3 }, out.clone());
-    o.image_size = 28;
-    o.progress = false;
-    o.synthetic_dir = root.join("synthetic");
-    o.synthetic = SyntheticOptions {
-        classes: 4,
-        train_per_class: 24,
-        val_per_class: 6,
-        ..Default::default()
-    };
-    prepare(&o).unwrap();
-    out
-}
-
-fn args(root: &Path, data: &Path, run: &str) -> TrainArgs {
-    std::fs::write(root.join("tiny.toml"), TINY).unwrap();
-    TrainArgs {
-        data: data.to_path_buf(),
-        preset: root.join("tiny.toml").display().to_string(),
-        models: None,
-        epochs: None,
-        batch_size: None,
-        lr: None,
-        schedule: None,
-        seed: 5,
-        device: "cpu".into(),
-        precision: "f32".into(),
-        run: root.join(run),
-        resume: false,
-        init_from: None,
-        train_subset: None,
-        pca_std: 0.1,
-        no_flip: false,
-        log_every: 1,
-        checkpoint_every: 2,
-        quiet: true,
-    }
-}
+use common::{args, tiny_data, tmp};
 
 #[test]
 fn resume_is_byte_identical_and_logs_are_not_duplicated() {
@@ -194,5 +71,28 @@ fn bad_flags_and_missing_data_are_clear_errors() {
     a.schedule = Some("cosine".into());
     let e = format!("{:#}", run_train_with(&a, None).unwrap_err());
     assert!(e.contains("--schedule cosine"), "{e}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn a_diverging_run_stops_with_a_clear_error_and_keeps_a_good_checkpoint() {
+    let root = tmp("nan");
+    let data = tiny_data(&root);
+    let mut a = args(&root, &data, "r");
+    a.lr = Some(1e4);
+    a.checkpoint_every = 1;
+    let e = format!("{:#}", run_train_with(&a, None).unwrap_err());
+    assert!(
+        e.contains("the loss became") && e.contains("lower --lr"),
+        "{e}"
+    );
+    let ckpt = root.join("r/model-0/checkpoint.safetensors");
+    if ckpt.exists() {
+        // Whatever was saved before the divergence is a loadable, finite checkpoint.
+        let cfg = alexnet_train::RunConfig::load(&root.join("r")).unwrap();
+        let plan = cfg.spec.plan(cfg.num_classes).unwrap();
+        alexnet_train::checkpoint::load(&ckpt, &plan).unwrap();
+    }
+    assert!(!root.join("r/model-0/final.safetensors").exists());
     std::fs::remove_dir_all(&root).unwrap();
 }

@@ -6,7 +6,9 @@
 /// (eigenvectors are the COLUMNS of `eigvec`).
 pub fn pca_delta(eigvec: &[[f32; 3]; 3], eigval: &[f32; 3], alpha: &[f32; 3]) -> [f32; 3] {
     [0, 1, 2].map(|c| {
-        (0..3).map(|j| eigvec[c][j] as f64 * alpha[j] as f64 * eigval[j] as f64).sum::<f64>() as f32
+        (0..3)
+            .map(|j| eigvec[c][j] as f64 * alpha[j] as f64 * eigval[j] as f64)
+            .sum::<f64>() as f32
     })
 }
 
@@ -57,8 +59,11 @@ pub fn patch_to_chw(
         let row = ((p.top + y) * s + p.left) * 3;
         let src = &img[row..row + 3 * c];
         let mrow = &mean[row..row + 3 * c];
-        let (ro, go, bo) =
-            (&mut r_out[y * c..y * c + c], &mut g_out[y * c..y * c + c], &mut b_out[y * c..y * c + c]);
+        let (ro, go, bo) = (
+            &mut r_out[y * c..y * c + c],
+            &mut g_out[y * c..y * c + c],
+            &mut b_out[y * c..y * c + c],
+        );
         for x in 0..c {
             let sx = if p.flip { c - 1 - x } else { x };
             let k = 3 * sx;

@@ -29,7 +29,11 @@ fn parse(text: &str) -> Result<Vec<ClassRow>, String> {
         if f.len() < 4 {
             return Err(format!("line {}: expected 4 tab-separated fields", i + 1));
         }
-        let num = |s: &str| s.trim().parse::<u32>().map_err(|e| format!("line {}: {e}", i + 1));
+        let num = |s: &str| {
+            s.trim()
+                .parse::<u32>()
+                .map_err(|e| format!("line {}: {e}", i + 1))
+        };
         rows.push(ClassRow {
             index: num(f[0])?,
             wnid: f[1].trim().to_string(),
@@ -74,7 +78,10 @@ mod tests {
         assert_eq!(t[0].wnid, "n01440764");
         assert_eq!(t[0].ilsvrc2012_id, 449);
         assert_eq!(t[0].name, "tench");
-        assert_eq!(by_devkit_id(1).ok().flatten().map(|r| r.wnid.as_str()), Some("n02119789"));
+        assert_eq!(
+            by_devkit_id(1).ok().flatten().map(|r| r.wnid.as_str()),
+            Some("n02119789")
+        );
         assert!(t.windows(2).all(|w| w[0].wnid < w[1].wnid));
     }
 }

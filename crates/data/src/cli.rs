@@ -52,7 +52,11 @@ pub struct PrepareArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Where the synthetic set's JPEG tree is drawn.
-    #[arg(long, value_name = "DIR", default_value = "data-cache/synthetic-ilsvrc")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "data-cache/synthetic-ilsvrc"
+    )]
     pub synthetic_dir: PathBuf,
     /// Synthetic classes.
     #[arg(long, default_value_t = SyntheticOptions::default().classes)]
@@ -72,10 +76,16 @@ impl PrepareArgs {
     /// The options this command line stands for.
     pub fn options(&self) -> PrepareOptions {
         let (source, out) = if let Some(d) = &self.imagenet {
-            let s = Source::ImageNet { dir: d.clone(), val_ground_truth: self.val_ground_truth.clone() };
+            let s = Source::ImageNet {
+                dir: d.clone(),
+                val_ground_truth: self.val_ground_truth.clone(),
+            };
             (s, "shards/imagenet")
         } else if let Some(d) = &self.fashion_mnist {
-            (Source::FashionMnist { dir: d.clone() }, "shards/fashion-mnist")
+            (
+                Source::FashionMnist { dir: d.clone() },
+                "shards/fashion-mnist",
+            )
         } else {
             (Source::Synthetic { seed: self.seed }, "shards/synthetic")
         };
@@ -100,7 +110,12 @@ impl PrepareArgs {
 
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
-        .map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -148,7 +163,11 @@ pub struct BenchDataArgs {
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// Where the synthetic set is (drawn there if missing).
-    #[arg(long, value_name = "DIR", default_value = "data-cache/synthetic-ilsvrc")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "data-cache/synthetic-ilsvrc"
+    )]
     pub synthetic_dir: PathBuf,
     /// Ingestion output size S.
     #[arg(long, default_value_t = 256)]
@@ -168,7 +187,9 @@ pub struct BenchDataArgs {
 }
 
 fn find_images(dir: &Path, out: &mut Vec<PathBuf>, max: usize) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut entries: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
     entries.sort();
     for p in entries {
@@ -205,7 +226,11 @@ pub fn run_bench_data(args: &BenchDataArgs) -> anyhow::Result<()> {
     };
     let mut files = Vec::new();
     find_images(&root, &mut files, args.max_files);
-    anyhow::ensure!(!files.is_empty(), "no .jpg/.jpeg/.png under {}: pass --dir DIR", root.display());
+    anyhow::ensure!(
+        !files.is_empty(),
+        "no .jpg/.jpeg/.png under {}: pass --dir DIR",
+        root.display()
+    );
     let blobs: Vec<Vec<u8>> = files
         .iter()
         .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
@@ -221,13 +246,18 @@ pub fn run_bench_data(args: &BenchDataArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     one.install(|| {
         let mut rz = Resizer::new();
-        ok = blobs.iter().filter(|b| crate::decode::ingest(b, s, &mut rz).is_ok()).count();
+        ok = blobs
+            .iter()
+            .filter(|b| crate::decode::ingest(b, s, &mut rz).is_ok())
+            .count();
     });
     let per_core = rate(blobs.len(), t);
     let t = Instant::now();
     blobs
         .par_iter()
-        .map_init(Resizer::new, |rz, b| crate::decode::ingest(b, s, rz).is_ok())
+        .map_init(Resizer::new, |rz, b| {
+            crate::decode::ingest(b, s, rz).is_ok()
+        })
         .count();
     let all = rate(blobs.len(), t);
     println!(
@@ -247,7 +277,9 @@ pub fn run_bench_data(args: &BenchDataArgs) -> anyhow::Result<()> {
                 ..LoaderConfig::default()
             };
             let t = Instant::now();
-            let n: usize = TrainLoader::new(ds.clone(), cfg.clone(), 0, 0)?.map(|b| b.labels.len()).sum();
+            let n: usize = TrainLoader::new(ds.clone(), cfg.clone(), 0, 0)?
+                .map(|b| b.labels.len())
+                .sum();
             let all = rate(n, t);
             let t = Instant::now();
             let mut n1 = 0;

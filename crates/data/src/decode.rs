@@ -39,7 +39,9 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<Rgb, String> {
         .into_dimensions()
         .map_err(|e| format!("corrupt or truncated header: {e}"))?;
     if w > MAX_SIDE || h > MAX_SIDE {
-        return Err(format!("decompression bomb: header claims {w}x{h} (limit {MAX_SIDE} per side)"));
+        return Err(format!(
+            "decompression bomb: header claims {w}x{h} (limit {MAX_SIDE} per side)"
+        ));
     }
     if w == 0 || h == 0 {
         return Err(format!("zero-size image {w}x{h}"));
@@ -55,7 +57,11 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<Rgb, String> {
     let img = reader.decode().map_err(|e| format!("decode error: {e}"))?;
     let rgb = img.into_rgb8();
     let (w, h) = rgb.dimensions();
-    Ok(Rgb { w, h, px: rgb.into_raw() })
+    Ok(Rgb {
+        w,
+        h,
+        px: rgb.into_raw(),
+    })
 }
 
 /// Rescales so the shorter side is `s` and crops the central `s x s` (bilinear convolution, which
@@ -69,7 +75,9 @@ pub fn resize_center(img: &Rgb, s: u32, resizer: &mut Resizer) -> Result<Vec<u8>
     let opts = ResizeOptions::new()
         .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
         .crop(left, top, side, side);
-    resizer.resize(&src, &mut dst, &opts).map_err(|e| format!("resize error: {e}"))?;
+    resizer
+        .resize(&src, &mut dst, &opts)
+        .map_err(|e| format!("resize error: {e}"))?;
     Ok(dst.into_vec())
 }
 

@@ -14,7 +14,9 @@ pub enum DataError {
         source: std::io::Error,
     },
     /// The prepared-data directory has no `manifest.json`.
-    #[error("no manifest.json in {dir}: run `cargo xtask prepare-data` first (or pass --data DIR)")]
+    #[error(
+        "no manifest.json in {dir}: run `cargo xtask prepare-data` first (or pass --data DIR)"
+    )]
     MissingManifest {
         /// Directory that was opened.
         dir: PathBuf,
@@ -36,7 +38,9 @@ pub enum DataError {
         msg: String,
     },
     /// A shard's checksum does not match the manifest.
-    #[error("shard {path} checksum {actual} != manifest {expected}: re-run `cargo xtask prepare-data`")]
+    #[error(
+        "shard {path} checksum {actual} != manifest {expected}: re-run `cargo xtask prepare-data`"
+    )]
     Checksum {
         /// Shard file.
         path: PathBuf,
@@ -109,16 +113,25 @@ pub enum DataError {
 impl DataError {
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        DataError::Io { path: path.as_ref().to_path_buf(), source }
+        DataError::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
     }
 
     /// A malformed-shard error.
     pub fn shard(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
-        DataError::BadShard { path: path.as_ref().to_path_buf(), msg: msg.into() }
+        DataError::BadShard {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
     }
 
     /// A malformed-JSON error.
     pub fn json(path: impl AsRef<Path>, msg: impl std::fmt::Display) -> Self {
-        DataError::BadJson { path: path.as_ref().to_path_buf(), msg: msg.to_string() }
+        DataError::BadJson {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.to_string(),
+        }
     }
 }

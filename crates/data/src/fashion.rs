@@ -64,7 +64,10 @@ fn read_all(path: &Path) -> Result<Vec<u8>, DataError> {
         flate2::read::GzDecoder::new(&raw[..])
             .take(1 << 30)
             .read_to_end(&mut out)
-            .map_err(|e| DataError::Idx { path: path.to_path_buf(), msg: format!("gzip: {e}") })?;
+            .map_err(|e| DataError::Idx {
+                path: path.to_path_buf(),
+                msg: format!("gzip: {e}"),
+            })?;
         Ok(out)
     } else {
         Ok(raw)
@@ -73,12 +76,18 @@ fn read_all(path: &Path) -> Result<Vec<u8>, DataError> {
 
 /// Parses an IDX file: returns the dimensions and the payload (u8 data only).
 pub fn parse_idx(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, Vec<u8>), DataError> {
-    let bad = |msg: String| DataError::Idx { path: path.to_path_buf(), msg };
+    let bad = |msg: String| DataError::Idx {
+        path: path.to_path_buf(),
+        msg,
+    };
     if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
         return Err(bad("missing IDX magic".into()));
     }
     if bytes[2] != 0x08 {
-        return Err(bad(format!("element type 0x{:02x}, expected 0x08 (u8)", bytes[2])));
+        return Err(bad(format!(
+            "element type 0x{:02x}, expected 0x08 (u8)",
+            bytes[2]
+        )));
     }
     let nd = bytes[3] as usize;
     let head = 4 + 4 * nd;
@@ -93,7 +102,10 @@ pub fn parse_idx(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, Vec<u8>), Dat
         .collect();
     let n: usize = dims.iter().product();
     if bytes.len() != head + n {
-        return Err(bad(format!("{} data bytes, header says {n}", bytes.len() - head)));
+        return Err(bad(format!(
+            "{} data bytes, header says {n}",
+            bytes.len() - head
+        )));
     }
     Ok((dims, bytes[head..].to_vec()))
 }
@@ -111,7 +123,15 @@ pub fn load(dir: &Path, prefix: &str) -> Result<IdxSplit, DataError> {
         });
     }
     if let Some(&l) = labels.iter().find(|&&l| l > 9) {
-        return Err(DataError::Idx { path: lp, msg: format!("label {l} out of range 0..9") });
+        return Err(DataError::Idx {
+            path: lp,
+            msg: format!("label {l} out of range 0..9"),
+        });
     }
-    Ok(IdxSplit { rows: idims[1], cols: idims[2], pixels, labels })
+    Ok(IdxSplit {
+        rows: idims[1],
+        cols: idims[2],
+        pixels,
+        labels,
+    })
 }

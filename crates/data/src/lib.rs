@@ -13,6 +13,7 @@ pub mod cli;
 pub mod decode;
 pub mod error;
 pub mod fashion;
+mod imagenet;
 pub mod loader;
 pub mod manifest;
 pub mod prepare;
@@ -22,7 +23,9 @@ pub mod stats;
 pub mod synthetic;
 
 pub use error::DataError;
-pub use loader::{batches_per_epoch, epoch_order, eval_batch, Batch, LoaderConfig, TrainLoader, View};
+pub use loader::{
+    batches_per_epoch, epoch_order, eval_batch, Batch, LoaderConfig, TrainLoader, View,
+};
 pub use manifest::{ClassEntry, Manifest, ShardInfo, Skipped, SplitInfo, Storage};
 pub use prepare::{prepare, verify, PrepareOptions, Source, VerifyReport};
 pub use shards::{Dataset, Split, SplitData};

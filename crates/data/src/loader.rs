@@ -103,7 +103,10 @@ pub fn sample_draw(cfg: &LoaderConfig, s: usize, epoch: u64, position: usize) ->
     let flip = r.bool() && cfg.flip;
     let alpha = [0; 3].map(|_| (r.normal() * cfg.pca_std as f64) as f32);
     let alpha = if cfg.pca_std == 0.0 { [0.0; 3] } else { alpha };
-    Draw { patch: Patch { top, left, flip }, alpha }
+    Draw {
+        patch: Patch { top, left, flip },
+        alpha,
+    }
 }
 
 fn check(ds: &Dataset, cfg: &LoaderConfig) -> Result<usize, DataError> {
@@ -121,33 +124,55 @@ fn check(ds: &Dataset, cfg: &LoaderConfig) -> Result<usize, DataError> {
 }
 
 /// Builds training batch `batch` of `epoch` synchronously (what [`TrainLoader`] runs ahead).
-pub fn train_batch(ds: &Dataset, cfg: &LoaderConfig, epoch: u64, batch: usize) -> Result<Batch, DataError> {
+pub fn train_batch(
+    ds: &Dataset,
+    cfg: &LoaderConfig,
+    epoch: u64,
+    batch: usize,
+) -> Result<Batch, DataError> {
     let len = check(ds, cfg)?;
     let order = epoch_order(len, cfg.seed, epoch);
     build(ds, cfg, &order, epoch, batch)
 }
 
-fn build(ds: &Dataset, cfg: &LoaderConfig, order: &[u32], epoch: u64, b: usize) -> Result<Batch, DataError> {
+fn build(
+    ds: &Dataset,
+    cfg: &LoaderConfig,
+    order: &[u32],
+    epoch: u64,
+    b: usize,
+) -> Result<Batch, DataError> {
     let split = ds.split(Split::Train);
     let (s, c) = (ds.image_size(), cfg.crop);
     let start = b * cfg.batch_size;
     let end = (start + cfg.batch_size).min(order.len());
     if start >= end {
-        return Err(DataError::InvalidArg(format!("batch {b} is past the end of epoch {epoch}")));
+        return Err(DataError::InvalidArg(format!(
+            "batch {b} is past the end of epoch {epoch}"
+        )));
     }
     let n = end - start;
     let mut x = vec![0f32; n * 3 * c * c];
     let st = &ds.stats;
-    x.par_chunks_mut(3 * c * c).enumerate().try_for_each(|(j, out)| -> Result<(), DataError> {
-        let pos = start + j;
-        let d = sample_draw(cfg, s, epoch, pos);
-        let img = split.image(order[pos] as usize)?;
-        let delta = pca_delta(&st.eigvec, &st.eigval, &d.alpha);
-        patch_to_chw(&img, &st.mean, s, c, d.patch, delta, out);
-        Ok(())
-    })?;
-    let labels = order[start..end].iter().map(|&i| split.label(i as usize)).collect();
-    Ok(Batch { x, labels, index: b })
+    x.par_chunks_mut(3 * c * c)
+        .enumerate()
+        .try_for_each(|(j, out)| -> Result<(), DataError> {
+            let pos = start + j;
+            let d = sample_draw(cfg, s, epoch, pos);
+            let img = split.image(order[pos] as usize)?;
+            let delta = pca_delta(&st.eigvec, &st.eigval, &d.alpha);
+            patch_to_chw(&img, &st.mean, s, c, d.patch, delta, out);
+            Ok(())
+        })?;
+    let labels = order[start..end]
+        .iter()
+        .map(|&i| split.label(i as usize))
+        .collect();
+    Ok(Batch {
+        x,
+        labels,
+        index: b,
+    })
 }
 
 /// Iterator over one epoch's training batches, built ahead on a producer thread.
@@ -185,7 +210,12 @@ impl TrainLoader {
                 }
             })
             .map_err(|e| DataError::InvalidArg(format!("cannot spawn loader thread: {e}")))?;
-        Ok(TrainLoader { rx: Some(rx), handle: Some(handle), error: None, remaining: nb - first })
+        Ok(TrainLoader {
+            rx: Some(rx),
+            handle: Some(handle),
+            error: None,
+            remaining: nb - first,
+        })
     }
 
     /// The error that ended iteration early, if any.
@@ -239,7 +269,11 @@ pub enum View {
 /// The patches of `view` for an S x S record, in the documented order.
 pub fn view_patches(s: usize, crop: usize, view: View) -> Vec<Patch> {
     let (m, e) = ((s - crop) / 2, s - crop);
-    let center = Patch { top: m, left: m, flip: false };
+    let center = Patch {
+        top: m,
+        left: m,
+        flip: false,
+    };
     match view {
         View::Center => vec![center],
         View::TenCrop => {
@@ -264,22 +298,29 @@ pub fn eval_batch(
 ) -> Result<(Vec<f32>, Vec<u32>), DataError> {
     let s = dataset.image_size();
     if crop == 0 || crop > s {
-        return Err(DataError::InvalidArg(format!("eval crop {crop} not in 1..={s}")));
+        return Err(DataError::InvalidArg(format!(
+            "eval crop {crop} not in 1..={s}"
+        )));
     }
     let data = dataset.split(split);
     if let Some(&bad) = indices.iter().find(|&&i| i >= data.len()) {
-        return Err(DataError::InvalidArg(format!("index {bad} >= {} records", data.len())));
+        return Err(DataError::InvalidArg(format!(
+            "index {bad} >= {} records",
+            data.len()
+        )));
     }
     let patches = view_patches(s, crop, view);
     let per = 3 * crop * crop * patches.len();
     let mut x = vec![0f32; indices.len() * per];
     let mean = &dataset.stats.mean;
-    x.par_chunks_mut(per).zip(indices).try_for_each(|(out, &i)| -> Result<(), DataError> {
-        let img = data.image(i)?;
-        for (p, o) in patches.iter().zip(out.chunks_exact_mut(3 * crop * crop)) {
-            patch_to_chw(&img, mean, s, crop, *p, [0.0; 3], o);
-        }
-        Ok(())
-    })?;
+    x.par_chunks_mut(per)
+        .zip(indices)
+        .try_for_each(|(out, &i)| -> Result<(), DataError> {
+            let img = data.image(i)?;
+            for (p, o) in patches.iter().zip(out.chunks_exact_mut(3 * crop * crop)) {
+                patch_to_chw(&img, mean, s, crop, *p, [0.0; 3], o);
+            }
+            Ok(())
+        })?;
     Ok((x, indices.iter().map(|&i| data.label(i)).collect()))
 }

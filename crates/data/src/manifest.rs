@@ -155,7 +155,9 @@ impl Manifest {
     pub fn load(dir: &Path) -> Result<Manifest, DataError> {
         let path = dir.join(MANIFEST_FILE);
         if !path.is_file() {
-            return Err(DataError::MissingManifest { dir: dir.to_path_buf() });
+            return Err(DataError::MissingManifest {
+                dir: dir.to_path_buf(),
+            });
         }
         let bytes = std::fs::read(&path).map_err(|e| DataError::io(&path, e))?;
         let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| DataError::json(&path, e))?;

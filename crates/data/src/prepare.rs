@@ -7,7 +7,6 @@
 //! matches (resume) and rebuilds the rest; the old `manifest.json` is removed first, so the
 //! directory never reads as valid while it is being rewritten.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use fast_image_resize::Resizer;
@@ -17,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode;
 use crate::error::DataError;
+pub use crate::imagenet::read_ground_truth;
+use crate::imagenet::{list_files, list_imagenet, Item};
 pub use crate::manifest::Storage;
 use crate::manifest::{
     ClassEntry, Manifest, ShardInfo, Skipped, SourceInfo, SplitInfo, Splits, StatsFiles,
@@ -95,7 +96,10 @@ impl PrepareOptions {
 
 impl Default for PrepareOptions {
     fn default() -> Self {
-        PrepareOptions::new(Source::Synthetic { seed: 0 }, PathBuf::from("shards/synthetic"))
+        PrepareOptions::new(
+            Source::Synthetic { seed: 0 },
+            PathBuf::from("shards/synthetic"),
+        )
     }
 }
 
@@ -117,13 +121,6 @@ struct Part {
     skipped: Vec<Skipped>,
 }
 
-/// One unit of input: a file (path relative to `root`) or an in-memory Fashion-MNIST image.
-struct Item {
-    rel: String,
-    label: u32,
-    key: String,
-}
-
 enum Loader<'a> {
     Files(&'a Path),
     Idx(&'a crate::fashion::IdxSplit),
@@ -133,7 +130,8 @@ impl Loader<'_> {
     fn load(&self, i: usize, item: &Item, s: u32, rz: &mut Resizer) -> Result<Vec<u8>, String> {
         match self {
             Loader::Files(root) => {
-                let bytes = std::fs::read(root.join(&item.rel)).map_err(|e| format!("read: {e}"))?;
+                let bytes =
+                    std::fs::read(root.join(&item.rel)).map_err(|e| format!("read: {e}"))?;
                 decode::ingest(&bytes, s, rz)
             }
             Loader::Idx(sp) => {
@@ -193,7 +191,10 @@ fn ingest_split(
     for (k, chunk) in items.chunks(per).enumerate() {
         let file = format!("{split}-{k:05}.shard");
         let part_path = opts.out.join(format!("{split}-{k:05}.part.json"));
-        let mut key = format!("{TOOL_VERSION}|{s}|{}|{}|{split}", opts.storage, opts.jpeg_quality);
+        let mut key = format!(
+            "{TOOL_VERSION}|{s}|{}|{}|{split}",
+            opts.storage, opts.jpeg_quality
+        );
         for it in chunk {
             key.push_str(&format!("|{}:{}:{}", it.rel, it.label, it.key));
         }
@@ -239,7 +240,11 @@ fn ingest_split(
         } else {
             Some(write_shard(&opts.out, &file, opts.storage, s, &records)?)
         };
-        let part = Part { key, info: shard.clone(), skipped: part_skips.clone() };
+        let part = Part {
+            key,
+            info: shard.clone(),
+            skipped: part_skips.clone(),
+        };
         let text = serde_json::to_vec(&part).map_err(|e| DataError::json(&part_path, e))?;
         write_atomic(&part_path, &text)?;
         if let Some(i) = shard {
@@ -265,152 +270,6 @@ fn reusable(out: &Path, part_path: &Path, file: &str, key: &str) -> Option<Part>
     Some(part)
 }
 
-fn list_files(dir: &Path) -> Result<Vec<String>, DataError> {
-    let mut names = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
-        let e = e.map_err(|e| DataError::io(dir, e))?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with('.') && e.path().is_file() {
-            names.push(name);
-        }
-    }
-    names.sort();
-    Ok(names)
-}
-
-fn subdirs(dir: &Path) -> Result<Vec<String>, DataError> {
-    let mut names = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
-        let e = e.map_err(|e| DataError::io(dir, e))?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with('.') && e.path().is_dir() {
-            names.push(name);
-        }
-    }
-    names.sort();
-    Ok(names)
-}
-
-fn file_key(p: &Path) -> String {
-    std::fs::metadata(p).map(|m| m.len().to_string()).unwrap_or_default()
-}
-
-/// Lists an ImageNet-layout tree: classes, train items, val items, pre-ingestion skips.
-type Listing = (Vec<ClassEntry>, Vec<Item>, Vec<Item>, Vec<Skipped>, Option<PathBuf>);
-
-fn list_imagenet(dir: &Path, gt: Option<&Path>) -> Result<Listing, DataError> {
-    if !dir.is_dir() {
-        return Err(DataError::SourceMissing { path: dir.to_path_buf() });
-    }
-    let expected = "train/<wnid>/*.JPEG (ILSVRC-2012 layout)".to_string();
-    let tdir = dir.join("train");
-    if !tdir.is_dir() {
-        return Err(DataError::SourceEmpty { path: dir.to_path_buf(), expected });
-    }
-    let wnids = subdirs(&tdir)?;
-    let mut classes = Vec::new();
-    let mut index = BTreeMap::new();
-    for (i, w) in wnids.iter().enumerate() {
-        let name = crate::classes::by_wnid(w)?.map(|r| r.name.clone()).unwrap_or(w.clone());
-        classes.push(ClassEntry { index: i as u32, wnid: w.clone(), name });
-        index.insert(w.clone(), i as u32);
-    }
-    let mut train = Vec::new();
-    for (i, w) in wnids.iter().enumerate() {
-        for f in list_files(&tdir.join(w))? {
-            let rel = format!("train/{w}/{f}");
-            train.push(Item { key: file_key(&dir.join(&rel)), rel, label: i as u32 });
-        }
-    }
-    if train.is_empty() {
-        return Err(DataError::SourceEmpty { path: tdir, expected });
-    }
-    let mut val = Vec::new();
-    let mut skipped = Vec::new();
-    let vdir = dir.join("val");
-    let mut gt_used = None;
-    if vdir.is_dir() {
-        for w in subdirs(&vdir)? {
-            for f in list_files(&vdir.join(&w))? {
-                let rel = format!("val/{w}/{f}");
-                match index.get(&w) {
-                    Some(&label) => val.push(Item { key: file_key(&dir.join(&rel)), rel, label }),
-                    None => skipped.push(Skipped {
-                        split: "val".into(),
-                        path: rel,
-                        reason: format!("class {w} has no train/ folder"),
-                    }),
-                }
-            }
-        }
-        let flat = list_files(&vdir)?;
-        if !flat.is_empty() {
-            let gt_path = gt.map(Path::to_path_buf).unwrap_or_else(|| {
-                dir.join("ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt")
-            });
-            if !gt_path.is_file() {
-                return Err(DataError::ValLabelsMissing { path: vdir, gt: gt_path });
-            }
-            let ids = read_ground_truth(&gt_path)?;
-            for f in flat {
-                let rel = format!("val/{f}");
-                let label = val_label(&f, &ids, &index)?;
-                match label {
-                    Ok(label) => val.push(Item { key: file_key(&dir.join(&rel)), rel, label }),
-                    Err(reason) => skipped.push(Skipped { split: "val".into(), path: rel, reason }),
-                }
-            }
-            gt_used = Some(gt_path);
-        }
-    }
-    Ok((classes, train, val, skipped, gt_used))
-}
-
-type LabelResult = Result<u32, String>;
-
-fn val_label(f: &str, ids: &[u32], index: &BTreeMap<String, u32>) -> Result<LabelResult, DataError> {
-    let num = f
-        .strip_prefix("ILSVRC2012_val_")
-        .and_then(|r| r.split('.').next())
-        .and_then(|n| n.parse::<usize>().ok());
-    let Some(n) = num else {
-        return Ok(Err("flat val file name is not ILSVRC2012_val_<n>.<ext>".into()));
-    };
-    let Some(&id) = n.checked_sub(1).and_then(|i| ids.get(i)) else {
-        return Ok(Err(format!("no ground-truth line {n} ({} lines)", ids.len())));
-    };
-    let Some(row) = crate::classes::by_devkit_id(id)? else {
-        return Ok(Err(format!("ground-truth id {id} is not an ILSVRC2012_ID (1..1000)")));
-    };
-    Ok(match index.get(&row.wnid) {
-        Some(&l) => Ok(l),
-        None => Err(format!("label {} ({}) has no train/ folder", row.wnid, row.name)),
-    })
-}
-
-/// Reads the devkit's validation ground truth: one ILSVRC2012_ID (1..1000) per line.
-pub fn read_ground_truth(path: &Path) -> Result<Vec<u32>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
-    let mut ids = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let t = line.trim();
-        if t.is_empty() {
-            continue;
-        }
-        match t.parse::<u32>() {
-            Ok(id) if (1..=1000).contains(&id) => ids.push(id),
-            _ => {
-                return Err(DataError::BadLabels {
-                    path: path.to_path_buf(),
-                    line: i + 1,
-                    msg: format!("expected an ILSVRC2012_ID 1..1000, got {t:?}"),
-                })
-            }
-        }
-    }
-    Ok(ids)
-}
-
 fn clean_out(out: &Path) -> Result<(), DataError> {
     std::fs::create_dir_all(out).map_err(|e| DataError::io(out, e))?;
     let m = out.join(crate::manifest::MANIFEST_FILE);
@@ -431,7 +290,9 @@ fn remove_stale(out: &Path, keep: &[&ShardInfo]) -> Result<(), DataError> {
         let ours = (f.starts_with("train-") || f.starts_with("val-"))
             && (f.ends_with(".shard") || f.ends_with(".part.json"));
         let stem = f.trim_end_matches(".part.json").trim_end_matches(".shard");
-        let listed = keep.iter().any(|s| s.file.trim_end_matches(".shard") == stem);
+        let listed = keep
+            .iter()
+            .any(|s| s.file.trim_end_matches(".shard") == stem);
         if ours && !listed && f.ends_with(".shard") {
             let p = out.join(&f);
             std::fs::remove_file(&p).map_err(|e| DataError::io(&p, e))?;
@@ -442,13 +303,19 @@ fn remove_stale(out: &Path, keep: &[&ShardInfo]) -> Result<(), DataError> {
 
 /// Runs the whole preparation and returns the manifest it wrote.
 pub fn prepare(opts: &PrepareOptions) -> Result<Manifest, DataError> {
-    if opts.image_size < 8 || opts.image_size > 4096 {
-        return Err(DataError::InvalidArg(format!("--image-size {} not in 8..=4096", opts.image_size)));
+    if opts.image_size == 0 || opts.image_size > 4096 {
+        return Err(DataError::InvalidArg(format!(
+            "--image-size {} not in 1..=4096",
+            opts.image_size
+        )));
     }
     let (classes, train, val, pre_skipped, source, fashion);
     match &opts.source {
         Source::Synthetic { seed } => {
-            let so = SyntheticOptions { seed: *seed, ..opts.synthetic.clone() };
+            let so = SyntheticOptions {
+                seed: *seed,
+                ..opts.synthetic.clone()
+            };
             if !synthetic::is_current(&opts.synthetic_dir, &so) {
                 synthetic::generate(&opts.synthetic_dir, &so)?;
             }
@@ -461,7 +328,10 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest, DataError> {
                 val_ground_truth: Some(synthetic::GROUND_TRUTH.into()),
             };
         }
-        Source::ImageNet { dir, val_ground_truth } => {
+        Source::ImageNet {
+            dir,
+            val_ground_truth,
+        } => {
             let (c, t, v, s, gt) = list_imagenet(dir, val_ground_truth.as_deref())?;
             (classes, train, val, pre_skipped, fashion) = (c, t, v, s, None);
             source = SourceInfo {
@@ -479,7 +349,11 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest, DataError> {
             let te = crate::fashion::load(dir, "t10k")?;
             let items = |sp: &crate::fashion::IdxSplit, name: &str| -> Vec<Item> {
                 (0..sp.len())
-                    .map(|i| Item { rel: format!("{name}#{i}"), label: sp.labels[i] as u32, key: String::new() })
+                    .map(|i| Item {
+                        rel: format!("{name}#{i}"),
+                        label: sp.labels[i] as u32,
+                        key: String::new(),
+                    })
                     .collect()
             };
             train = items(&tr, "train-images-idx3-ubyte");
@@ -527,11 +401,17 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest, DataError> {
         classes,
         image_size: opts.image_size,
         storage: opts.storage,
-        splits: Splits { train: tinfo, val: vinfo },
+        splits: Splits {
+            train: tinfo,
+            val: vinfo,
+        },
         skipped,
         source,
         tool_version: TOOL_VERSION.into(),
-        stats: StatsFiles { file: STATS_FILE.into(), mean: MEAN_FILE.into() },
+        stats: StatsFiles {
+            file: STATS_FILE.into(),
+            mean: MEAN_FILE.into(),
+        },
     };
     let train_data = SplitData::open(&opts.out, &manifest, &manifest.splits.train.shards)?;
     stats::compute_and_save(&train_data, &opts.out)?;
@@ -543,14 +423,22 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest, DataError> {
 /// and the statistics files. The first mismatch is returned as an error naming the file.
 pub fn verify(out: &Path) -> Result<VerifyReport, DataError> {
     let ds = Dataset::open(out)?;
-    let mut rep = VerifyReport { shards: 0, records: 0, bytes: 0 };
+    let mut rep = VerifyReport {
+        shards: 0,
+        records: 0,
+        bytes: 0,
+    };
     let m = &ds.manifest;
     for info in m.splits.train.shards.iter().chain(&m.splits.val.shards) {
         let p = out.join(&info.file);
         let bytes = std::fs::read(&p).map_err(|e| DataError::io(&p, e))?;
         let actual = crc_string(&bytes);
         if actual != info.checksum {
-            return Err(DataError::Checksum { path: p, expected: info.checksum.clone(), actual });
+            return Err(DataError::Checksum {
+                path: p,
+                expected: info.checksum.clone(),
+                actual,
+            });
         }
         rep.shards += 1;
         rep.records += info.count;
@@ -571,9 +459,18 @@ pub fn from_records(
 ) -> Result<Manifest, DataError> {
     clean_out(out)?;
     let mut splits = Splits::default();
-    for (name, recs, info) in [("train", train, &mut splits.train), ("val", val, &mut splits.val)] {
+    for (name, recs, info) in [
+        ("train", train, &mut splits.train),
+        ("val", val, &mut splits.val),
+    ] {
         if !recs.is_empty() {
-            let sh = write_shard(out, &format!("{name}-00000.shard"), Storage::Raw, image_size, recs)?;
+            let sh = write_shard(
+                out,
+                &format!("{name}-00000.shard"),
+                Storage::Raw,
+                image_size,
+                recs,
+            )?;
             info.count = sh.count;
             info.shards.push(sh);
         }
@@ -581,7 +478,11 @@ pub fn from_records(
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         classes: (0..num_classes as u32)
-            .map(|i| ClassEntry { index: i, wnid: format!("class{i}"), name: format!("class{i}") })
+            .map(|i| ClassEntry {
+                index: i,
+                wnid: format!("class{i}"),
+                name: format!("class{i}"),
+            })
             .collect(),
         image_size,
         storage: Storage::Raw,
@@ -594,7 +495,10 @@ pub fn from_records(
             val_ground_truth: None,
         },
         tool_version: TOOL_VERSION.into(),
-        stats: StatsFiles { file: STATS_FILE.into(), mean: MEAN_FILE.into() },
+        stats: StatsFiles {
+            file: STATS_FILE.into(),
+            mean: MEAN_FILE.into(),
+        },
     };
     let train_data = SplitData::open(out, &manifest, &manifest.splits.train.shards)?;
     stats::compute_and_save(&train_data, out)?;

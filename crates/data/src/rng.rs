@@ -130,7 +130,10 @@ mod tests {
         for _ in 0..50_000 {
             counts[r.below(5) as usize] += 1;
         }
-        assert!(counts.iter().all(|&c| (9_500..10_500).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (9_500..10_500).contains(&c)),
+            "{counts:?}"
+        );
         assert_eq!(Rng::new(3).next_u64(), Rng::new(3).next_u64());
     }
 }

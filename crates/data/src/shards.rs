@@ -125,7 +125,11 @@ pub fn write_shard(
 ) -> Result<ShardInfo, DataError> {
     let bytes = encode_shard(storage, image_size, records)?;
     write_atomic(&dir.join(file), &bytes)?;
-    Ok(ShardInfo { file: file.to_string(), count: records.len() as u64, checksum: crc_string(&bytes) })
+    Ok(ShardInfo {
+        file: file.to_string(),
+        count: records.len() as u64,
+        checksum: crc_string(&bytes),
+    })
 }
 
 fn le_u32(b: &[u8], at: usize) -> u32 {
@@ -156,10 +160,17 @@ impl ShardMap {
         let map = unsafe { Mmap::map(&f) }.map_err(|e| DataError::io(path, e))?;
         let len = map.len();
         if len < HEADER_LEN || &map[..8] != MAGIC {
-            return Err(DataError::shard(path, format!("{len} bytes, no shard header")));
+            return Err(DataError::shard(
+                path,
+                format!("{len} bytes, no shard header"),
+            ));
         }
-        let (ver, st, s, count) =
-            (le_u32(&map, 8), le_u32(&map, 12), le_u32(&map, 16), le_u64(&map, 24));
+        let (ver, st, s, count) = (
+            le_u32(&map, 8),
+            le_u32(&map, 12),
+            le_u32(&map, 16),
+            le_u64(&map, 24),
+        );
         if ver != VERSION || st != storage as u32 || s != size || count != info.count {
             return Err(DataError::shard(
                 path,
@@ -176,7 +187,10 @@ impl ShardMap {
             Storage::Jpeg => {
                 let table = HEADER_LEN + 8 * (n + 1) + 4 * n;
                 if len < table {
-                    return Err(DataError::shard(path, format!("{len} bytes, offsets truncated")));
+                    return Err(DataError::shard(
+                        path,
+                        format!("{len} bytes, offsets truncated"),
+                    ));
                 }
                 let mut prev = 0;
                 for i in 0..=n {
@@ -195,7 +209,11 @@ impl ShardMap {
                 format!("{len} bytes, expected {expected} (truncated or overwritten)"),
             ));
         }
-        Ok(ShardMap { path: path.to_path_buf(), map, count: n })
+        Ok(ShardMap {
+            path: path.to_path_buf(),
+            map,
+            count: n,
+        })
     }
 }
 
@@ -218,7 +236,12 @@ impl SplitData {
             starts.push(starts[starts.len() - 1] + sm.count);
             maps.push(sm);
         }
-        Ok(SplitData { shards: maps, starts, storage: m.storage, image_size: m.image_size as usize })
+        Ok(SplitData {
+            shards: maps,
+            starts,
+            storage: m.storage,
+            image_size: m.image_size as usize,
+        })
     }
 
     /// Number of records.
@@ -243,7 +266,11 @@ impl SplitData {
 
     /// Label of record `i`. Panics if `i >= len()` (like slice indexing).
     pub fn label(&self, i: usize) -> u32 {
-        assert!(i < self.len(), "record {i} out of range (len {})", self.len());
+        assert!(
+            i < self.len(),
+            "record {i} out of range (len {})",
+            self.len()
+        );
         let (sm, j) = self.locate(i);
         match self.storage {
             Storage::Raw => le_u32(&sm.map, HEADER_LEN + j * (4 + 3 * self.image_size.pow(2))),
@@ -255,7 +282,10 @@ impl SplitData {
     /// `jpeg`. Errors for an out-of-range index or an undecodable JPEG record.
     pub fn image(&self, i: usize) -> Result<Cow<'_, [u8]>, DataError> {
         if i >= self.len() {
-            return Err(DataError::InvalidArg(format!("record {i} out of range ({})", self.len())));
+            return Err(DataError::InvalidArg(format!(
+                "record {i} out of range ({})",
+                self.len()
+            )));
         }
         let (sm, j) = self.locate(i);
         let px = 3 * self.image_size.pow(2);
@@ -269,11 +299,12 @@ impl SplitData {
                 let o1 = le_u64(&sm.map, HEADER_LEN + 8 * (j + 1)) as usize;
                 let base = HEADER_LEN + 8 * (sm.count + 1) + 4 * sm.count;
                 let s = self.image_size as u32;
-                let img = crate::decode::decode_square(&sm.map[base + o0..base + o1], s)
-                    .map_err(|msg| DataError::Image {
+                let img = crate::decode::decode_square(&sm.map[base + o0..base + o1], s).map_err(
+                    |msg| DataError::Image {
                         path: sm.path.join(format!("#{j}")),
                         msg,
-                    })?;
+                    },
+                )?;
                 Ok(Cow::Owned(img))
             }
         }
@@ -301,7 +332,13 @@ impl Dataset {
         let train = SplitData::open(dir, &manifest, &manifest.splits.train.shards)?;
         let val = SplitData::open(dir, &manifest, &manifest.splits.val.shards)?;
         let stats = Stats::load(dir, &manifest)?;
-        Ok(Dataset { manifest, stats, dir: dir.to_path_buf(), train, val })
+        Ok(Dataset {
+            manifest,
+            stats,
+            dir: dir.to_path_buf(),
+            train,
+            val,
+        })
     }
 
     /// The records of a split.

@@ -44,6 +44,7 @@ struct StatsJson {
 
 /// Symmetric 3x3 eigen-decomposition by cyclic Jacobi rotations. Returns eigenvalues in descending
 /// order and the eigenvectors as columns (`v[c][j]`).
+#[allow(clippy::needless_range_loop)] // explicit (row, col) indices mirror the math
 pub fn jacobi_eigen(a: [[f64; 3]; 3]) -> ([f64; 3], [[f64; 3]; 3]) {
     let mut a = a;
     let mut v = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
@@ -87,7 +88,10 @@ pub fn jacobi_eigen(a: [[f64; 3]; 3]) -> ([f64; 3], [[f64; 3]; 3]) {
     for (jn, &jo) in order.iter().enumerate() {
         vals[jn] = a[jo][jo];
         let mut col = [v[0][jo], v[1][jo], v[2][jo]];
-        let big = col.iter().copied().fold(0.0f64, |m, x| if x.abs() > m.abs() { x } else { m });
+        let big = col
+            .iter()
+            .copied()
+            .fold(0.0f64, |m, x| if x.abs() > m.abs() { x } else { m });
         if big < 0.0 {
             col.iter_mut().for_each(|x| *x = -*x);
         }
@@ -107,7 +111,12 @@ struct Acc {
 
 impl Acc {
     fn new(n: usize) -> Self {
-        Acc { sum: vec![0; n], s: [0; 3], ss: [0; 6], images: 0 }
+        Acc {
+            sum: vec![0; n],
+            s: [0; 3],
+            ss: [0; 6],
+            images: 0,
+        }
     }
     fn add(&mut self, px: &[u8]) {
         let mut ss = [0u64; 6];
@@ -127,12 +136,8 @@ impl Acc {
             ss[4] += g * b;
             ss[5] += b * b;
         }
-        for k in 0..3 {
-            self.s[k] += s[k];
-        }
-        for k in 0..6 {
-            self.ss[k] += ss[k];
-        }
+        self.s.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+        self.ss.iter_mut().zip(ss).for_each(|(a, b)| *a += b);
         self.images += 1;
     }
     fn merge(mut self, o: Acc) -> Acc {
@@ -144,12 +149,18 @@ impl Acc {
     }
 }
 
-/// Computes the statistics of a split in one parallel pass. Also returns the 0..255 covariance.
-pub fn compute(split: &SplitData) -> Result<(Stats, [[f64; 3]; 3], [f64; 3]), DataError> {
+/// Statistics plus the 0..255 RGB covariance and channel means.
+pub type StatsWithMoments = (Stats, [[f64; 3]; 3], [f64; 3]);
+
+/// Computes the statistics of a split in one parallel pass. Also returns the 0..255 covariance
+/// and the per-channel means.
+pub fn compute(split: &SplitData) -> Result<StatsWithMoments, DataError> {
     let s = split.image_size();
     let n = 3 * s * s;
     if split.is_empty() {
-        return Err(DataError::InvalidArg("cannot compute statistics of an empty split".into()));
+        return Err(DataError::InvalidArg(
+            "cannot compute statistics of an empty split".into(),
+        ));
     }
     let acc = (0..split.len())
         .into_par_iter()
@@ -162,7 +173,11 @@ pub fn compute(split: &SplitData) -> Result<(Stats, [[f64; 3]; 3], [f64; 3]), Da
         )
         .try_reduce(|| Acc::new(n), |a, b| Ok(a.merge(b)))?;
     let images = acc.images as f64;
-    let mean = acc.sum.iter().map(|&x| (x as f64 / images) as f32).collect();
+    let mean = acc
+        .sum
+        .iter()
+        .map(|&x| (x as f64 / images) as f32)
+        .collect();
     let pixels = acc.images as f64 * (s * s) as f64;
     let m = [0, 1, 2].map(|k| acc.s[k] as f64 / pixels);
     let e = |k: usize| acc.ss[k] as f64 / pixels;
@@ -209,7 +224,10 @@ impl Stats {
     /// Loads the statistics named by the manifest from `dir`.
     pub fn load(dir: &Path, m: &Manifest) -> Result<Stats, DataError> {
         let path = dir.join(&m.stats.file);
-        let bad = |msg: String| DataError::BadStats { path: path.clone(), msg };
+        let bad = |msg: String| DataError::BadStats {
+            path: path.clone(),
+            msg,
+        };
         let text = std::fs::read(&path).map_err(|e| bad(e.to_string()))?;
         let js: StatsJson = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
         let mpath = dir.join(&m.stats.mean);
@@ -221,14 +239,22 @@ impl Stats {
         if bytes.len() != 4 * n || crc_string(&bytes) != js.mean_checksum {
             return Err(DataError::BadStats {
                 path: mpath,
-                msg: format!("{} bytes (expected {}) or checksum mismatch", bytes.len(), 4 * n),
+                msg: format!(
+                    "{} bytes (expected {}) or checksum mismatch",
+                    bytes.len(),
+                    4 * n
+                ),
             });
         }
         let mean = bytes
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        Ok(Stats { mean, eigval: js.eigval, eigvec: js.eigvec })
+        Ok(Stats {
+            mean,
+            eigval: js.eigval,
+            eigvec: js.eigvec,
+        })
     }
 }
 

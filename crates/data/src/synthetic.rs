@@ -85,7 +85,9 @@ pub struct SyntheticSummary {
 pub fn class_rows(n: usize) -> Result<Vec<&'static ClassRow>, DataError> {
     let t = classes::table()?;
     if n == 0 || n > t.len() {
-        return Err(DataError::InvalidArg(format!("synthetic classes must be 1..=1000, got {n}")));
+        return Err(DataError::InvalidArg(format!(
+            "synthetic classes must be 1..=1000, got {n}"
+        )));
     }
     Ok((0..n).map(|i| &t[i * t.len() / n]).collect())
 }
@@ -119,11 +121,15 @@ pub fn is_current(root: &Path, opts: &SyntheticOptions) -> bool {
 pub fn generate(root: &Path, opts: &SyntheticOptions) -> Result<SyntheticSummary, DataError> {
     let rows = class_rows(opts.classes)?;
     if opts.min_side < 8 || opts.max_side < opts.min_side || opts.max_side > 4096 {
-        return Err(DataError::InvalidArg("synthetic sides must satisfy 8 <= min <= max <= 4096".into()));
+        return Err(DataError::InvalidArg(
+            "synthetic sides must satisfy 8 <= min <= max <= 4096".into(),
+        ));
     }
     let marker = root.join(MARKER);
     let partial = root.join(".synthetic-in-progress");
-    let non_empty = std::fs::read_dir(root).map(|mut d| d.next().is_some()).unwrap_or(false);
+    let non_empty = std::fs::read_dir(root)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
     if non_empty && !marker.exists() && !partial.exists() {
         return Err(DataError::InvalidArg(format!(
             "{} is not empty and not a synthetic tree: choose another --synthetic-dir",
@@ -145,31 +151,59 @@ pub fn generate(root: &Path, opts: &SyntheticOptions) -> Result<SyntheticSummary
         let dir = root.join("train").join(&row.wnid);
         std::fs::create_dir_all(&dir).map_err(|e| DataError::io(&dir, e))?;
         for n in 0..opts.train_per_class {
-            let q = if opts.quirks && c < 5 && n == 0 { c + 1 } else { 0 };
-            let kind = [Kind::Rgb, Kind::Grey, Kind::Cmyk, Kind::Png, Kind::Rgb, Kind::Rgb][q];
+            let q = if opts.quirks && c < 5 && n == 0 {
+                c + 1
+            } else {
+                0
+            };
+            let kind = [
+                Kind::Rgb,
+                Kind::Grey,
+                Kind::Cmyk,
+                Kind::Png,
+                Kind::Rgb,
+                Kind::Rgb,
+            ][q];
             let ext = if q == 4 { "jpeg" } else { "JPEG" };
             let rel = format!("train/{}/{}_{}.{ext}", row.wnid, row.wnid, n + 1);
             if q != 0 {
                 quirks.push(rel.clone());
             }
             let seed = mix(&[opts.seed, 1, c as u64, n as u64]);
-            jobs.push(Job { rel, class: c, seed, kind, tiny: q == 5 });
+            jobs.push(Job {
+                rel,
+                class: c,
+                seed,
+                kind,
+                tiny: q == 5,
+            });
         }
     }
-    let mut val_labels: Vec<usize> =
-        (0..opts.classes).flat_map(|c| std::iter::repeat_n(c, opts.val_per_class)).collect();
+    let mut val_labels: Vec<usize> = (0..opts.classes)
+        .flat_map(|c| std::iter::repeat_n(c, opts.val_per_class))
+        .collect();
     Rng::new(mix(&[opts.seed, 2])).shuffle(&mut val_labels);
     let vdir = root.join("val");
     std::fs::create_dir_all(&vdir).map_err(|e| DataError::io(&vdir, e))?;
     let mut gt = String::new();
     for (i, &c) in val_labels.iter().enumerate() {
         let rel = format!("val/ILSVRC2012_val_{:08}.JPEG", i + 1);
-        let kind = if opts.quirks && i == 0 { Kind::Grey } else { Kind::Rgb };
+        let kind = if opts.quirks && i == 0 {
+            Kind::Grey
+        } else {
+            Kind::Rgb
+        };
         if kind == Kind::Grey {
             quirks.push(rel.clone());
         }
         let seed = mix(&[opts.seed, 3, i as u64]);
-        jobs.push(Job { rel, class: c, seed, kind, tiny: false });
+        jobs.push(Job {
+            rel,
+            class: c,
+            seed,
+            kind,
+            tiny: false,
+        });
         gt.push_str(&format!("{}\n", rows[c].ilsvrc2012_id));
     }
     let bytes = jobs
@@ -214,7 +248,10 @@ fn draw_file(j: &Job, opts: &SyntheticOptions) -> Result<Vec<u8>, DataError> {
         }
     };
     let px = draw(j.class, w, h, &mut rng);
-    let err = |e: String| DataError::Image { path: PathBuf::from(&j.rel), msg: e };
+    let err = |e: String| DataError::Image {
+        path: PathBuf::from(&j.rel),
+        msg: e,
+    };
     let q = rng.range_incl(80, 95) as u8;
     let (w16, h16) = (w as u16, h as u16);
     let mut out = Vec::new();
@@ -291,7 +328,11 @@ fn draw(class: usize, w: u32, h: u32, rng: &mut Rng) -> Vec<u8> {
     let side = w.min(h) as f64;
     let (ox, oy) = ((w as f64 - side) / 2.0, (h as f64 - side) / 2.0);
     // Background: low-saturation colour, gradient, clutter.
-    let bg = hsv(rng.f64(), rng.range_f64(0.0, 0.35), rng.range_f64(0.25, 0.85));
+    let bg = hsv(
+        rng.f64(),
+        rng.range_f64(0.0, 0.35),
+        rng.range_f64(0.25, 0.85),
+    );
     let grad = [rng.range_f64(-0.25, 0.25), rng.range_f64(-0.25, 0.25)];
     let nclutter = rng.range_incl(2, 6) as usize;
     let clutter: Vec<([f64; 2], f64, [f64; 3], bool)> = (0..nclutter)
@@ -302,9 +343,13 @@ fn draw(class: usize, w: u32, h: u32, rng: &mut Rng) -> Vec<u8> {
         })
         .collect();
     // Object.
-    let family_hue = [0.02, 0.02, 0.62, 0.62, 0.33, 0.0, 0.0, 0.0, 0.78, 0.15][fam]
-        + 0.37 * (class / 10) as f64;
-    let hue = if rng.f64() < 0.2 { rng.f64() } else { family_hue + 0.06 * rng.normal() };
+    let family_hue =
+        [0.02, 0.02, 0.62, 0.62, 0.33, 0.0, 0.0, 0.0, 0.78, 0.15][fam] + 0.37 * (class / 10) as f64;
+    let hue = if rng.f64() < 0.2 {
+        rng.f64()
+    } else {
+        family_hue + 0.06 * rng.normal()
+    };
     let fg = hsv(hue, rng.range_f64(0.55, 1.0), rng.range_f64(0.55, 1.0));
     let fg2 = hsv(rng.f64(), rng.range_f64(0.3, 1.0), rng.range_f64(0.1, 0.9));
     let (cx, cy) = (rng.range_f64(0.32, 0.68), rng.range_f64(0.32, 0.68));

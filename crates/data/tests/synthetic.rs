@@ -4,7 +4,13 @@ use alexnet_data::decode::decode_rgb;
 use alexnet_data::synthetic::{self, SyntheticOptions};
 
 fn tiny(seed: u64) -> SyntheticOptions {
-    SyntheticOptions { seed, classes: 10, train_per_class: 6, val_per_class: 2, ..Default::default() }
+    SyntheticOptions {
+        seed,
+        classes: 10,
+        train_per_class: 6,
+        val_per_class: 2,
+        ..Default::default()
+    }
 }
 
 fn all_files(root: &Path) -> Vec<(String, Vec<u8>)> {
@@ -27,11 +33,19 @@ fn all_files(root: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn same_seed_same_bytes_other_seed_differs() {
-    let (a, b, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b, c) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
     synthetic::generate(a.path(), &tiny(5)).unwrap();
     synthetic::generate(b.path(), &tiny(5)).unwrap();
     synthetic::generate(c.path(), &tiny(6)).unwrap();
-    let (fa, fb, fc) = (all_files(a.path()), all_files(b.path()), all_files(c.path()));
+    let (fa, fb, fc) = (
+        all_files(a.path()),
+        all_files(b.path()),
+        all_files(c.path()),
+    );
     assert_eq!(fa.len(), 10 * 6 + 10 * 2 + 2); // images + ground truth + marker
     assert_eq!(fa, fb);
     assert_ne!(fa, fc);
@@ -52,7 +66,9 @@ fn ilsvrc_layout_and_quirks() {
     assert_eq!((s.train, s.val), (60, 20));
     let root = d.path();
     for w in &s.wnids {
-        let n = std::fs::read_dir(root.join("train").join(w)).unwrap().count();
+        let n = std::fs::read_dir(root.join("train").join(w))
+            .unwrap()
+            .count();
         assert_eq!(n, 6, "{w}");
     }
     assert!(root.join("train/n01440764/n01440764_2.JPEG").is_file());
@@ -62,11 +78,20 @@ fn ilsvrc_layout_and_quirks() {
     let ids: Vec<u32> = gt.lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(ids.len(), 20);
     for r in &rows {
-        assert_eq!(ids.iter().filter(|&&i| i == r.ilsvrc2012_id).count(), 2, "{}", r.wnid);
+        assert_eq!(
+            ids.iter().filter(|&&i| i == r.ilsvrc2012_id).count(),
+            2,
+            "{}",
+            r.wnid
+        );
     }
     // Quirks: grey, CMYK, PNG named .JPEG, lower-case .jpeg, tiny; grey in val.
     assert_eq!(s.quirks.len(), 6);
-    let q: Vec<Vec<u8>> = s.quirks.iter().map(|r| std::fs::read(root.join(r)).unwrap()).collect();
+    let q: Vec<Vec<u8>> = s
+        .quirks
+        .iter()
+        .map(|r| std::fs::read(root.join(r)).unwrap())
+        .collect();
     assert!(s.quirks[3].ends_with(".jpeg"));
     assert!(s.quirks[2].ends_with(".JPEG") && q[2].starts_with(b"\x89PNG"));
     for b in &q {

@@ -48,7 +48,10 @@ impl EnsembleMean {
                 self.sum.len()
             );
         }
-        self.sum.iter_mut().zip(probs).for_each(|(s, &p)| *s += p as f64);
+        self.sum
+            .iter_mut()
+            .zip(probs)
+            .for_each(|(s, &p)| *s += p as f64);
         self.members += 1;
         Ok(())
     }
@@ -105,6 +108,9 @@ mod tests {
 
     #[test]
     fn topk_order() {
-        assert_eq!(top_k(&[0.1, 0.5, 0.1, 0.3], 3), vec![(1, 0.5), (3, 0.3), (0, 0.1)]);
+        assert_eq!(
+            top_k(&[0.1, 0.5, 0.1, 0.3], 3),
+            vec![(1, 0.5), (3, 0.3), (0, 0.1)]
+        );
     }
 }

@@ -92,6 +92,14 @@ pub fn nice_ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
     (first..=last).map(|i| i as f64 * step).collect()
 }
 
+/// `v` rounded up to the next tick of [`nice_ticks`]`(0, v, 8)` (so the axis ends on a tick).
+fn round_up(v: f64) -> f64 {
+    match nice_ticks(0.0, v, 8).as_slice() {
+        [a, b, ..] if b > a => (v / (b - a)).ceil() * (b - a),
+        _ => v,
+    }
+}
+
 fn fmt_tick(v: f64) -> String {
     if v == 0.0 {
         "0".into()
@@ -199,11 +207,12 @@ impl Panel {
         );
     }
 
-    fn dots(&self, s: &mut String, pts: &[(f64, f64)], colour: &str) {
+    fn dots(&self, s: &mut String, pts: &[(f64, f64)], colour: &str, hollow: bool) {
+        let fill = if hollow { "#ffffff" } else { colour };
         for &(a, b) in pts.iter().filter(|(a, b)| a.is_finite() && b.is_finite()) {
             let _ = writeln!(
                 s,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{colour}"/>"#,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{fill}" stroke="{colour}"/>"#,
                 self.px(a),
                 self.py(b)
             );
@@ -212,12 +221,15 @@ impl Panel {
 }
 
 fn esc(t: &str) -> String {
-    t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    t.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn range(vals: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
-    vals.filter(|v| v.is_finite())
-        .fold(None, |r, v| Some(r.map_or((v, v), |(a, b): (f64, f64)| (a.min(v), b.max(v)))))
+    vals.filter(|v| v.is_finite()).fold(None, |r, v| {
+        Some(r.map_or((v, v), |(a, b): (f64, f64)| (a.min(v), b.max(v))))
+    })
 }
 
 /// The SVG document for `models` (member k drawn in `PALETTE[k % 10]`); `title` goes on top.
@@ -237,9 +249,12 @@ pub fn curves_svg(models: &[ModelCurves], title: &str) -> String {
     );
 
     // Left: training loss against the step.
-    let loss_pts = models
-        .iter()
-        .flat_map(|m| m.steps.iter().copied().chain(m.epochs.iter().map(|e| (e.step, e.loss))));
+    let loss_pts = models.iter().flat_map(|m| {
+        m.steps
+            .iter()
+            .copied()
+            .chain(m.epochs.iter().map(|e| (e.step, e.loss)))
+    });
     let (sx, sy) = (
         range(loss_pts.clone().map(|p| p.0)).unwrap_or((0.0, 1.0)),
         range(loss_pts.map(|p| p.1)).unwrap_or((0.0, 1.0)),
@@ -250,18 +265,31 @@ pub fn curves_svg(models: &[ModelCurves], title: &str) -> String {
         w: 460.0,
         h: 360.0,
         x0: 0.0,
-        x1: sx.1.max(1.0),
+        x1: round_up(sx.1.max(1.0)),
         y0: 0.0,
         y1: (sy.1 * 1.05).max(1e-6),
     };
-    left.axes(&mut s, "Training loss", "training step", "cross-entropy loss", true);
+    left.axes(
+        &mut s,
+        "Training loss",
+        "training step",
+        "cross-entropy loss",
+        true,
+    );
 
     // Right: validation error (%) against the epoch.
-    let max_epoch = models.iter().flat_map(|m| m.epochs.iter().map(|e| e.epoch)).fold(1.0, f64::max);
+    let max_epoch = models
+        .iter()
+        .flat_map(|m| m.epochs.iter().map(|e| e.epoch))
+        .fold(1.0, f64::max);
     let errs = models.iter().flat_map(|m| {
-        m.epochs.iter().flat_map(|e| [e.val_top1_err, e.val_top5_err]).flatten().map(|v| v * 100.0)
+        m.epochs
+            .iter()
+            .flat_map(|e| [e.val_top1_err, e.val_top5_err])
+            .flatten()
+            .map(|v| v * 100.0)
     });
-    let ey = range(errs).map_or(100.0, |(_, hi)| (hi * 1.1).min(100.0).max(1.0));
+    let ey = range(errs).map_or(100.0, |(_, hi)| (hi * 1.1).clamp(1.0, 100.0));
     let right = Panel {
         x: 690.0,
         y: 70.0,
@@ -272,7 +300,13 @@ pub fn curves_svg(models: &[ModelCurves], title: &str) -> String {
         y0: 0.0,
         y1: ey,
     };
-    right.axes(&mut s, "Validation error (center crop)", "epoch", "error (%)", true);
+    right.axes(
+        &mut s,
+        "Validation error (center crop)",
+        "epoch",
+        "error (%)",
+        true,
+    );
 
     for (k, m) in models.iter().enumerate() {
         let c = PALETTE[k % PALETTE.len()];
@@ -280,12 +314,17 @@ pub fn curves_svg(models: &[ModelCurves], title: &str) -> String {
         left.polyline(
             &mut s,
             &m.steps,
-            &format!(r#"stroke="{c}" stroke-width="1" stroke-opacity="0.45""#),
+            &format!(r#"stroke="{c}" stroke-width="1.2" stroke-opacity="0.5""#),
             &format!("{class} steps"),
         );
         let ep: Vec<(f64, f64)> = m.epochs.iter().map(|e| (e.step, e.loss)).collect();
-        left.polyline(&mut s, &ep, &format!(r#"stroke="{c}" stroke-width="2.5""#), &class);
-        left.dots(&mut s, &ep, c);
+        left.polyline(
+            &mut s,
+            &ep,
+            &format!(r#"stroke="{c}" stroke-width="2.5""#),
+            &class,
+        );
+        left.dots(&mut s, &ep, c, false);
         let v1: Vec<(f64, f64)> = m
             .epochs
             .iter()
@@ -302,13 +341,14 @@ pub fn curves_svg(models: &[ModelCurves], title: &str) -> String {
             &format!(r#"stroke="{c}" stroke-width="2.5""#),
             &format!("{class} top1"),
         );
-        right.dots(&mut s, &v1, c);
+        right.dots(&mut s, &v1, c, false);
         right.polyline(
             &mut s,
             &v5,
             &format!(r#"stroke="{c}" stroke-width="2" stroke-dasharray="6 4""#),
             &format!("{class} top5"),
         );
+        right.dots(&mut s, &v5, c, true);
     }
 
     // Legend: one entry per model, then the line styles.
@@ -326,7 +366,10 @@ pub fn curves_svg(models: &[ModelCurves], title: &str) -> String {
         x += 95.0;
     }
     let styles = [
-        (r#"stroke-width="1" stroke-opacity="0.45""#, "loss per logged step"),
+        (
+            r#"stroke-width="1" stroke-opacity="0.45""#,
+            "loss per logged step",
+        ),
         (r#"stroke-width="2.5""#, "epoch mean loss / val top-1"),
         (r#"stroke-width="2" stroke-dasharray="6 4""#, "val top-5"),
     ];
@@ -360,8 +403,14 @@ mod tests {
 
     #[test]
     fn ticks() {
-        assert_eq!(nice_ticks(0.0, 10.0, 5), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
+        assert_eq!(
+            nice_ticks(0.0, 10.0, 5),
+            vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+        );
         assert_eq!(nice_ticks(0.0, 1.0, 4), vec![0.0, 0.5, 1.0]);
-        assert_eq!(nice_ticks(1.0, 12.0, 8), vec![2.0, 4.0, 6.0, 8.0, 10.0, 12.0]);
+        assert_eq!(
+            nice_ticks(1.0, 12.0, 8),
+            vec![2.0, 4.0, 6.0, 8.0, 10.0, 12.0]
+        );
     }
 }

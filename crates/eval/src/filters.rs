@@ -1,7 +1,7 @@
 //! The paper's Figure 3: the first convolution's kernels as a picture, one panel per group of the
 //! second convolution (the paper's two-GPU split: kernels 0..47 feed conv2's group 1 on GPU 1,
 //! 48..95 group 2 on GPU 2). Each kernel is normalised to 0..255 on its own (min/max over its
-//! `3 x k x k` values), enlarged by nearest-neighbour scaling, and tiled in a grid with 1 px gaps;
+//! `3 x k x k` values), enlarged by nearest-neighbour scaling, and tiled in a grid with 2 px gaps;
 //! the panels are stacked top to bottom with a wider gap.
 
 use alexnet_tensor::spec::{Op, Plan};
@@ -10,7 +10,7 @@ use image::{Rgb, RgbImage};
 use std::path::Path;
 
 /// Gap between kernels (and around each panel's grid), in pixels.
-pub const GAP: u32 = 1;
+pub const GAP: u32 = 2;
 /// Gap between two panels, in pixels.
 pub const PANEL_GAP: u32 = 8;
 /// Kernels per row of a panel at most.
@@ -65,19 +65,31 @@ pub fn grid_layout(kernels: usize, k: usize, groups: usize) -> GridLayout {
 /// The first convolution's weight (name, `[out, in, k, k]`, values) and the group count of the
 /// second convolution (1 when there is none) from a plan and its flat parameters.
 pub fn first_conv(plan: &Plan, params: &[f32]) -> Result<(String, [usize; 4], Vec<f32>, usize)> {
-    let mut convs = plan.layers.iter().filter(|l| matches!(l.op, Op::Conv { .. }));
-    let first = convs.next().context("the network has no convolution to draw")?;
+    let mut convs = plan
+        .layers
+        .iter()
+        .filter(|l| matches!(l.op, Op::Conv { .. }));
+    let first = convs
+        .next()
+        .context("the network has no convolution to draw")?;
     let groups = match convs.next().map(|l| &l.op) {
         Some(Op::Conv { groups, .. }) => *groups,
         _ => 1,
     };
-    let (w_idx, _) = first.params.context("the first convolution has no parameters")?;
+    let (w_idx, _) = first
+        .params
+        .context("the first convolution has no parameters")?;
     let e = &plan.params[w_idx];
     if e.shape.len() != 4 || e.offset + e.len > params.len() {
         bail!("{}: unexpected shape {:?}", e.name, e.shape);
     }
     let shape = [e.shape[0], e.shape[1], e.shape[2], e.shape[3]];
-    Ok((e.name.clone(), shape, params[e.offset..e.offset + e.len].to_vec(), groups))
+    Ok((
+        e.name.clone(),
+        shape,
+        params[e.offset..e.offset + e.len].to_vec(),
+        groups,
+    ))
 }
 
 /// Draws the kernels of `weight` (`[out, in, kh, kw]`, PyTorch layout, input channels RGB) split
@@ -85,7 +97,11 @@ pub fn first_conv(plan: &Plan, params: &[f32]) -> Result<(String, [usize; 4], Ve
 pub fn filter_grid(weight: &[f32], shape: [usize; 4], groups: usize) -> Result<RgbImage> {
     let [out, cin, kh, kw] = shape;
     if weight.len() != out * cin * kh * kw || out == 0 || cin == 0 {
-        bail!("conv weight of {} values does not have shape {:?}", weight.len(), shape);
+        bail!(
+            "conv weight of {} values does not have shape {:?}",
+            weight.len(),
+            shape
+        );
     }
     if groups == 0 || out % groups != 0 {
         bail!("{out} kernels cannot be split into {groups} groups");
@@ -107,7 +123,9 @@ pub fn filter_grid(weight: &[f32], shape: [usize; 4], groups: usize) -> Result<R
         let kern = &weight[o * cin * plane..(o + 1) * cin * plane];
         let (lo, hi) = kern
             .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
         let norm = |v: f32| -> u8 {
             if hi > lo {
                 ((v - lo) / (hi - lo) * 255.0).round().clamp(0.0, 255.0) as u8
@@ -122,7 +140,11 @@ pub fn filter_grid(weight: &[f32], shape: [usize; 4], groups: usize) -> Result<R
         for y in 0..kh {
             for x in 0..kw {
                 let px = |c: usize| norm(kern[c * plane + y * kw + x]);
-                let rgb = if cin == 3 { [px(0), px(1), px(2)] } else { [px(0); 3] };
+                let rgb = if cin == 3 {
+                    [px(0), px(1), px(2)]
+                } else {
+                    [px(0); 3]
+                };
                 for dy in 0..lay.scale {
                     for dx in 0..lay.scale {
                         img.put_pixel(
@@ -163,8 +185,8 @@ mod tests {
         // 96 kernels 11x11 in 2 groups: 48 per panel, 16 x 3, cells 33 px.
         let l = grid_layout(96, 11, 2);
         assert_eq!((l.cols, l.rows, l.cell), (16, 3, 33));
-        assert_eq!(l.width, 16 * 33 + 17);
-        assert_eq!(l.height, 2 * (3 * 33 + 4) + PANEL_GAP);
+        assert_eq!(l.width, 16 * 33 + 17 * GAP);
+        assert_eq!(l.height, 2 * (3 * 33 + 4 * GAP) + PANEL_GAP);
     }
 
     #[test]

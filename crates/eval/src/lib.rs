@@ -15,5 +15,5 @@ pub mod predict;
 pub mod report;
 
 pub use average::{average_models, average_views, top_k, EnsembleMean};
-pub use predict::{predict, predict_to, Prediction, PredictArgs};
+pub use predict::{predict, predict_to, PredictArgs, Prediction};
 pub use report::{report, Report, ReportArgs, ViewErrors};

@@ -15,16 +15,45 @@ pub struct PaperRow {
 /// Krizhevsky, Sutskever, Hinton (2012), Table 2: ILSVRC-2012 validation and test error rates,
 /// with the 10-patch test-time averaging. `*` = pre-trained on ImageNet Fall 2011, fine-tuned.
 pub const PAPER_TABLE2: [PaperRow; 5] = [
-    PaperRow { model: "SIFT + FVs [7]", top1_val: None, top5_val: None, top5_test: Some(26.2) },
-    PaperRow { model: "1 CNN", top1_val: Some(40.7), top5_val: Some(18.2), top5_test: None },
-    PaperRow { model: "5 CNNs", top1_val: Some(38.1), top5_val: Some(16.4), top5_test: Some(16.4) },
-    PaperRow { model: "1 CNN*", top1_val: Some(39.0), top5_val: Some(16.6), top5_test: None },
-    PaperRow { model: "7 CNNs*", top1_val: Some(36.7), top5_val: Some(15.4), top5_test: Some(15.3) },
+    PaperRow {
+        model: "SIFT + FVs [7]",
+        top1_val: None,
+        top5_val: None,
+        top5_test: Some(26.2),
+    },
+    PaperRow {
+        model: "1 CNN",
+        top1_val: Some(40.7),
+        top5_val: Some(18.2),
+        top5_test: None,
+    },
+    PaperRow {
+        model: "5 CNNs",
+        top1_val: Some(38.1),
+        top5_val: Some(16.4),
+        top5_test: Some(16.4),
+    },
+    PaperRow {
+        model: "1 CNN*",
+        top1_val: Some(39.0),
+        top5_val: Some(16.6),
+        top5_test: None,
+    },
+    PaperRow {
+        model: "7 CNNs*",
+        top1_val: Some(36.7),
+        top5_val: Some(15.4),
+        top5_test: Some(15.3),
+    },
 ];
 
 /// "1 CNN", "3 CNNs", "1 CNN*" (fine-tuned runs get the star, like the paper's CNN*).
 pub fn row_label(size: usize, starred: bool) -> String {
-    format!("{size} CNN{}{}", if size == 1 { "" } else { "s" }, if starred { "*" } else { "" })
+    format!(
+        "{size} CNN{}{}",
+        if size == 1 { "" } else { "s" },
+        if starred { "*" } else { "" }
+    )
 }
 
 fn pct(v: f64) -> String {
@@ -51,7 +80,13 @@ pub fn duration(s: f64) -> String {
 }
 
 fn four(e: &ViewErrors) -> [String; 4] {
-    [e.top1_err_center, e.top5_err_center, e.top1_err_10crop, e.top5_err_10crop].map(pct)
+    [
+        e.top1_err_center,
+        e.top5_err_center,
+        e.top1_err_10crop,
+        e.top5_err_10crop,
+    ]
+    .map(pct)
 }
 
 /// The whole `report.md`.
@@ -82,14 +117,16 @@ pub fn render_markdown(r: &Report) -> String {
     // Table 2.
     let c = d.num_classes.max(1) as f64;
     let _ = writeln!(s, "## Table 2: error rates (%), ours beside the paper's\n");
-    let _ = writeln!(
+    let _ =
+        writeln!(
         s,
-        "Chance on our data: top-1 {:.1}%, top-5 {:.1}%. \"center\": the central {}x{} crop; \
+        "Chance on our data: top-1 {:.1}%, top-5 {:.1}%{}. \"center\": the central {}x{} crop; \
          \"10 patches\": softmax averaged over the four corner and center {}x{} patches and their \
          mirror images (the paper's test-time averaging, used for all its numbers). Rows \"N \
          CNNs\" average the softmax of models 0..N-1.\n",
         100.0 * (1.0 - 1.0 / c),
         100.0 * (1.0 - (5.0f64).min(c) / c),
+        if d.num_classes <= 5 { " (with 5 classes or fewer, top-5 always hits)" } else { "" },
         d.crop,
         d.crop,
         d.crop,
@@ -138,7 +175,11 @@ pub fn render_markdown(r: &Report) -> String {
         "\nPaper: Krizhevsky, Sutskever, Hinton, *ImageNet Classification with Deep \
          Convolutional Neural Networks* (NIPS 2012), Table 2; \"*\" rows were pre-trained on the \
          ImageNet Fall 2011 release and fine-tuned on ILSVRC-2012{}.\n",
-        if starred { " (our starred rows: fine-tuned with `--init-from`)" } else { "" }
+        if starred {
+            " (our starred rows: fine-tuned with `--init-from`)"
+        } else {
+            ""
+        }
     );
 
     // Data, training, evaluation.
@@ -151,7 +192,11 @@ pub fn render_markdown(r: &Report) -> String {
         "- {} classes; {} training and {} validation images ({} evaluated)",
         d.num_classes, d.train, d.val, d.val_evaluated
     );
-    let _ = writeln!(s, "- Images stored at {0}x{0}; network input {1}x{1}\n", d.image_size, d.crop);
+    let _ = writeln!(
+        s,
+        "- Images stored at {0}x{0}; network input {1}x{1}\n",
+        d.image_size, d.crop
+    );
     let _ = writeln!(s, "## Training\n");
     let _ = writeln!(s, "- Preset: `{}` (network `{}`)", r.preset, r.network);
     let _ = writeln!(
@@ -164,7 +209,9 @@ pub fn render_markdown(r: &Report) -> String {
         t.lr,
         t.schedule,
         t.seed,
-        t.init_from.as_ref().map_or(String::new(), |p| format!(", fine-tuned from `{p}`"))
+        t.init_from
+            .as_ref()
+            .map_or(String::new(), |p| format!(", fine-tuned from `{p}`"))
     );
     let _ = writeln!(s, "- Device: {} ({})", t.device, t.precision);
     let _ = writeln!(
@@ -204,7 +251,8 @@ pub fn render_markdown(r: &Report) -> String {
             m.epochs,
             duration(m.train_seconds),
             m.img_per_s.map_or("n/a".into(), |v| format!("{v:.0}")),
-            m.final_train_loss.map_or("n/a".into(), |v| format!("{v:.4}")),
+            m.final_train_loss
+                .map_or("n/a".into(), |v| format!("{v:.4}")),
             four(&m.errors).join(" | ")
         );
     }
@@ -220,7 +268,12 @@ pub fn render_markdown(r: &Report) -> String {
          model.\n\n![training curves]({0})\n",
         p.curves
     );
-    let shape = p.conv1_shape.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("x");
+    let shape = p
+        .conv1_shape
+        .iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join("x");
     let panels = if p.conv1_panels > 1 {
         format!(
             "one panel per group of the next convolution, top to bottom ({per} kernels each; the \

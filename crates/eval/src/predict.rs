@@ -76,15 +76,24 @@ pub fn predict_to(args: &PredictArgs, out: &mut dyn Write) -> Result<Vec<Predict
     let s = manifest.image_size as usize;
     let crop = cfg.spec.input.crop;
     if crop > s {
-        bail!("{}: crop {crop} is larger than the data's image size {s}", cfg.data.display());
+        bail!(
+            "{}: crop {crop} is larger than the data's image size {s}",
+            cfg.data.display()
+        );
     }
     // Decode everything first: a bad file fails before any model is loaded.
-    let images: Vec<Vec<u8>> =
-        args.images.iter().map(|p| load_image(p, s)).collect::<Result<_>>()?;
+    let images: Vec<Vec<u8>> = args
+        .images
+        .iter()
+        .map(|p| load_image(p, s))
+        .collect::<Result<_>>()?;
 
     let classes = cfg.num_classes;
     let plan = cfg.spec.plan(classes).with_context(|| {
-        format!("{}: the network in it cannot be built", RunConfig::path(run).display())
+        format!(
+            "{}: the network in it cannot be built",
+            RunConfig::path(run).display()
+        )
     })?;
     let device = DeviceChoice::parse(&args.device)?;
     let patches = view_patches(s, crop, View::TenCrop);
@@ -109,7 +118,11 @@ pub fn predict_to(args: &PredictArgs, out: &mut dyn Write) -> Result<Vec<Predict
         for chunk in x.chunks(IMAGES_PER_PASS * views * per_view) {
             let n = chunk.len() / per_view;
             let logits = backend.predict(chunk, n)?;
-            probs.extend(average_views(&softmax_rows(&logits, classes), views, classes));
+            probs.extend(average_views(
+                &softmax_rows(&logits, classes),
+                views,
+                classes,
+            ));
         }
         ens.add(&probs)?;
     }
@@ -123,7 +136,10 @@ pub fn predict_to(args: &PredictArgs, out: &mut dyn Write) -> Result<Vec<Predict
         let top: Vec<(usize, String, String, f32)> = top_k(row, args.top.max(1))
             .into_iter()
             .map(|(c, p)| {
-                let wnid = manifest.classes.get(c).map_or(String::new(), |e| e.wnid.clone());
+                let wnid = manifest
+                    .classes
+                    .get(c)
+                    .map_or(String::new(), |e| e.wnid.clone());
                 let name = names
                     .get(c)
                     .cloned()
@@ -142,9 +158,15 @@ pub fn predict_to(args: &PredictArgs, out: &mut dyn Write) -> Result<Vec<Predict
             ),
         )?;
         for (r, (_, wnid, name, p)) in top.iter().enumerate() {
-            write(out, format!("  {}. {:6.2}%  {name} ({wnid})", r + 1, 100.0 * p))?;
+            write(
+                out,
+                format!("  {}. {:6.2}%  {name} ({wnid})", r + 1, 100.0 * p),
+            )?;
         }
-        preds.push(Prediction { image: path.clone(), top });
+        preds.push(Prediction {
+            image: path.clone(),
+            top,
+        });
     }
     Ok(preds)
 }

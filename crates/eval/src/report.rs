@@ -230,9 +230,9 @@ pub(crate) fn progress_bar(quiet: bool, len: u64) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-    if let Ok(style) =
-        ProgressStyle::with_template("{prefix:>18} [{bar:30}] {pos}/{len} img-views {msg} eta {eta}")
-    {
+    if let Ok(style) = ProgressStyle::with_template(
+        "{prefix:>18} [{bar:30}] {pos}/{len} img-views {msg} eta {eta}",
+    ) {
         pb.set_style(style.progress_chars("=> "));
     }
     pb
@@ -260,7 +260,11 @@ pub fn eval_view(
         let (x, l) = eval_batch(ds, Split::Val, &idx, crop, view)
             .with_context(|| format!("{}: reading validation images", ds.dir.display()))?;
         let logits = backend.predict(&x, idx.len() * views)?;
-        probs.extend(average_views(&softmax_rows(&logits, classes), views, classes));
+        probs.extend(average_views(
+            &softmax_rows(&logits, classes),
+            views,
+            classes,
+        ));
         labels.extend(l);
         pb.inc((idx.len() * views) as u64);
         start += idx.len();
@@ -311,7 +315,10 @@ pub fn report(args: &ReportArgs) -> Result<PathBuf> {
     let finals = final_files(run, &cfg)?;
     let ds = open_data(run, &cfg)?;
     let plan = cfg.spec.plan(cfg.num_classes).with_context(|| {
-        format!("{}: the network in it cannot be built", RunConfig::path(run).display())
+        format!(
+            "{}: the network in it cannot be built",
+            RunConfig::path(run).display()
+        )
     })?;
     let device = DeviceChoice::parse(&args.device)?;
     let crop = cfg.spec.input.crop;
@@ -320,7 +327,10 @@ pub fn report(args: &ReportArgs) -> Result<PathBuf> {
     let val_len = ds.split(Split::Val).len();
     let n = args.limit.map_or(val_len, |l| l.min(val_len));
     if n == 0 {
-        bail!("{}: the validation split has no images to evaluate", cfg.data.display());
+        bail!(
+            "{}: the validation split has no images to evaluate",
+            cfg.data.display()
+        );
     }
     let classes = ds.num_classes();
     let t0 = Instant::now();
@@ -347,7 +357,12 @@ pub fn report(args: &ReportArgs) -> Result<PathBuf> {
         let errs = |c: &[f32], t: &[f32]| {
             let (a, b) = errors(c, labels, classes);
             let (x, y) = errors(t, labels, classes);
-            ViewErrors { top1_err_center: a, top5_err_center: b, top1_err_10crop: x, top5_err_10crop: y }
+            ViewErrors {
+                top1_err_center: a,
+                top5_err_center: b,
+                top1_err_10crop: x,
+                top5_err_10crop: y,
+            }
         };
         let e = errs(&pc, &pt);
         ens_c.add(&pc)?;
@@ -383,18 +398,31 @@ pub fn report(args: &ReportArgs) -> Result<PathBuf> {
             img_per_s: mean(&ips),
             final_train_loss: mc.epochs.last().map(|e| e.loss).filter(|l| l.is_finite()),
         });
-        ensembles.push(EnsembleResult { size: k + 1, errors: ee });
+        ensembles.push(EnsembleResult {
+            size: k + 1,
+            errors: ee,
+        });
         curves.push(mc);
     }
     pb.finish_and_clear();
     let evaluation_seconds = t0.elapsed().as_secs_f64();
 
     // Pictures.
-    let title = format!("{} ({} model{}): {}", run.display(), cfg.models, plural(cfg.models), cfg.preset);
+    let title = format!(
+        "{} ({} model{}): {}",
+        run.display(),
+        cfg.models,
+        plural(cfg.models),
+        cfg.preset
+    );
     write_curves(&run.join(CURVES_SVG), &curves, &title)?;
     // Invariant: models >= 1 (checked by final_files), and model 0 set `conv1`.
     let (layer, shape, weight, groups) = conv1.context("no model was evaluated")?;
-    let groups = if groups > 0 && shape[0] % groups == 0 { groups } else { 1 };
+    let groups = if groups > 0 && shape[0] % groups == 0 {
+        groups
+    } else {
+        1
+    };
     write_filter_png(&run.join(FILTERS_PNG), &weight, shape, groups)?;
 
     let m = &ds.manifest;

@@ -4,9 +4,7 @@
 
 use alexnet_data::{prepare, Dataset, PrepareOptions, Source, Split, SyntheticOptions, View};
 use alexnet_eval::report::eval_view;
-use alexnet_eval::{
-    average_models, average_views, predict_to, report, PredictArgs, ReportArgs,
-};
+use alexnet_eval::{average_models, average_views, predict_to, report, PredictArgs, ReportArgs};
 use alexnet_layers::loss::softmax_rows;
 use alexnet_tensor::spec::NetSpec;
 use alexnet_train::checkpoint::{save, FileInfo};
@@ -179,7 +177,44 @@ fn make_run(name: &str, models: usize) -> PathBuf {
 }
 
 fn args(run: &Path) -> ReportArgs {
-    ReportArgs { run: run.to_path_buf(), device: "cpu".into(), batch: 32, limit: None, quiet: true }
+    ReportArgs {
+        run: run.to_path_buf(),
+        device: "cpu".into(),
+        batch: 32,
+        limit: None,
+        quiet: true,
+    }
+}
+
+/// Every tag is closed and nested: a minimal XML structure check (no comments or CDATA here).
+fn assert_well_formed(xml: &str) {
+    let mut stack: Vec<String> = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find('<') {
+        let j = rest[i..].find('>').expect("unterminated tag") + i;
+        let tag = &rest[i + 1..j];
+        let name: String = tag
+            .trim_start_matches('/')
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .into();
+        if tag.starts_with('/') {
+            assert_eq!(
+                stack.pop().as_deref(),
+                Some(name.as_str()),
+                "mismatched </{name}>"
+            );
+        } else if !tag.ends_with('/') {
+            stack.push(name);
+        }
+        assert!(
+            !rest[j + 1..].split('<').next().unwrap().contains('>'),
+            "stray '>'"
+        );
+        rest = &rest[j + 1..];
+    }
+    assert!(stack.is_empty(), "unclosed: {stack:?}");
 }
 
 fn one_line(e: &anyhow::Error) -> String {
@@ -198,7 +233,12 @@ fn report_writes_tables_and_pictures() {
         serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
     assert_eq!(j["classes"].as_array().unwrap().len(), CLASSES);
     assert!(j["classes"][0]["name"].is_string() && j["classes"][0]["wnid"].is_string());
-    let keys = ["top1_err_center", "top5_err_center", "top1_err_10crop", "top5_err_10crop"];
+    let keys = [
+        "top1_err_center",
+        "top5_err_center",
+        "top1_err_10crop",
+        "top5_err_10crop",
+    ];
     let models = j["models"].as_array().unwrap();
     let ens = j["ensembles"].as_array().unwrap();
     assert_eq!(models.len(), 2);
@@ -219,7 +259,10 @@ fn report_writes_tables_and_pictures() {
         }
     }
     for key in keys {
-        assert_eq!(ens[0][key], models[0][key], "ensemble of 1 != model 0 for {key}");
+        assert_eq!(
+            ens[0][key], models[0][key],
+            "ensemble of 1 != model 0 for {key}"
+        );
     }
     assert_eq!(j["dataset"]["val"], VAL);
     assert_eq!(j["dataset"]["val_evaluated"], VAL);
@@ -233,25 +276,34 @@ fn report_writes_tables_and_pictures() {
     assert!(j["evaluation_seconds"].as_f64().unwrap() >= 0.0);
 
     // Figure 3: 96 kernels of 3x3 in 2 panels of 48: scale ceil(33/3) = 11 -> 33 px cells,
-    // 16 columns x 3 rows per panel, 1 px gaps, panels stacked with an 8 px gap.
+    // 16 columns x 3 rows per panel, 2 px gaps (17 across, 4 down), panels stacked with an
+    // 8 px gap.
     let png = image::open(run.join("conv1_filters.png")).unwrap();
-    let (w, h) = (16 * 33 + 17, 2 * (3 * 33 + 4) + 8);
+    let (w, h) = (16 * 33 + 17 * 2, 2 * (3 * 33 + 4 * 2) + 8);
     assert_eq!((png.width(), png.height()), (w, h));
 
     let svg = std::fs::read_to_string(run.join("curves.svg")).unwrap();
     assert!(svg.starts_with("<svg"));
     assert!(svg.trim_end().ends_with("</svg>"));
     for k in 0..2 {
-        assert!(svg.contains(&format!("<polyline class=\"model-{k}\"")), "no polyline for model {k}");
+        assert!(
+            svg.contains(&format!("<polyline class=\"model-{k}\"")),
+            "no polyline for model {k}"
+        );
     }
     assert_eq!(svg.matches("<svg").count(), 1);
-    for tag in svg.split('<').skip(1) {
-        let tag = tag.trim_end();
-        assert!(tag.ends_with('>'), "unterminated tag: {tag}");
-    }
+    assert_well_formed(&svg);
 
     let text = std::fs::read_to_string(&md).unwrap();
-    for needle in ["| 1 CNN |", "| 2 CNNs |", "| 5 CNNs |", "| 7 CNNs* |", "40.7", "26.2", "15.3"] {
+    for needle in [
+        "| 1 CNN |",
+        "| 2 CNNs |",
+        "| 5 CNNs |",
+        "| 7 CNNs* |",
+        "40.7",
+        "26.2",
+        "15.3",
+    ] {
         assert!(text.contains(needle), "report.md lacks {needle}");
     }
     assert!(text.contains("synthetic") && text.contains("NOT on ILSVRC-2012"));
@@ -288,19 +340,31 @@ fn ten_crop_probabilities_are_the_mean_of_the_view_softmaxes() {
     let cfg = RunConfig::load(&run).unwrap();
     let plan = cfg.spec.plan(CLASSES).unwrap();
     let ds = Dataset::open(&cfg.data).unwrap();
-    let loaded = alexnet_train::checkpoint::load(&run.join("model-0/final.safetensors"), &plan)
-        .unwrap();
+    let loaded =
+        alexnet_train::checkpoint::load(&run.join("model-0/final.safetensors"), &plan).unwrap();
     let mut b = Backend::new(&plan, DeviceChoice::Cpu, 40, "f32").unwrap();
     b.set_params(&loaded.params).unwrap();
-    let (probs, labels) =
-        eval_view(&mut b, &ds, 3, 20, View::TenCrop, 40, &ProgressBar::hidden()).unwrap();
+    let (probs, labels) = eval_view(
+        &mut b,
+        &ds,
+        3,
+        20,
+        View::TenCrop,
+        40,
+        &ProgressBar::hidden(),
+    )
+    .unwrap();
     assert_eq!(probs.len(), 3 * CLASSES);
     assert_eq!(labels.len(), 3);
     let (x, _) = alexnet_data::eval_batch(&ds, Split::Val, &[1], 20, View::TenCrop).unwrap();
     let soft = softmax_rows(&b.predict(&x, 10).unwrap(), CLASSES);
     for c in 0..CLASSES {
         let m: f32 = (0..10).map(|v| soft[v * CLASSES + c]).sum::<f32>() / 10.0;
-        assert!((probs[CLASSES + c] - m).abs() < 1e-5, "class {c}: {} vs {m}", probs[CLASSES + c]);
+        assert!(
+            (probs[CLASSES + c] - m).abs() < 1e-5,
+            "class {c}: {} vs {m}",
+            probs[CLASSES + c]
+        );
     }
 }
 
@@ -309,10 +373,16 @@ fn predict_prints_top_n_per_image() {
     let run = make_run("run-predict", 2);
     let f = fixture();
     let val = f.root.join("synthetic/val");
-    let imgs: Vec<PathBuf> =
-        (1..=2).map(|i| val.join(format!("ILSVRC2012_val_{i:08}.JPEG"))).collect();
+    let imgs: Vec<PathBuf> = (1..=2)
+        .map(|i| val.join(format!("ILSVRC2012_val_{i:08}.JPEG")))
+        .collect();
     let mut out = Vec::new();
-    let a = PredictArgs { images: imgs.clone(), run: run.clone(), device: "cpu".into(), top: 3 };
+    let a = PredictArgs {
+        images: imgs.clone(),
+        run: run.clone(),
+        device: "cpu".into(),
+        top: 3,
+    };
     let preds = predict_to(&a, &mut out).unwrap();
     let text = String::from_utf8(out).unwrap();
     assert_eq!(text.lines().count(), 2 * (1 + 3), "{text}");
@@ -320,22 +390,40 @@ fn predict_prints_top_n_per_image() {
     for p in &preds {
         assert_eq!(p.top.len(), 3);
         assert!(p.top.windows(2).all(|w| w[0].3 >= w[1].3));
-        assert!(p.top.iter().all(|t| (0.0..=1.0).contains(&t.3) && !t.2.is_empty()));
+        assert!(p
+            .top
+            .iter()
+            .all(|t| (0.0..=1.0).contains(&t.3) && !t.2.is_empty()));
     }
     // --top larger than the number of classes shows every class.
     let mut out = Vec::new();
-    let a = PredictArgs { images: imgs[..1].to_vec(), run: run.clone(), device: "cpu".into(), top: 9 };
+    let a = PredictArgs {
+        images: imgs[..1].to_vec(),
+        run: run.clone(),
+        device: "cpu".into(),
+        top: 9,
+    };
     predict_to(&a, &mut out).unwrap();
     assert_eq!(String::from_utf8(out).unwrap().lines().count(), 1 + CLASSES);
 
     // Missing and undecodable files: one-line errors naming the file.
     let missing = f.root.join("no-such-image.jpg");
-    let a = PredictArgs { images: vec![missing.clone()], run: run.clone(), device: "cpu".into(), top: 5 };
+    let a = PredictArgs {
+        images: vec![missing.clone()],
+        run: run.clone(),
+        device: "cpu".into(),
+        top: 5,
+    };
     let e = one_line(&predict_to(&a, &mut Vec::new()).unwrap_err());
     assert!(e.contains("no-such-image.jpg"), "{e}");
     let junk = f.root.join("junk.JPEG");
     std::fs::write(&junk, b"this is not a JPEG").unwrap();
-    let a = PredictArgs { images: vec![imgs[0].clone(), junk], run, device: "cpu".into(), top: 5 };
+    let a = PredictArgs {
+        images: vec![imgs[0].clone(), junk],
+        run,
+        device: "cpu".into(),
+        top: 5,
+    };
     let e = one_line(&predict_to(&a, &mut Vec::new()).unwrap_err());
     assert!(e.contains("junk.JPEG"), "{e}");
 }

@@ -95,8 +95,16 @@ impl ConvShape {
 #[inline]
 fn valid_cols(wo: usize, w: usize, stride: usize, v: usize, pad: usize) -> (usize, usize) {
     // j*stride + v >= pad  and  j*stride + v < w + pad
-    let j0 = if pad > v { (pad - v).div_ceil(stride) } else { 0 };
-    let j1 = if w + pad > v { (w + pad - v).div_ceil(stride) } else { 0 };
+    let j0 = if pad > v {
+        (pad - v).div_ceil(stride)
+    } else {
+        0
+    };
+    let j1 = if w + pad > v {
+        (w + pad - v).div_ceil(stride)
+    } else {
+        0
+    };
     (j0.min(wo), j1.clamp(j0.min(wo), wo))
 }
 
@@ -131,7 +139,9 @@ fn im2col<T: Float>(x: &[T], s: &ConvShape, n0: usize, nb: usize, g: usize, col:
                         if st == 1 {
                             d[j0..j1].copy_from_slice(&src[first..first + (j1 - j0)]);
                         } else {
-                            for (e, &sv) in d[j0..j1].iter_mut().zip(src[first..].iter().step_by(st)) {
+                            for (e, &sv) in
+                                d[j0..j1].iter_mut().zip(src[first..].iter().step_by(st))
+                            {
                                 *e = sv;
                             }
                         }
@@ -169,8 +179,14 @@ fn col2im<T: Float>(col: &[T], s: &ConvShape, nb: usize, g: usize, dx: &mut [T])
                         }
                         let dst = &mut plane[(hi - pad) * s.w..(hi - pad + 1) * s.w];
                         let src = &srcrow[sn * hw + i * wo + j0..sn * hw + i * wo + j1];
-                        for (d, &e) in dst[first..].iter_mut().step_by(st).zip(src) {
-                            *d = *d + e;
+                        if st == 1 {
+                            for (d, &e) in dst[first..first + src.len()].iter_mut().zip(src) {
+                                *d = *d + e;
+                            }
+                        } else {
+                            for (d, &e) in dst[first..].iter_mut().step_by(st).zip(src) {
+                                *d = *d + e;
+                            }
                         }
                     }
                 }

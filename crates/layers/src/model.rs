@@ -130,7 +130,14 @@ impl<T: Float> Model<T> {
     /// [`Model::enable_profile`].
     pub fn profile(&self) -> Option<Vec<(String, f64, f64)>> {
         let p = self.profile.as_ref()?;
-        Some(self.plan.layers.iter().zip(p).map(|(l, &(f, b))| (l.name.clone(), f, b)).collect())
+        Some(
+            self.plan
+                .layers
+                .iter()
+                .zip(p)
+                .map(|(l, &(f, b))| (l.name.clone(), f, b))
+                .collect(),
+        )
     }
 
     /// The parameter view `name` (e.g. "conv1.weight").

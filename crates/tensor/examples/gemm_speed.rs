@@ -21,14 +21,34 @@ fn main() {
                 // SAFETY: row-major m x k, k x n, m x n buffers of exactly those sizes.
                 unsafe {
                     gemm::gemm(
-                        m, n, k, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, k as isize,
-                        b.as_ptr(), 1, n as isize, 0.0f32, 1.0f32, false, false, false,
+                        m,
+                        n,
+                        k,
+                        c.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        a.as_ptr(),
+                        1,
+                        k as isize,
+                        b.as_ptr(),
+                        1,
+                        n as isize,
+                        0.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
                         gemm::Parallelism::None,
                     );
                 }
             }
             let s = t.elapsed().as_secs_f64() / reps as f64;
-            println!("{label:<45} {:<12} {:7.1} GFLOP/s", "gemm crate", 2.0 * (m * n * k) as f64 / s / 1e9);
+            println!(
+                "{label:<45} {:<12} {:7.1} GFLOP/s",
+                "gemm crate",
+                2.0 * (m * n * k) as f64 / s / 1e9
+            );
         }
         for (name, par) in [("1 thread", false), ("all threads", true)] {
             let reps = (2e9 / (2.0 * (m * n * k) as f64)).clamp(3.0, 200.0) as usize;
@@ -41,7 +61,10 @@ fn main() {
                 }
             }
             let s = t.elapsed().as_secs_f64() / reps as f64;
-            println!("{label:<45} {name:<12} {:7.1} GFLOP/s", 2.0 * (m * n * k) as f64 / s / 1e9);
+            println!(
+                "{label:<45} {name:<12} {:7.1} GFLOP/s",
+                2.0 * (m * n * k) as f64 / s / 1e9
+            );
         }
     }
 }

@@ -9,6 +9,7 @@ use anyhow::Result;
 
 /// Softmax probabilities (N, classes) of `split` (or its first `limit` samples), averaged over
 /// the views of `view`. `batch` is the number of network inputs per forward pass.
+#[allow(clippy::too_many_arguments)]
 pub fn predict_split(
     backend: &mut Backend,
     dataset: &Dataset,

@@ -50,10 +50,12 @@ mod tests {
 
     #[test]
     fn topk_hand_cases() {
-        // Row 0: label 2 is the best -> top-1 hit. Row 1: label 0 is 3rd -> top-1 miss, top-3 hit.
+        // Row 0: label 2 is the best -> top-1 hit. Row 1: label 0 (0.5) is 2nd after 0.6.
         let s = [0.1, 0.2, 0.7, 0.0, 0.5, 0.3, 0.2, 0.6];
         assert_eq!(topk_misses(&s, &[2, 0], 4, 1), 1);
-        assert_eq!(topk_misses(&s, &[2, 0], 4, 2), 1);
-        assert_eq!(topk_misses(&s, &[2, 0], 4, 3), 0);
+        assert_eq!(topk_misses(&s, &[2, 0], 4, 2), 0);
+        // Row 1, label 2 (0.2) is 4th: a top-3 miss, a top-4 hit.
+        assert_eq!(topk_misses(&s, &[2, 2], 4, 3), 1);
+        assert_eq!(topk_misses(&s, &[2, 2], 4, 4), 0);
     }
 }

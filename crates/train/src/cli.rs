@@ -81,7 +81,8 @@ pub fn make_config(a: &TrainArgs, dataset: &Dataset) -> Result<RunConfig> {
     let cfg = RunConfig {
         tool_version: env!("CARGO_PKG_VERSION").into(),
         preset: a.preset.clone(),
-        data: a.data.clone(),
+        // Absolute, so `report` and `predict` find the data from any directory.
+        data: std::fs::canonicalize(&a.data).unwrap_or_else(|_| a.data.clone()),
         data_manifest_checksum: dataset.manifest.checksum(),
         num_classes: dataset.num_classes(),
         models: a.models.unwrap_or(t.models),
@@ -131,6 +132,17 @@ pub fn run_train(a: &TrainArgs) -> Result<PathBuf> {
 pub fn run_train_with(a: &TrainArgs, stop_after_steps: Option<u64>) -> Result<PathBuf> {
     let run = &a.run;
     let cfg_path = RunConfig::path(run);
+    // Check the device before anything is written, so a bad --device leaves no half-made run.
+    let device = DeviceChoice::parse(&a.device)?;
+    if let DeviceChoice::Cuda(i) = device {
+        let n = alexnet_cuda::device_count();
+        if i >= n {
+            bail!(
+                "--device {}: {n} CUDA device(s) found (use --device cpu or auto)",
+                a.device
+            );
+        }
+    }
     let cfg = if a.resume {
         let cfg = RunConfig::load(run)?;
         let ds = Dataset::open(&cfg.data)?;
@@ -156,7 +168,6 @@ pub fn run_train_with(a: &TrainArgs, stop_after_steps: Option<u64>) -> Result<Pa
         cfg.save(run)?;
         cfg
     };
-    let device = DeviceChoice::parse(&a.device)?;
     let dataset = Arc::new(Dataset::open(&cfg.data)?);
     let opts = TrainOptions {
         device,

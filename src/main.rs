@@ -87,9 +87,13 @@ struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
-    /// Also print the time per layer (forward and backward) of a training step (CPU).
+    /// Also print the time per layer (forward and backward) of a training step.
     #[arg(long)]
     profile: bool,
+    /// CUDA: convolution implementation, cudnn or im2col (default: cudnn where libcudnn loads;
+    /// bf16 always uses im2col)
+    #[arg(long)]
+    conv: Option<String>,
     /// CUDA: leave the loader out (random f32 input prepared once on the host).
     #[arg(long)]
     synthetic_data: bool,
@@ -121,15 +125,22 @@ fn run_bench(a: &BenchArgs) -> Result<()> {
     }
     let r = match a.device.as_str() {
         "cpu" => bench::bench_cpu(&a.preset, a.batch, a.classes, a.warmup, a.steps, a.profile)?,
-        "cuda" => alexnet::gpu_check::bench_cuda(
-            &a.preset,
-            a.batch,
-            a.classes,
-            &a.precision,
-            a.synthetic_data,
-            a.warmup,
-            a.steps,
-        )?,
+        "cuda" => alexnet::gpu_check::bench_cuda(&alexnet::gpu_check::CudaBench {
+            preset: &a.preset,
+            batch: a.batch,
+            classes: a.classes,
+            precision: &a.precision,
+            synthetic_data: a.synthetic_data,
+            warmup: a.warmup,
+            steps: a.steps,
+            profile: a.profile,
+            conv: a
+                .conv
+                .as_deref()
+                .map(alexnet_cuda::ConvImpl::parse)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--conv: {e}"))?,
+        })?,
         other => anyhow::bail!("--device {other}: expected cpu or cuda"),
     };
     if a.json {
@@ -141,12 +152,16 @@ fn run_bench(a: &BenchArgs) -> Result<()> {
         );
         if let Some(layers) = &r.layers {
             println!(
-                "{:<10} {:>10} {:>10}   (ms per training step)",
+                "{:<14} {:>10} {:>10}   (ms per training step)",
                 "layer", "forward", "backward"
             );
+            let (mut tf, mut tb) = (0.0, 0.0);
             for (n, f, b) in layers {
-                println!("{n:<10} {f:>10.1} {b:>10.1}");
+                println!("{n:<14} {f:>10.2} {b:>10.2}");
+                tf += f;
+                tb += b;
             }
+            println!("{:<14} {tf:>10.2} {tb:>10.2}", "total");
         }
     }
     Ok(())

@@ -5,18 +5,27 @@ mod common;
 
 use alexnet_train::cli::run_train_with;
 use alexnet_train::metrics::read_jsonl;
-use common::{args, tiny_data, tmp};
+use common::{args, devices, tiny_data, tmp};
 
 #[test]
 fn resume_is_byte_identical_and_logs_are_not_duplicated() {
-    let root = tmp("resume");
+    for device in devices() {
+        resume_on(device);
+    }
+}
+
+fn resume_on(device: &str) {
+    println!("resume test on {device}");
+    let root = tmp(&format!("resume-{device}"));
     let data = tiny_data(&root);
     // Uninterrupted run.
-    let a = args(&root, &data, "full");
+    let mut a = args(&root, &data, "full");
+    a.device = device.into();
     run_train_with(&a, None).unwrap();
     // Interrupted: stop after 3 steps (mid-epoch, between checkpoints), then again after 5
     // more (crossing the epoch boundary and into model 1), then finish.
     let mut b = args(&root, &data, "cut");
+    b.device = device.into();
     run_train_with(&b, Some(3)).unwrap();
     b.resume = true;
     run_train_with(&b, Some(5)).unwrap();
@@ -47,9 +56,7 @@ fn resume_is_byte_identical_and_logs_are_not_duplicated() {
     let p1 = std::fs::read(root.join("full/model-1/final.safetensors")).unwrap();
     assert_ne!(p0, p1);
     // Training again into the same folder without --resume is refused with a clear error.
-    let e = run_train_with(&args(&root, &data, "full"), None)
-        .unwrap_err()
-        .to_string();
+    let e = run_train_with(&a, None).unwrap_err().to_string();
     assert!(
         e.contains("already holds a run") && e.contains("--resume"),
         "{e}"
@@ -94,5 +101,40 @@ fn a_diverging_run_stops_with_a_clear_error_and_keeps_a_good_checkpoint() {
         alexnet_train::checkpoint::load(&ckpt, &plan).unwrap();
     }
     assert!(!root.join("r/model-0/final.safetensors").exists());
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn checkpoints_move_between_devices() {
+    if !devices().contains(&"cuda") {
+        println!("skipped: no CUDA device (checkpoints between CUDA and CPU)");
+        return;
+    }
+    let root = tmp("cross-device");
+    let data = tiny_data(&root);
+    let mut a = args(&root, &data, "cpu");
+    a.models = Some(1);
+    run_train_with(&a, None).unwrap();
+    // Start on CUDA, stop mid-epoch, resume on the CPU and finish.
+    let mut b = args(&root, &data, "mixed");
+    b.models = Some(1);
+    b.device = "cuda".into();
+    run_train_with(&b, Some(4)).unwrap();
+    b.device = "cpu".into();
+    b.resume = true;
+    run_train_with(&b, None).unwrap();
+    let load = |run: &str| {
+        let path = root.join(format!("{run}/model-0/final.safetensors"));
+        alexnet_tensor::io::read_safetensors(&path).unwrap()
+    };
+    let (pa, pb) = (load("cpu").f32s, load("mixed").f32s);
+    assert_eq!(pa.len(), pb.len());
+    assert!(pa.contains_key("conv1.weight"));
+    for ((name, ta), (nb, tb)) in pa.iter().zip(&pb) {
+        assert_eq!(name, nb);
+        let err = alexnet_tensor::rel_l2(tb.data(), ta.data());
+        // Same data order, seeds and dropout masks; only the float summation order differs.
+        assert!(err < 1e-3, "{name}: CUDA-then-CPU vs CPU rel L2 {err:.2e}");
+    }
     std::fs::remove_dir_all(&root).unwrap();
 }

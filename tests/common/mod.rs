@@ -117,6 +117,18 @@ pub fn data_sized(root: &Path, train: usize, val: usize, s: u32) -> PathBuf {
     out
 }
 
+/// The devices a device-generic test runs on: the CPU, and CUDA where a device is present.
+#[allow(dead_code)]
+pub fn devices() -> Vec<&'static str> {
+    let mut d = vec!["cpu"];
+    if alexnet_cuda::device_count() > 0 {
+        d.push("cuda");
+    } else {
+        println!("(no CUDA device: CPU only)");
+    }
+    d
+}
+
 pub fn args(root: &Path, data: &Path, run: &str) -> TrainArgs {
     std::fs::write(root.join("tiny.toml"), TINY).unwrap();
     TrainArgs {

@@ -26,14 +26,16 @@ struct AugmentSample {
 // jj = flip ? CROP-1-j : j (the flip mirrors the crop; the mean is taken at the same source).
 extern "C" __global__ void augment_u8(const unsigned char* src, const float* mean,
                                       const AugmentSample* samples, float* x, AugmentParams p) {
-    u64 plane = (u64)p.crop * p.crop;
-    u64 total = (u64)p.n * 3 * plane;
-    for (u64 t = blockIdx.x * (u64)blockDim.x + threadIdx.x; t < total;
-         t += (u64)gridDim.x * blockDim.x) {
-        unsigned j = (unsigned)(t % p.crop);
-        unsigned i = (unsigned)((t / p.crop) % p.crop);
-        unsigned c = (unsigned)((t / plane) % 3);
-        u64 n = t / (plane * 3);
+    // 32-bit index arithmetic: the host checks n * 3 * crop^2 < 2^31.
+    unsigned total = p.n * 3u * p.crop * p.crop;
+    for (unsigned t = blockIdx.x * blockDim.x + threadIdx.x; t < total;
+         t += gridDim.x * blockDim.x) {
+        unsigned j = t % p.crop;
+        unsigned r = t / p.crop;
+        unsigned i = r % p.crop;
+        r /= p.crop;
+        unsigned c = r % 3u;
+        u64 n = r / 3u;
         AugmentSample s = samples[n];
         unsigned jj = s.flip ? p.crop - 1 - j : j;
         u64 si = ((n * p.src_h + s.oy + i) * p.src_w + s.ox + jj) * 3 + c;

@@ -4,12 +4,13 @@
 
 typedef unsigned long long u64;
 
-// y: (N, C, HW) in place: y += b[c], then ReLU when relu != 0.
+// y: (N, C, HW) in place: y += b[c], then ReLU when relu != 0. 32-bit index arithmetic (the
+// host checks n*c*hw < 2^31; 64-bit division costs tens of instructions per element).
 extern "C" __global__ void bias_act(float* y, const float* b, u64 n, u64 c, u64 hw, int relu) {
-    u64 total = n * c * hw;
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < total;
-         i += (u64)gridDim.x * blockDim.x) {
-        u64 ch = (i / hw) % c;
+    unsigned total = (unsigned)(n * c * hw), cc = (unsigned)c, h = (unsigned)hw;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += gridDim.x * blockDim.x) {
+        unsigned ch = (i / h) % cc;
         float v = y[i] + b[ch];
         y[i] = (relu && v < 0.0f) ? 0.0f : v;
     }
@@ -19,13 +20,15 @@ extern "C" __global__ void bias_act(float* y, const float* b, u64 n, u64 c, u64 
 // y points at the chunk's first sample.
 extern "C" __global__ void cnhw_to_nchw_bias_act(const float* t, const float* b, float* y, u64 nb,
                                                  u64 c, u64 hw, int relu) {
-    u64 total = nb * c * hw;
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < total;
-         i += (u64)gridDim.x * blockDim.x) {
-        u64 p = i % hw;
-        u64 ch = (i / hw) % c;
-        u64 s = i / (hw * c);
-        float v = t[(ch * nb + s) * hw + p] + b[ch];
+    unsigned total = (unsigned)(nb * c * hw), h = (unsigned)hw, cc = (unsigned)c;
+    unsigned nbb = (unsigned)nb;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += gridDim.x * blockDim.x) {
+        unsigned p = i % h;
+        unsigned r = i / h;
+        unsigned ch = r % cc;
+        unsigned s = r / cc;
+        float v = t[(ch * nbb + s) * h + p] + b[ch];
         y[i] = (relu && v < 0.0f) ? 0.0f : v;
     }
 }
@@ -34,15 +37,17 @@ extern "C" __global__ void cnhw_to_nchw_bias_act(const float* t, const float* b,
 // layout as dy) is applied: t = dy * (y > 0).
 extern "C" __global__ void nchw_to_cnhw_mask(const float* dy, const float* y, float* t, u64 nb,
                                              u64 c, u64 hw, int relu) {
-    u64 total = nb * c * hw;
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < total;
-         i += (u64)gridDim.x * blockDim.x) {
-        u64 p = i % hw;
-        u64 ch = (i / hw) % c;
-        u64 s = i / (hw * c);
+    unsigned total = (unsigned)(nb * c * hw), h = (unsigned)hw, cc = (unsigned)c;
+    unsigned nbb = (unsigned)nb;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += gridDim.x * blockDim.x) {
+        unsigned p = i % h;
+        unsigned r = i / h;
+        unsigned ch = r % cc;
+        unsigned s = r / cc;
         float g = dy[i];
         if (relu && !(y[i] > 0.0f)) g = 0.0f;
-        t[(ch * nb + s) * hw + p] = g;
+        t[(ch * nbb + s) * h + p] = g;
     }
 }
 
@@ -108,5 +113,32 @@ extern "C" __global__ void col_sum(const float* m, float* out, u64 rows, u64 col
         float acc = 0.0f;
         for (u64 r = 0; r < rows; ++r) acc += m[r * cols + j];
         out[j] = acc;
+    }
+}
+
+// One block per channel ch of g: (N, C, HW): db[ch] = sum over n and p of g[n, ch, p]
+// (the convolution bias gradient in NCHW). blockDim.x is a power of two <= 1024. Deterministic.
+extern "C" __global__ void channel_sum(const float* g, float* db, u64 n, u64 c, u64 hw) {
+    __shared__ float buf[1024];
+    u64 ch = blockIdx.x;
+    float acc = 0.0f;
+    for (u64 s = 0; s < n; ++s) {
+        const float* plane = g + (s * c + ch) * hw;
+        for (u64 p = threadIdx.x; p < hw; p += blockDim.x) acc += plane[p];
+    }
+    buf[threadIdx.x] = acc;
+    __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) buf[threadIdx.x] += buf[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) db[ch] = buf[0];
+}
+
+// out = g where y > 0 else 0 (the ReLU gradient into a separate buffer); y, g, out: (n).
+extern "C" __global__ void relu_mask_to(const float* y, const float* g, float* out, u64 n) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n;
+         i += (u64)gridDim.x * blockDim.x) {
+        out[i] = y[i] > 0.0f ? g[i] : 0.0f;
     }
 }

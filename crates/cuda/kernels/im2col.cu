@@ -16,18 +16,19 @@ struct ConvGeom {
 
 // x: (NB, C, H, W) (the chunk's first sample) -> col: (C*K*K, NB*HO*WO).
 extern "C" __global__ void im2col(const float* x, float* col, ConvGeom g) {
-    u64 hw = (u64)g.ho * g.wo;
-    u64 cols = (u64)g.nb * hw;
-    u64 total = (u64)g.c * g.k * g.k * cols;
-    for (u64 idx = blockIdx.x * (u64)blockDim.x + threadIdx.x; idx < total;
-         idx += (u64)gridDim.x * blockDim.x) {
-        u64 p = idx % cols;
-        u64 row = idx / cols;
-        unsigned v = (unsigned)(row % g.k);
-        unsigned u = (unsigned)((row / g.k) % g.k);
-        u64 ch = row / ((u64)g.k * g.k);
-        u64 s = p / hw;
-        unsigned q = (unsigned)(p % hw);
+    // 32-bit index arithmetic: the host checks that col and x have < 2^31 elements.
+    unsigned hw = g.ho * g.wo;
+    unsigned cols = g.nb * hw;
+    unsigned total = g.c * g.k * g.k * cols;
+    for (unsigned idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += gridDim.x * blockDim.x) {
+        unsigned p = idx % cols;
+        unsigned row = idx / cols;
+        unsigned v = row % g.k;
+        unsigned u = (row / g.k) % g.k;
+        unsigned ch = row / (g.k * g.k);
+        unsigned s = p / hw;
+        unsigned q = p % hw;
         int i = (int)(q / g.wo), j = (int)(q % g.wo);
         int hh = i * (int)g.stride + (int)u - (int)g.pad;
         int ww = j * (int)g.stride + (int)v - (int)g.pad;
@@ -42,15 +43,17 @@ extern "C" __global__ void im2col(const float* x, float* col, ConvGeom g) {
 // i*stride + u - pad = h and j*stride + v - pad = w of dcol[(c*K+u)*K+v, s*HO*WO + i*WO + j].
 // dcol: (C*K*K, NB*HO*WO) -> dx: (NB, C, H, W) (overwritten).
 extern "C" __global__ void col2im(const float* dcol, float* dx, ConvGeom g) {
-    u64 hw = (u64)g.ho * g.wo;
-    u64 cols = (u64)g.nb * hw;
-    u64 total = (u64)g.nb * g.c * g.h * g.w;
-    for (u64 idx = blockIdx.x * (u64)blockDim.x + threadIdx.x; idx < total;
-         idx += (u64)gridDim.x * blockDim.x) {
+    unsigned hw = g.ho * g.wo;
+    unsigned cols = g.nb * hw;
+    unsigned total = g.nb * g.c * g.h * g.w;
+    for (unsigned idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += gridDim.x * blockDim.x) {
         int w = (int)(idx % g.w);
-        int h = (int)((idx / g.w) % g.h);
-        u64 ch = (idx / ((u64)g.w * g.h)) % g.c;
-        u64 s = idx / ((u64)g.w * g.h * g.c);
+        unsigned r = idx / g.w;
+        int h = (int)(r % g.h);
+        r /= g.h;
+        unsigned ch = r % g.c;
+        unsigned s = r / g.c;
         float acc = 0.0f;
         for (unsigned u = 0; u < g.k; ++u) {
             int th = h + (int)g.pad - (int)u;
@@ -62,8 +65,8 @@ extern "C" __global__ void col2im(const float* dcol, float* dx, ConvGeom g) {
                 if (tw < 0 || tw % (int)g.stride != 0) continue;
                 int j = tw / (int)g.stride;
                 if (j >= (int)g.wo) continue;
-                u64 row = (ch * g.k + u) * g.k + v;
-                acc += dcol[row * cols + s * hw + (u64)i * g.wo + j];
+                unsigned row = (ch * g.k + u) * g.k + v;
+                acc += dcol[row * cols + s * hw + (unsigned)i * g.wo + j];
             }
         }
         dx[idx] = acc;

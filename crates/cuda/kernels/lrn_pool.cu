@@ -1,8 +1,10 @@
 // Local response normalisation across channels (paper convention: alpha multiplies the PLAIN
 // sum of squares over the clipped window of `size` channels) and overlapping max-pooling
 // (no padding, floor mode, gradient to the first maximum in row-major window order).
+// Index arithmetic is 32-bit (the host checks that every tensor has < 2^31 elements): 64-bit
+// division costs tens of instructions and dominated these memory-bound kernels.
 
-typedef unsigned long long u64;
+typedef unsigned int u32;
 
 struct LrnParams {
     unsigned int n, c;  // batch, channels
@@ -20,32 +22,35 @@ struct PoolGeom {
     unsigned int pad_;    // keeps the struct a multiple of 8 bytes
 };
 
-__device__ __forceinline__ float lrn_in(const float* x, u64 i, int relu) {
+__device__ __forceinline__ float lrn_in(const float* x, u32 i, int relu) {
     float v = x[i];
     return (relu && v < 0.0f) ? 0.0f : v;
 }
 
-// D = k + alpha * sum_{j in [ch-half, ch+half] clipped} a_j^2 at (n, ., p).
-__device__ __forceinline__ float lrn_denom(const float* x, u64 n, int ch, u64 p, LrnParams q) {
+// D = k + alpha * sum_{j in [ch-half, ch+half] clipped} a_j^2 at (n, ., p); `base` = n*C*HW + p.
+__device__ __forceinline__ float lrn_denom(const float* x, u32 base, int ch, LrnParams q) {
     int lo = ch - (int)q.half; if (lo < 0) lo = 0;
     int hi = ch + (int)q.half; if (hi > (int)q.c - 1) hi = (int)q.c - 1;
     float s = 0.0f;
     for (int j = lo; j <= hi; ++j) {
-        float a = lrn_in(x, (n * q.c + j) * q.hw + p, q.relu_input);
+        float a = lrn_in(x, base + (u32)j * q.hw, q.relu_input);
         s += a * a;
     }
     return q.k + q.alpha * s;
 }
 
+#define GRID_STRIDE(i, total) \
+    for (u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < (total); i += gridDim.x * blockDim.x)
+
 // x, y: (N, C, H, W): y = a / D^beta.
 extern "C" __global__ void lrn_fwd(const float* x, float* y, LrnParams q) {
-    u64 total = (u64)q.n * q.c * q.hw;
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < total;
-         i += (u64)gridDim.x * blockDim.x) {
-        u64 p = i % q.hw;
-        int ch = (int)((i / q.hw) % q.c);
-        u64 n = i / ((u64)q.hw * q.c);
-        float d = lrn_denom(x, n, ch, p, q);
+    u32 total = q.n * q.c * q.hw;
+    GRID_STRIDE(i, total) {
+        u32 p = i % q.hw;
+        u32 nc = i / q.hw;
+        int ch = (int)(nc % q.c);
+        u32 base = (nc - ch) * q.hw + p;
+        float d = lrn_denom(x, base, ch, q);
         y[i] = lrn_in(x, i, q.relu_input) * powf(d, -q.beta);
     }
 }
@@ -53,44 +58,82 @@ extern "C" __global__ void lrn_fwd(const float* x, float* y, LrnParams q) {
 // x, dy, dx: (N, C, H, W). With D_j the denominators and windows symmetric:
 // dx_i = dy_i D_i^-beta - 2 alpha beta a_i sum_{j in W(i)} dy_j a_j D_j^(-beta-1).
 // With relu_input the ReLU gradient is applied too (dx is then the gradient of the ReLU input).
+// The one-kernel reference form (the network uses the two-pass lrn_bwd_prep/finish below).
 extern "C" __global__ void lrn_bwd(const float* x, const float* dy, float* dx, LrnParams q) {
-    u64 total = (u64)q.n * q.c * q.hw;
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < total;
-         i += (u64)gridDim.x * blockDim.x) {
-        u64 p = i % q.hw;
-        int ch = (int)((i / q.hw) % q.c);
-        u64 n = i / ((u64)q.hw * q.c);
+    u32 total = q.n * q.c * q.hw;
+    GRID_STRIDE(i, total) {
+        u32 p = i % q.hw;
+        u32 nc = i / q.hw;
+        int ch = (int)(nc % q.c);
+        u32 base = (nc - ch) * q.hw + p;
         int lo = ch - (int)q.half; if (lo < 0) lo = 0;
         int hi = ch + (int)q.half; if (hi > (int)q.c - 1) hi = (int)q.c - 1;
         float acc = 0.0f;
         for (int j = lo; j <= hi; ++j) {
-            u64 ij = (n * q.c + j) * q.hw + p;
-            float dj = lrn_denom(x, n, j, p, q);
+            u32 ij = base + (u32)j * q.hw;
+            float dj = lrn_denom(x, base, j, q);
             acc += dy[ij] * lrn_in(x, ij, q.relu_input) * powf(dj, -q.beta - 1.0f);
         }
         float a = lrn_in(x, i, q.relu_input);
-        float di = lrn_denom(x, n, ch, p, q);
+        float di = lrn_denom(x, base, ch, q);
         float g = dy[i] * powf(di, -q.beta) - 2.0f * q.alpha * q.beta * a * acc;
         if (q.relu_input && !(x[i] > 0.0f)) g = 0.0f;
         dx[i] = g;
     }
 }
 
+// Two-pass LRN backward (one power per element instead of one per window term), in place.
+// Pass 1: with s_i = D_i^-beta, t_i = dy_i a_i s_i / D_i (into t) and u_i = dy_i s_i (over dy).
+// x, g, t: (N, C, H, W); g holds dy on entry and u on exit.
+extern "C" __global__ void lrn_bwd_prep(const float* x, float* g, float* t, LrnParams q) {
+    u32 total = q.n * q.c * q.hw;
+    GRID_STRIDE(i, total) {
+        u32 p = i % q.hw;
+        u32 nc = i / q.hw;
+        int ch = (int)(nc % q.c);
+        u32 base = (nc - ch) * q.hw + p;
+        float d = lrn_denom(x, base, ch, q);
+        float s = powf(d, -q.beta);
+        float dy = g[i];
+        t[i] = dy * lrn_in(x, i, q.relu_input) * s / d;
+        g[i] = dy * s;
+    }
+}
+
+// Pass 2: dx_i = u_i - 2 alpha beta a_i sum_{j in W(i)} t_j (then the ReLU mask when the ReLU
+// is fused). x, t: (N, C, H, W); g holds u on entry and dx on exit.
+extern "C" __global__ void lrn_bwd_finish(const float* x, const float* t, float* g, LrnParams q) {
+    u32 total = q.n * q.c * q.hw;
+    GRID_STRIDE(i, total) {
+        u32 p = i % q.hw;
+        u32 nc = i / q.hw;
+        int ch = (int)(nc % q.c);
+        u32 base = (nc - ch) * q.hw + p;
+        int lo = ch - (int)q.half; if (lo < 0) lo = 0;
+        int hi = ch + (int)q.half; if (hi > (int)q.c - 1) hi = (int)q.c - 1;
+        float acc = 0.0f;
+        for (int j = lo; j <= hi; ++j) acc += t[base + (u32)j * q.hw];
+        float v = g[i] - 2.0f * q.alpha * q.beta * lrn_in(x, i, q.relu_input) * acc;
+        if (q.relu_input && !(x[i] > 0.0f)) v = 0.0f;
+        g[i] = v;
+    }
+}
+
 // x: (planes, H, W) -> y: (planes, HO, WO), arg: (planes, HO, WO) flat index h*W + w of the
 // window's first maximum.
 extern "C" __global__ void maxpool_fwd(const float* x, float* y, int* arg, PoolGeom g) {
-    u64 total = (u64)g.planes * g.ho * g.wo;
-    for (u64 o = blockIdx.x * (u64)blockDim.x + threadIdx.x; o < total;
-         o += (u64)gridDim.x * blockDim.x) {
-        unsigned j = (unsigned)(o % g.wo);
-        unsigned i = (unsigned)((o / g.wo) % g.ho);
-        u64 plane = o / ((u64)g.wo * g.ho);
+    u32 total = g.planes * g.ho * g.wo;
+    GRID_STRIDE(o, total) {
+        u32 j = o % g.wo;
+        u32 r = o / g.wo;
+        u32 i = r % g.ho;
+        u32 plane = r / g.ho;
         const float* xp = x + plane * g.h * g.w;
-        unsigned h0 = i * g.stride, w0 = j * g.stride;
+        u32 h0 = i * g.stride, w0 = j * g.stride;
         int best = (int)(h0 * g.w + w0);
         float m = xp[best];
-        for (unsigned u = 0; u < g.k; ++u)
-            for (unsigned v = 0; v < g.k; ++v) {
+        for (u32 u = 0; u < g.k; ++u)
+            for (u32 v = 0; v < g.k; ++v) {
                 int idx = (int)((h0 + u) * g.w + w0 + v);
                 float val = xp[idx];
                 if (val > m) { m = val; best = idx; }
@@ -103,51 +146,23 @@ extern "C" __global__ void maxpool_fwd(const float* x, float* y, int* arg, PoolG
 // Gather form (deterministic): dx[plane, h, w] = sum of dy over the windows that cover (h, w)
 // and whose argmax is (h, w). dy, arg: (planes, HO, WO) -> dx: (planes, H, W) (overwritten).
 extern "C" __global__ void maxpool_bwd(const float* dy, const int* arg, float* dx, PoolGeom g) {
-    u64 total = (u64)g.planes * g.h * g.w;
-    for (u64 t = blockIdx.x * (u64)blockDim.x + threadIdx.x; t < total;
-         t += (u64)gridDim.x * blockDim.x) {
-        unsigned w = (unsigned)(t % g.w);
-        unsigned h = (unsigned)((t / g.w) % g.h);
-        u64 plane = t / ((u64)g.w * g.h);
+    u32 total = g.planes * g.h * g.w;
+    GRID_STRIDE(t, total) {
+        u32 w = t % g.w;
+        u32 r = t / g.w;
+        u32 h = r % g.h;
+        u32 plane = r / g.h;
         int me = (int)(h * g.w + w);
-        unsigned i_lo = h >= g.k ? (h - g.k) / g.stride + 1 : 0;
-        unsigned i_hi = h / g.stride; if (i_hi > g.ho - 1) i_hi = g.ho - 1;
-        unsigned j_lo = w >= g.k ? (w - g.k) / g.stride + 1 : 0;
-        unsigned j_hi = w / g.stride; if (j_hi > g.wo - 1) j_hi = g.wo - 1;
+        u32 i_lo = h >= g.k ? (h - g.k) / g.stride + 1 : 0;
+        u32 i_hi = h / g.stride; if (i_hi > g.ho - 1) i_hi = g.ho - 1;
+        u32 j_lo = w >= g.k ? (w - g.k) / g.stride + 1 : 0;
+        u32 j_hi = w / g.stride; if (j_hi > g.wo - 1) j_hi = g.wo - 1;
         float acc = 0.0f;
-        for (unsigned i = i_lo; i <= i_hi; ++i)
-            for (unsigned j = j_lo; j <= j_hi; ++j) {
-                u64 o = (plane * g.ho + i) * g.wo + j;
+        for (u32 i = i_lo; i <= i_hi; ++i)
+            for (u32 j = j_lo; j <= j_hi; ++j) {
+                u32 o = (plane * g.ho + i) * g.wo + j;
                 if (arg[o] == me) acc += dy[o];
             }
         dx[t] = acc;
-    }
-}
-
-// Fused (ReLU +) LRN + max-pool forward: the LRN output is never stored. x: (N, C, H, W) ->
-// y, arg: (N, C, HO, WO); arg indexes the LRN output plane (as maxpool_fwd), so the backward is
-// maxpool_bwd into an LRN-output-shaped buffer followed by lrn_bwd.
-extern "C" __global__ void lrn_pool_fwd(const float* x, float* y, int* arg, LrnParams q,
-                                        PoolGeom g) {
-    u64 total = (u64)g.planes * g.ho * g.wo;
-    for (u64 o = blockIdx.x * (u64)blockDim.x + threadIdx.x; o < total;
-         o += (u64)gridDim.x * blockDim.x) {
-        unsigned j = (unsigned)(o % g.wo);
-        unsigned i = (unsigned)((o / g.wo) % g.ho);
-        u64 plane = o / ((u64)g.wo * g.ho);
-        int ch = (int)(plane % q.c);
-        u64 n = plane / q.c;
-        unsigned h0 = i * g.stride, w0 = j * g.stride;
-        int best = -1;
-        float m = 0.0f;
-        for (unsigned u = 0; u < g.k; ++u)
-            for (unsigned v = 0; v < g.k; ++v) {
-                int idx = (int)((h0 + u) * g.w + w0 + v);
-                float d = lrn_denom(x, n, ch, (u64)idx, q);
-                float val = lrn_in(x, plane * q.hw + idx, q.relu_input) * powf(d, -q.beta);
-                if (best < 0 || val > m) { m = val; best = idx; }
-            }
-        y[o] = m;
-        if (arg != 0) arg[o] = best;
     }
 }

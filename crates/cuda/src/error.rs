@@ -26,6 +26,9 @@ pub enum CudaError {
     /// A cuBLAS call failed.
     #[error("cuBLAS error in {op}: {detail}")]
     Blas { op: String, detail: String },
+    /// A cuDNN call failed (the op names the convolution shape).
+    #[error("cuDNN error in {op}: {detail}")]
+    Cudnn { op: String, detail: String },
     /// Buffers or shapes that must agree do not.
     #[error("{op}: shape mismatch: {detail}")]
     Shape { op: &'static str, detail: String },
@@ -64,6 +67,16 @@ impl CudaError {
     }
 
     /// A shape error.
+    pub(crate) fn cudnn(
+        op: impl Into<String>,
+    ) -> impl FnOnce(cudarc::cudnn::result::CudnnError) -> Self {
+        let op = op.into();
+        move |e| CudaError::Cudnn {
+            op,
+            detail: format!("{e:?}"),
+        }
+    }
+
     pub(crate) fn shape(op: &'static str, detail: impl Into<String>) -> Self {
         CudaError::Shape {
             op,

@@ -1,8 +1,10 @@
 //! `alexnet-cuda`: the CUDA backend.
 //!
 //! - [`Gpu`]: context, one stream, NVRTC-compiled kernel modules (`kernels/*.cu`, compiled once
-//!   per process and cached by [`kernels::KernelFile`]), a cuBLAS handle.
-//! - [`ops`]: one module per op family with the launch code of its kernels.
+//!   per process and cached by [`kernels::KernelFile`]), a cuBLAS handle, and a cuDNN handle
+//!   with its convolution plans (created on first use; see [`ConvImpl`]).
+//! - [`ops`]: one module per op family with the launch code of its kernels (`ops::conv_cudnn`
+//!   for the cuDNN convolutions).
 //! - [`GpuNet`]: a whole [`alexnet_tensor::spec::Plan`] on the device, with flat parameter,
 //!   gradient and momentum buffers laid out exactly like the plan (checkpoints interchangeable
 //!   with the CPU path).
@@ -12,7 +14,6 @@
 //! and its CPU-side tests pass on machines without CUDA; [`Gpu::new`] then returns an error and
 //! [`device_count`] returns 0, never a panic.
 
-pub mod bench;
 pub mod error;
 pub mod gpu;
 pub mod hash;
@@ -21,9 +22,11 @@ pub mod net;
 pub mod ops;
 pub mod parity;
 
-pub use bench::bench_train_step;
 pub use error::CudaError;
-pub use gpu::{cublas_available, cudnn_available, device_count, driver_available, Gpu, Precision};
+pub use gpu::{
+    cublas_available, cudnn_available, device_count, driver_available, ConvImpl, Gpu, Precision,
+    CONV_ENV,
+};
 pub use kernels::{check_kernels, nvrtc_available};
 pub use net::GpuNet;
 pub use ops::augment::{AugmentParams, AugmentSample};

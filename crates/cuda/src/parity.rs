@@ -19,7 +19,9 @@ use crate::ops::conv::{conv_backward, conv_forward, ConvShape, ConvWorkspace};
 use crate::ops::elementwise::{bias_act, col_sum, relu_fwd, relu_mask};
 use crate::ops::gemm::{gemm, MatDesc};
 use crate::ops::loss::softmax_ce;
-use crate::ops::lrn::{lrn_bwd, lrn_fwd, maxpool_bwd, maxpool_fwd, LrnParams, PoolGeom};
+use crate::ops::lrn::{
+    lrn_bwd, lrn_bwd_inplace, lrn_fwd, maxpool_bwd, maxpool_fwd, LrnParams, PoolGeom,
+};
 use crate::ops::sgd::sgd_step;
 use alexnet_tensor::fixture::Fixture;
 use alexnet_tensor::rel_l2;
@@ -212,7 +214,23 @@ fn lrn(gpu: &Arc<Gpu>, fx: &Fixture, e: &mut Errors) -> Result<(), CudaError> {
         q,
     )?;
     cmp(fx, "y", &gpu.download(&y.slice(0..len))?, e)?;
-    cmp(fx, "dx", &gpu.download(&dx.slice(0..len))?, e)
+    cmp(fx, "dx", &gpu.download(&dx.slice(0..len))?, e)?;
+    // The two-pass in-place backward the network uses.
+    let (mut g, mut scratch) = (gpu.upload(t(fx, "dy")?)?, gpu.zeros(len)?);
+    lrn_bwd_inplace(
+        gpu,
+        &x.as_view(),
+        &mut g.slice_mut(0..len),
+        &mut scratch.slice_mut(0..len),
+        q,
+    )?;
+    let mut e2 = Vec::new();
+    cmp(fx, "dx", &gpu.download(&g.slice(0..len))?, &mut e2)?;
+    e.extend(
+        e2.into_iter()
+            .map(|(name, v)| (format!("{name} (two-pass)"), v)),
+    );
+    Ok(())
 }
 
 fn maxpool(gpu: &Arc<Gpu>, fx: &Fixture, e: &mut Errors) -> Result<(), CudaError> {

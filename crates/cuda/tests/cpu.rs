@@ -33,11 +33,14 @@ fn kernel_inventory() {
         .iter()
         .flat_map(|f| f.kernel_names())
         .collect();
-    assert_eq!(names.len(), 20, "{names:?}");
+    assert_eq!(names.len(), 23, "{names:?}");
     for n in [
         "im2col",
         "col2im",
-        "lrn_pool_fwd",
+        "lrn_bwd_prep",
+        "lrn_bwd_finish",
+        "channel_sum",
+        "relu_mask_to",
         "softmax_ce",
         "sgd_step",
         "augment_u8",

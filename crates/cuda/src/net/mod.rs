@@ -14,7 +14,8 @@ use crate::gpu::{Gpu, Precision};
 use crate::ops::augment::{AugmentParams, AugmentSample};
 use crate::ops::conv::ConvWorkspace;
 use alexnet_tensor::spec::Plan;
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, PinnedHostSlice};
+use rayon::prelude::*;
 use stages::{build_stages, Stage};
 use std::sync::Arc;
 
@@ -47,6 +48,13 @@ pub struct GpuNet {
     input_grad_at: Option<usize>,
     /// Samples of the last forward.
     last_n: usize,
+    /// Page-locked staging of full f32 input batches (allocated on first use).
+    pinned_in: Option<PinnedHostSlice<f32>>,
+    /// Page-locked staging and device buffer of the u8 batches of the augment path.
+    pinned_u8: Option<PinnedHostSlice<u8>>,
+    u8_dev: Option<CudaSlice<u8>>,
+    /// Per-stage [forward, backward] seconds, then [input, 0], [loss, 0], [sgd, 0] (profiling).
+    prof: Option<Vec<[f64; 2]>>,
 }
 
 impl std::fmt::Debug for GpuNet {
@@ -110,8 +118,67 @@ impl GpuNet {
             input_grad: false,
             input_grad_at: None,
             last_n: 0,
+            pinned_in: None,
+            pinned_u8: None,
+            u8_dev: None,
+            prof: None,
             gpu,
         })
+    }
+
+    /// Starts (or restarts) per-stage timing: every stage is then device-synchronised and timed
+    /// (slower; for `bench --profile` only).
+    pub fn enable_profile(&mut self) {
+        self.prof = Some(vec![[0.0; 2]; self.stages.len() + 3]);
+    }
+
+    /// Accumulated (stage name, forward s, backward s) since [`GpuNet::enable_profile`]; the
+    /// last three rows are the input upload (+ augmentation), the loss and the SGD step.
+    pub fn profile(&self) -> Option<Vec<(String, f64, f64)>> {
+        let p = self.prof.as_ref()?;
+        let mut rows: Vec<(String, f64, f64)> = self
+            .stages
+            .iter()
+            .zip(p)
+            .map(|(s, t)| (s.label(), t[0], t[1]))
+            .collect();
+        let k = self.stages.len();
+        for (i, name) in ["input upload", "loss", "sgd"].iter().enumerate() {
+            rows.push((name.to_string(), p[k + i][0], 0.0));
+        }
+        Some(rows)
+    }
+
+    /// Adds the seconds since `t0` to the extra profile row `row` (0 input, 1 loss, 2 sgd).
+    fn prof_extra(&mut self, row: usize, t0: Option<std::time::Instant>) -> Result<(), CudaError> {
+        let mut acc = 0.0;
+        pass::tock(&self.gpu, t0, &mut acc)?;
+        if let Some(p) = self.prof.as_mut() {
+            let k = p.len() - 3;
+            p[k + row][0] += acc;
+        }
+        Ok(())
+    }
+
+    /// For every convolution stage: (layer names, cuDNN forward, backward-data and
+    /// backward-filter algorithms at the full batch and the current precision). Errors when
+    /// cuDNN is not in use.
+    pub fn conv_algorithms(&self) -> Result<Vec<[String; 4]>, CudaError> {
+        let mut out = Vec::new();
+        for st in &self.stages {
+            if let Stage::Conv { shape, .. } = st {
+                let (f, d, w) = crate::ops::conv_cudnn::chosen_algorithms(
+                    &self.gpu,
+                    &crate::ops::conv::ConvShape {
+                        n: self.batch,
+                        ..*shape
+                    },
+                    self.precision,
+                )?;
+                out.push([st.label(), f, d, w]);
+            }
+        }
+        Ok(out)
     }
 
     /// The plan this network runs.
@@ -255,10 +322,20 @@ impl GpuNet {
                 ),
             ));
         }
+        let t0 = pass::tick(&self.gpu, self.prof.is_some())?;
         let s = self.gpu.stream.clone();
         let mut dst = self.acts[0].slice_mut(0..x.len());
-        s.memcpy_htod(x, &mut dst)
-            .map_err(CudaError::driver("upload input"))?;
+        if x.len() == per * self.batch {
+            // A full batch goes through the page-locked staging buffer (a parallel host copy,
+            // then DMA at full bus speed); partial batches copy from pageable memory.
+            let pin = staging(&self.gpu, &mut self.pinned_in, x.len())?;
+            par_copy(x, pin)?;
+            s.memcpy_htod(pin, &mut dst)
+        } else {
+            s.memcpy_htod(x, &mut dst)
+        }
+        .map_err(CudaError::driver("upload input"))?;
+        self.prof_extra(0, t0)?;
         Ok(x.len() / per)
     }
 
@@ -308,13 +385,16 @@ impl GpuNet {
         let n = self.load_input(x)?;
         self.load_labels(labels, n)?;
         self.run_forward(n, true, dropout_seed)?;
+        let t0 = pass::tick(&self.gpu, self.prof.is_some())?;
         let loss = self.run_loss(n)?;
+        self.prof_extra(1, t0)?;
         self.run_backward(n, dropout_seed)?;
         Ok(loss)
     }
 
     /// One SGD step (the paper's rule) over the whole flat buffer in one launch.
     pub fn sgd_step(&mut self, lr: f32, momentum: f32, weight_decay: f32) -> Result<(), CudaError> {
+        let t0 = pass::tick(&self.gpu, self.prof.is_some())?;
         let n = self.plan.total;
         let g = self.grads.slice(0..n);
         crate::ops::sgd::sgd_step(
@@ -324,7 +404,8 @@ impl GpuNet {
             &mut self.momentum.slice_mut(0..n),
             n,
             (lr, momentum, weight_decay),
-        )
+        )?;
+        self.prof_extra(2, t0)
     }
 
     /// One training step from u8 images: the augment kernel builds the input (crop, flip, PCA
@@ -344,7 +425,9 @@ impl GpuNet {
         let n = self.augment_input(images, (src_h, src_w), samples)?;
         self.load_labels(labels, n)?;
         self.run_forward(n, true, dropout_seed)?;
+        let t0 = pass::tick(&self.gpu, self.prof.is_some())?;
         let loss = self.run_loss(n)?;
+        self.prof_extra(1, t0)?;
         self.run_backward(n, dropout_seed)?;
         self.sgd_step(lr, momentum, weight_decay)?;
         Ok(loss)
@@ -382,16 +465,28 @@ impl GpuNet {
         let mut p = AugmentParams::square(n, src_h, h, *mh)?;
         p.src_w = crate::ops::u32_of("augment", "src_w", src_w)?;
         p.mean_w = crate::ops::u32_of("augment", "mean_w", *mw)?;
-        let src = self.gpu.upload(images)?;
+        let t0 = pass::tick(&self.gpu, self.prof.is_some())?;
+        let len = images.len();
+        let pin = staging(&self.gpu, &mut self.pinned_u8, len)?;
+        par_copy(images, pin)?;
+        if self.u8_dev.as_ref().is_none_or(|d| d.len() < len) {
+            self.u8_dev = None;
+            self.u8_dev = Some(self.gpu.stream.alloc_zeros::<u8>(len).map_err(
+                CudaError::driver(format!("alloc {len} bytes for u8 batches")),
+            )?);
+        }
+        let Some(dev) = self.u8_dev.as_mut() else {
+            return Err(CudaError::invalid("augment", "u8 device buffer missing"));
+        };
+        let mut dv = dev.slice_mut(0..len);
+        self.gpu
+            .stream
+            .memcpy_htod(pin, &mut dv)
+            .map_err(CudaError::driver("upload u8 batch"))?;
+        let src = dev.slice(0..len);
         let mut x = self.acts[0].slice_mut(0..n * c * h * w);
-        crate::ops::augment::augment_u8(
-            &self.gpu,
-            &src.as_view(),
-            &mean.as_view(),
-            samples,
-            &mut x,
-            p,
-        )?;
+        crate::ops::augment::augment_u8(&self.gpu, &src, &mean.as_view(), samples, &mut x, p)?;
+        self.prof_extra(0, t0)?;
         Ok(n)
     }
 
@@ -400,4 +495,44 @@ impl GpuNet {
     pub fn buffers_mut(&mut self) -> (&mut CudaSlice<f32>, &mut CudaSlice<f32>) {
         (&mut self.params, &mut self.grads)
     }
+}
+
+/// The page-locked staging buffer in `slot`, (re)allocated to exactly `len` elements.
+fn staging<'a, T: cudarc::driver::DeviceRepr>(
+    gpu: &Gpu,
+    slot: &'a mut Option<PinnedHostSlice<T>>,
+    len: usize,
+) -> Result<&'a mut PinnedHostSlice<T>, CudaError> {
+    if slot.as_ref().is_none_or(|p| p.len() != len) {
+        *slot = None;
+        // SAFETY: the buffer is fully written by `par_copy` before any copy reads it.
+        let p = unsafe { gpu.ctx.alloc_pinned::<T>(len) }.map_err(CudaError::driver(format!(
+            "alloc {len} pinned host elements"
+        )))?;
+        *slot = Some(p);
+    }
+    slot.as_mut()
+        .ok_or_else(|| CudaError::invalid("staging", "pinned buffer missing"))
+}
+
+/// Copies `src` into the pinned buffer (same length) in parallel chunks; waits for the buffer's
+/// previous device copy first.
+fn par_copy<T: Copy + Send + Sync + cudarc::driver::ValidAsZeroBits>(
+    src: &[T],
+    dst: &mut PinnedHostSlice<T>,
+) -> Result<(), CudaError> {
+    let d = dst
+        .as_mut_slice()
+        .map_err(CudaError::driver("wait for the staging buffer"))?;
+    if d.len() != src.len() {
+        return Err(CudaError::shape(
+            "staging copy",
+            format!("{} elements into {}", src.len(), d.len()),
+        ));
+    }
+    const CHUNK: usize = 1 << 20;
+    d.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(a, b)| a.copy_from_slice(b));
+    Ok(())
 }

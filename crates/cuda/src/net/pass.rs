@@ -7,10 +7,31 @@ use crate::hash::layer_seed;
 use crate::ops::conv::{conv_backward, conv_forward, ConvShape};
 use crate::ops::elementwise::{bias_act, col_sum, dropout_apply, relu_fwd, relu_mask};
 use crate::ops::gemm::{gemm, MatDesc};
-use crate::ops::lrn::{
-    lrn_bwd, lrn_fwd, lrn_pool_fwd, maxpool_bwd, maxpool_fwd, LrnParams, PoolGeom,
-};
+use crate::ops::lrn::{lrn_bwd_inplace, lrn_fwd, maxpool_bwd, maxpool_fwd, LrnParams, PoolGeom};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+use std::time::Instant;
+
+/// With profiling on: synchronises and returns the start time of a stage.
+pub(super) fn tick(gpu: &crate::gpu::Gpu, on: bool) -> Result<Option<Instant>, CudaError> {
+    if !on {
+        return Ok(None);
+    }
+    gpu.synchronize()?;
+    Ok(Some(Instant::now()))
+}
+
+/// With profiling on: synchronises and adds the seconds since `t0` to `acc`.
+pub(super) fn tock(
+    gpu: &crate::gpu::Gpu,
+    t0: Option<Instant>,
+    acc: &mut f64,
+) -> Result<(), CudaError> {
+    if let Some(t0) = t0 {
+        gpu.synchronize()?;
+        *acc += t0.elapsed().as_secs_f64();
+    }
+    Ok(())
+}
 
 /// (&bufs[i], &mut bufs[o]) for i < o.
 fn in_out<T>(
@@ -88,7 +109,10 @@ impl GpuNet {
         self.input_grad_at = None;
         let gpu = self.gpu.clone();
         let prec = self.precision;
-        for st in &self.stages {
+        let profiling = self.prof.is_some();
+        let mut times = vec![0.0f64; self.stages.len()];
+        for (si, st) in self.stages.iter().enumerate() {
+            let t0 = tick(&gpu, profiling)?;
             let (inp, out) = (st.inp(), st.out());
             let (xs, ys) = in_out(&mut self.acts, inp, out)?;
             let x = xs.as_view();
@@ -173,8 +197,19 @@ impl GpuNet {
                 } => {
                     let q = lrn_q(n, *c, h * w, *size, *alpha, *beta, *k)?;
                     let g = PoolGeom::new(n * c, *h, *w, *pk, *pstride)?;
-                    // x: (n, C, H, W) -> y, arg: (n, C, HO, WO)
-                    lrn_pool_fwd(&gpu, &x, &mut y, &mut self.args[*arg].as_view_mut(), q, g)?;
+                    let len = n * c * h * w;
+                    // The LRN output goes to the (free during the forward) gradient buffer:
+                    // x: (n, C, H, W) -> l: (n, C, H, W) -> y, arg: (n, C, HO, WO). Two
+                    // memory-bound passes beat recomputing the LRN at every overlapping window.
+                    let mut l = self.gbuf[0].slice_mut(0..len);
+                    lrn_fwd(&gpu, &x, &mut l, q)?;
+                    maxpool_fwd(
+                        &gpu,
+                        &self.gbuf[0].slice(0..len),
+                        &mut y,
+                        &mut self.args[*arg].as_view_mut(),
+                        g,
+                    )?;
                 }
                 Stage::Dropout { len, p, layer, .. } => {
                     if train && *p > 0.0 {
@@ -186,6 +221,12 @@ impl GpuNet {
                             .map_err(CudaError::driver("dropout (eval copy)"))?;
                     }
                 }
+            }
+            tock(&gpu, t0, &mut times[si])?;
+        }
+        if let Some(p) = self.prof.as_mut() {
+            for (acc, t) in p.iter_mut().zip(&times) {
+                acc[0] += t;
             }
         }
         Ok(())
@@ -217,7 +258,10 @@ impl GpuNet {
         let gpu = self.gpu.clone();
         let prec = self.precision;
         let mut cur = 0usize;
+        let profiling = self.prof.is_some();
+        let mut times = vec![0.0f64; self.stages.len()];
         for (si, st) in self.stages.iter().enumerate().rev() {
+            let t0 = tick(&gpu, profiling)?;
             let need_dx = si > 0 || self.input_grad;
             let (x, y) = (&self.acts[st.inp()], &self.acts[st.out()]);
             let (g0, g1) = self.gbuf.split_at_mut(1);
@@ -316,14 +360,17 @@ impl GpuNet {
                     k,
                     ..
                 } => {
-                    // x, dy, dx: (n, C, H, W)
-                    lrn_bwd(
+                    // x, g: (n, C, H, W): dy -> dx in place, the other buffer as scratch
+                    let q = lrn_q(n, *c, *hw, *size, *alpha, *beta, *k)?;
+                    let len = n * c * hw;
+                    lrn_bwd_inplace(
                         &gpu,
                         &x.as_view(),
-                        &gc.as_view(),
-                        &mut go.as_view_mut(),
-                        lrn_q(n, *c, *hw, *size, *alpha, *beta, *k)?,
+                        &mut gc.slice_mut(0..len),
+                        &mut go.slice_mut(0..len),
+                        q,
                     )?;
+                    swap = false;
                 }
                 Stage::Pool {
                     c,
@@ -367,9 +414,16 @@ impl GpuNet {
                         g,
                     )?;
                     let q = lrn_q(n, *c, h * w, *size, *alpha, *beta, *k)?;
-                    // x, d(LRN out) -> dx: (n, C, H, W) back in the current buffer
-                    lrn_bwd(&gpu, &x.as_view(), &go.as_view(), &mut gc.as_view_mut(), q)?;
-                    swap = false;
+                    let len = n * c * h * w;
+                    // x, d(LRN out) -> dx: (n, C, H, W) in place in the other buffer (the
+                    // current one, no longer needed, is the scratch)
+                    lrn_bwd_inplace(
+                        &gpu,
+                        &x.as_view(),
+                        &mut go.slice_mut(0..len),
+                        &mut gc.slice_mut(0..len),
+                        q,
+                    )?;
                 }
                 Stage::Dropout { len, p, layer, .. } => {
                     if *p > 0.0 {
@@ -392,6 +446,12 @@ impl GpuNet {
             }
             if si == 0 && self.input_grad {
                 self.input_grad_at = Some(cur);
+            }
+            tock(&gpu, t0, &mut times[si])?;
+        }
+        if let Some(p) = self.prof.as_mut() {
+            for (acc, t) in p.iter_mut().zip(&times) {
+                acc[1] += t;
             }
         }
         Ok(())

@@ -114,6 +114,15 @@ impl Stage {
             | Stage::Dropout { inp, .. } => *inp,
         }
     }
+    /// A short label for profiles: the plan layer names joined with '+'.
+    pub(crate) fn label(&self) -> String {
+        let kind = match self {
+            Stage::LrnPool { .. } => "lrn+",
+            _ => "",
+        };
+        format!("{kind}{}", self.names().join("+"))
+    }
+
     /// Plan layer names whose output this stage's output buffer holds (for a fused LRN + pool
     /// only the pool).
     pub(crate) fn names(&self) -> &[String] {

@@ -50,6 +50,12 @@ impl AugmentParams {
                 format!("{} samples for n = {}", samples.len(), self.n),
             ));
         }
+        // The kernel indexes its output with 32-bit arithmetic.
+        super::idx32(
+            "augment",
+            "n * 3 * crop^2",
+            self.n as usize * 3 * self.crop as usize * self.crop as usize,
+        )?;
         for (i, s) in samples.iter().enumerate() {
             let fits = |o: u32, side: u32| o as u64 + self.crop as u64 <= side as u64;
             if !(fits(s.ox, self.src_w) && fits(s.oy, self.src_h)) {

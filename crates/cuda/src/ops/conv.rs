@@ -1,4 +1,6 @@
-//! Convolution (cross-correlation, zero padding, groups) as im2col + cuBLAS GEMM, processed in
+//! Convolution (cross-correlation, zero padding, groups). Runs on cuDNN
+//! ([`super::conv_cudnn`]) when [`Gpu::conv_impl`] says so for the precision (by default TF32
+//! only, where it was measured faster); otherwise as im2col and cuBLAS GEMMs, processed in
 //! chunks of samples so the column buffer stays bounded. Forward fuses bias (+ReLU) into the
 //! CNHW -> NCHW epilogue; backward fuses the ReLU mask into the NCHW -> CNHW transpose.
 
@@ -11,7 +13,7 @@ use crate::kernels::KernelFile;
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 
 /// Shape of one convolution over a batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConvShape {
     pub n: usize,
     pub c: usize,
@@ -90,6 +92,13 @@ unsafe impl DeviceRepr for ConvGeom {}
 impl ConvGeom {
     fn of(s: &ConvShape, nb: usize) -> Result<ConvGeom, CudaError> {
         let u = |what, v| u32_of("conv2d", what, v);
+        // The kernels index with 32-bit arithmetic.
+        super::idx32(
+            "conv2d",
+            "column buffer",
+            s.c * s.k * s.k * nb * s.ho() * s.wo(),
+        )?;
+        super::idx32("conv2d", "input chunk", nb * s.c * s.h * s.w)?;
         Ok(ConvGeom {
             nb: u("nb", nb)?,
             c: u("c", s.c)?,
@@ -165,6 +174,13 @@ fn col2im(
         .map(|_| ())
 }
 
+/// Whether cuDNN runs this convolution ([`crate::ConvImpl::uses_cudnn`]). bf16 always stays on
+/// im2col and bf16 cuBLAS GEMMs: cuDNN's bf16 kernels in NCHW (its heuristics' picks) measured
+/// 5-20x slower for conv3-5's backward on an H200 (19 ms vs ~1 ms for conv3 at batch 128).
+fn uses_cudnn(gpu: &Gpu, prec: Precision) -> bool {
+    gpu.conv_impl().uses_cudnn(prec)
+}
+
 fn check_io(s: &ConvShape, x: usize, w: usize, b: usize, y: usize) -> Result<(), CudaError> {
     s.validate()?;
     check_len("conv2d", "x", x, s.n * s.c * s.h * s.w)?;
@@ -188,6 +204,9 @@ pub fn conv_forward(
     ws: &mut ConvWorkspace,
 ) -> Result<(), CudaError> {
     check_io(s, x.len(), w.len(), b.len(), y.len())?;
+    if uses_cudnn(gpu, prec) {
+        return super::conv_cudnn::forward(gpu, prec, s, x, w, b, y, relu);
+    }
     let (hw, kd, og) = (s.ho() * s.wo(), s.kdim(), s.o / s.groups);
     let nb_max = s.chunk(ws.col.len(), ws.tmp.len());
     check_len(
@@ -266,6 +285,14 @@ pub fn conv_backward(
         check_len("conv2d backward", "y", y.len(), s.n * s.o * s.ho() * s.wo())?;
     }
     let (hw, kd, og) = (s.ho() * s.wo(), s.kdim(), s.o / s.groups);
+    let (chw, ohw) = (s.c * s.h * s.w, s.o * hw);
+    let mut dx = dx;
+    if let Some(d) = dx.as_deref() {
+        check_len("conv2d backward", "dx", d.len(), s.n * chw)?;
+    }
+    if uses_cudnn(gpu, prec) {
+        return super::conv_cudnn::backward(gpu, prec, s, x, w, y, dy, dx, dw, db);
+    }
     check_len(
         "conv2d",
         "workspace col",
@@ -274,11 +301,6 @@ pub fn conv_backward(
     )?;
     check_len("conv2d", "workspace tmp", ws.tmp.len(), s.o * hw)?;
     let nb_max = s.chunk(ws.col.len(), ws.tmp.len());
-    let (chw, ohw) = (s.c * s.h * s.w, s.o * hw);
-    let mut dx = dx;
-    if let Some(d) = dx.as_deref() {
-        check_len("conv2d backward", "dx", d.len(), s.n * chw)?;
-    }
     let mut n0 = 0;
     while n0 < s.n {
         let nb = nb_max.min(s.n - n0);

@@ -23,6 +23,7 @@ pub fn bias_act(
 ) -> Result<(), CudaError> {
     check_len("bias_act", "y", y.len(), n * c * hw)?;
     check_len("bias_act", "b", b.len(), c)?;
+    super::idx32("bias_act", "n * c * hw", n * c * hw)?;
     let Some(cfg) = grid_for((n * c * hw) as u64) else {
         return Ok(());
     };
@@ -47,6 +48,7 @@ pub fn cnhw_to_nchw_bias_act(
     relu: bool,
 ) -> Result<(), CudaError> {
     let len = nb * c * hw;
+    super::idx32("conv epilogue", "nb * c * hw", len)?;
     check_len("conv epilogue", "t", t.len(), len)?;
     check_len("conv epilogue", "y", y.len(), len)?;
     check_len("conv epilogue", "b", b.len(), c)?;
@@ -72,6 +74,7 @@ pub fn nchw_to_cnhw_mask(
     (nb, c, hw): (usize, usize, usize),
 ) -> Result<(), CudaError> {
     let len = nb * c * hw;
+    super::idx32("conv backward", "nb * c * hw", len)?;
     check_len("conv backward", "dy", dy.len(), len)?;
     check_len("conv backward", "t", t.len(), len)?;
     if let Some(y) = y {
@@ -232,5 +235,58 @@ pub fn col_sum(
     // SAFETY: types match `col_sum(const float*, float*, u64, u64)`; sizes checked.
     unsafe { l.launch(cfg) }
         .map_err(launch_err("col_sum"))
+        .map(|_| ())
+}
+
+/// db (C) = per-channel sums of g: (n, C, hw) (the convolution bias gradient).
+pub fn channel_sum(
+    gpu: &Gpu,
+    g: &CudaView<f32>,
+    db: &mut CudaViewMut<f32>,
+    (n, c, hw): (usize, usize, usize),
+) -> Result<(), CudaError> {
+    check_len("channel_sum", "g", g.len(), n * c * hw)?;
+    check_len("channel_sum", "db", db.len(), c)?;
+    if c == 0 {
+        return Ok(());
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (super::u32_of("channel_sum", "channels", c)?, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let f = gpu.function(F, "channel_sum")?;
+    let (n, c, hw) = (n as u64, c as u64, hw as u64);
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(g).arg(db).arg(&n).arg(&c).arg(&hw);
+    // SAFETY: types match `channel_sum(const float*, float*, u64, u64, u64)`; g holds n*c*hw and
+    // db c elements (checked); block size 256 is a power of two <= the 1024 shared slots.
+    unsafe { l.launch(cfg) }
+        .map_err(launch_err("channel_sum"))
+        .map(|_| ())
+}
+
+/// out = g * (y > 0) (the ReLU gradient, written to a separate buffer); all (n).
+pub fn relu_mask_to(
+    gpu: &Gpu,
+    y: &CudaView<f32>,
+    g: &CudaView<f32>,
+    out: &mut CudaViewMut<f32>,
+    n: usize,
+) -> Result<(), CudaError> {
+    check_len("relu backward", "y", y.len(), n)?;
+    check_len("relu backward", "g", g.len(), n)?;
+    check_len("relu backward", "out", out.len(), n)?;
+    let Some(cfg) = grid_for(n as u64) else {
+        return Ok(());
+    };
+    let f = gpu.function(F, "relu_mask_to")?;
+    let n = n as u64;
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(y).arg(g).arg(out).arg(&n);
+    // SAFETY: types match `relu_mask_to(const float*, const float*, float*, u64)`; all three
+    // hold n elements (checked).
+    unsafe { l.launch(cfg) }
+        .map_err(launch_err("relu_mask_to"))
         .map(|_| ())
 }

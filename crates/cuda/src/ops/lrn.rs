@@ -43,6 +43,8 @@ impl LrnParams {
         if size == 0 {
             return Err(CudaError::invalid("lrn", "size must be > 0"));
         }
+        // The kernels index with 32-bit arithmetic (64-bit division is slow on the GPU).
+        super::idx32("lrn", "n * c * hw", n * c * hw)?;
         Ok(LrnParams {
             n: u32_of("lrn", "n", n)?,
             c: u32_of("lrn", "c", c)?,
@@ -92,6 +94,8 @@ impl PoolGeom {
             ));
         }
         let u = |what, v| u32_of("maxpool", what, v);
+        // The kernels index with 32-bit arithmetic (64-bit division is slow on the GPU).
+        super::idx32("maxpool", "planes * h * w", planes * h * w)?;
         Ok(PoolGeom {
             planes: u("planes", planes)?,
             h: u("h", h)?,
@@ -159,6 +163,38 @@ pub fn lrn_bwd(
 }
 
 /// x: (planes, H, W) -> y, arg: (planes, HO, WO).
+/// LRN backward in place, in two passes (see `lrn_bwd_prep` / `lrn_bwd_finish`): `g` holds dy
+/// on entry and dx on exit; `t` is scratch of the same size. x, g, t: (N, C, H, W).
+pub fn lrn_bwd_inplace(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    g: &mut CudaViewMut<f32>,
+    t: &mut CudaViewMut<f32>,
+    q: LrnParams,
+) -> Result<(), CudaError> {
+    check_len("lrn backward", "x", x.len(), q.len())?;
+    check_len("lrn backward", "g", g.len(), q.len())?;
+    check_len("lrn backward", "scratch", t.len(), q.len())?;
+    let Some(cfg) = grid_for(q.len() as u64) else {
+        return Ok(());
+    };
+    let f = gpu.function(F, "lrn_bwd_prep")?;
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(x).arg(&mut *g).arg(&mut *t).arg(&q);
+    // SAFETY: types match `lrn_bwd_prep(const float*, float*, float*, LrnParams)`; x, g and t
+    // hold q.len() elements (checked).
+    unsafe { l.launch(cfg) }.map_err(CudaError::driver("lrn_bwd_prep"))?;
+    let f = gpu.function(F, "lrn_bwd_finish")?;
+    let tv = t.as_view();
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(x).arg(&tv).arg(&mut *g).arg(&q);
+    // SAFETY: types match `lrn_bwd_finish(const float*, const float*, float*, LrnParams)`; sizes
+    // checked above.
+    unsafe { l.launch(cfg) }
+        .map_err(CudaError::driver("lrn_bwd_finish"))
+        .map(|_| ())
+}
+
 pub fn maxpool_fwd(
     gpu: &Gpu,
     x: &CudaView<f32>,
@@ -201,33 +237,5 @@ pub fn maxpool_bwd(
     // SAFETY: types match `maxpool_bwd(const float*, const int*, float*, PoolGeom)`; sizes checked.
     unsafe { l.launch(cfg) }
         .map_err(CudaError::driver("maxpool_bwd"))
-        .map(|_| ())
-}
-
-/// Fused (ReLU +) LRN + max-pool: x: (N, C, H, W) -> y, arg: (N, C, HO, WO).
-pub fn lrn_pool_fwd(
-    gpu: &Gpu,
-    x: &CudaView<f32>,
-    y: &mut CudaViewMut<f32>,
-    arg: &mut CudaViewMut<i32>,
-    q: LrnParams,
-    g: PoolGeom,
-) -> Result<(), CudaError> {
-    if g.planes as usize != q.n as usize * q.c as usize || (g.h * g.w) != q.hw {
-        return Err(CudaError::shape("lrn+pool", format!("{q:?} vs {g:?}")));
-    }
-    check_len("lrn+pool", "x", x.len(), q.len())?;
-    check_len("lrn+pool", "y", y.len(), g.out_len())?;
-    check_len("lrn+pool", "argmax", arg.len(), g.out_len())?;
-    let Some(cfg) = grid_for(g.out_len() as u64) else {
-        return Ok(());
-    };
-    let f = gpu.function(F, "lrn_pool_fwd")?;
-    let mut l = gpu.stream.launch_builder(&f);
-    l.arg(x).arg(y).arg(arg).arg(&q).arg(&g);
-    // SAFETY: types match `lrn_pool_fwd(const float*, float*, int*, LrnParams, PoolGeom)`;
-    // the two descriptions agree and the sizes are checked.
-    unsafe { l.launch(cfg) }
-        .map_err(CudaError::driver("lrn_pool_fwd"))
         .map(|_| ())
 }

@@ -6,6 +6,7 @@
 
 pub mod augment;
 pub mod conv;
+pub mod conv_cudnn;
 pub mod convert;
 pub mod elementwise;
 pub mod gemm;
@@ -66,4 +67,16 @@ pub(crate) fn sub_mut<'b, T>(
 /// Converts a size to the u32 of a kernel parameter struct.
 pub(crate) fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32, CudaError> {
     u32::try_from(v).map_err(|_| CudaError::invalid(op, format!("{what} = {v} exceeds u32")))
+}
+
+/// Checks that a kernel may index `v` elements with 32-bit arithmetic, grid-stride increments
+/// included (v < 2^31 leaves room for any grid of at most 2^24 threads).
+pub(crate) fn idx32(op: &'static str, what: &str, v: usize) -> Result<(), CudaError> {
+    if v >= 1 << 31 {
+        return Err(CudaError::invalid(
+            op,
+            format!("{what} = {v} elements: too large for one launch (at most 2^31 - 1)"),
+        ));
+    }
+    Ok(())
 }

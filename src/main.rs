@@ -123,6 +123,11 @@ fn run_bench(a: &BenchArgs) -> Result<()> {
     if a.matrixmultiply {
         alexnet_tensor::gemm::set_f32_backend(alexnet_tensor::gemm::F32Backend::Matrixmultiply);
     }
+    if a.device == "cpu" && (a.conv.is_some() || a.synthetic_data || a.precision != "f32") {
+        anyhow::bail!(
+            "--conv, --synthetic-data and --precision other than f32 apply to --device cuda only"
+        );
+    }
     let r = match a.device.as_str() {
         "cpu" => bench::bench_cpu(&a.preset, a.batch, a.classes, a.warmup, a.steps, a.profile)?,
         "cuda" => alexnet::gpu_check::bench_cuda(&alexnet::gpu_check::CudaBench {

@@ -47,7 +47,7 @@ use alexnet_cuda::{
     cudnn_available, device_count, driver_available, AugmentSample, ConvImpl, CudaError, Gpu,
     GpuNet, Precision, CONV_ENV,
 };
-use alexnet_data::augment::pca_delta;
+use alexnet_data::augment::{patch_to_chw, pca_delta, Patch};
 use alexnet_layers::{Mode, Model};
 use alexnet_tensor::fixture::Fixture;
 use alexnet_tensor::rel_l2;
@@ -249,6 +249,12 @@ pub fn gpu_check(fixture_dir: &Path) -> Result<bool> {
         }
     }
 
+    println!("-- GPU augmentation against the CPU loader");
+    if let Err(e) = augment_check(&gpu, &mut tally) {
+        println!("FAIL augmentation check: {e:#}");
+        tally.record(false);
+    }
+
     for &ci in &impls {
         gpu.set_conv_impl(ci)?;
         for case in &MODEL_CASES {
@@ -318,6 +324,45 @@ fn fixture_case(gpu: &Arc<Gpu>, path: &Path, p: Precision) -> Option<CaseResult>
         tolerance: fx.tolerance,
         failure,
     })
+}
+
+/// The u8 training path ([`GpuNet::augment_input`]: staging upload, then the augment kernel's
+/// crop, flip, PCA-lighting delta and mean subtraction) against the CPU loader's
+/// [`patch_to_chw`] on the same records and draws, on the `small` preset's 64 -> 56 crops.
+fn augment_check(gpu: &Arc<Gpu>, t: &mut Tally) -> Result<()> {
+    let spec = load_preset("small")?;
+    let plan = spec.plan(10)?;
+    let (side, crop, n) = (spec.input.image_size, plan.input[1], 16);
+    let mut rng = Rng::new(0xA06E_0001);
+    let pool = ImagePool::new(&mut rng, 8, side, 10);
+    let mut buf = Vec::new();
+    let (samples, _) = pool.train_batch(&mut rng, n, crop, &mut buf);
+    if !samples.iter().any(|s| s.flip == 1) || !samples.iter().any(|s| s.flip == 0) {
+        bail!("the drawn batch should hold flipped and unflipped samples");
+    }
+    let rec = side * side * 3;
+    let per = 3 * crop * crop;
+    let mut want = vec![0.0f32; n * per];
+    for (k, sm) in samples.iter().enumerate() {
+        let patch = Patch {
+            top: sm.oy as usize,
+            left: sm.ox as usize,
+            flip: sm.flip != 0,
+        };
+        let img = &buf[k * rec..(k + 1) * rec];
+        let out = &mut want[k * per..(k + 1) * per];
+        patch_to_chw(img, &pool.mean, side, crop, patch, sm.delta, out);
+    }
+    let mut net = GpuNet::new(gpu.clone(), &plan, n, Precision::F32)?;
+    net.set_mean_image(&pool.mean, side, side)?;
+    net.augment_input(&buf, (side, side), &samples)?;
+    let got = net.download_input(n)?;
+    t.check(
+        &format!("augment_u8 via GpuNet ({n} samples, {side} -> {crop}) vs the CPU loader"),
+        rel_l2(&got, &want),
+        F32_BOUND,
+    );
+    Ok(())
 }
 
 /// Input batches like the loader's (mean-subtracted 0..255 pixels): N(0, 50^2).

@@ -295,6 +295,19 @@ impl GpuNet {
         self.gpu.download(&self.acts[idx].slice(0..len))
     }
 
+    /// The first `n` samples of the input buffer (n, C, H, W), e.g. what [`GpuNet::augment_input`]
+    /// built (for checking it against the CPU loader).
+    pub fn download_input(&self, n: usize) -> Result<Vec<f32>, CudaError> {
+        if n == 0 || n > self.batch {
+            return Err(CudaError::invalid(
+                "download_input",
+                format!("{n} samples for a batch of {}", self.batch),
+            ));
+        }
+        self.gpu
+            .download(&self.acts[0].slice(0..self.act_len[0] * n))
+    }
+
     /// The gradient of the input (N, C, H, W) of the last `forward_backward` (needs
     /// [`GpuNet::set_input_grad`]).
     pub fn download_input_grad(&self) -> Result<Vec<f32>, CudaError> {

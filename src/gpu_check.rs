@@ -465,12 +465,17 @@ fn model_checks(gpu: &Arc<Gpu>, case: &ModelCase, reduced: bool, t: &mut Tally) 
             bound,
         );
         let grads = net.download_grads()?;
+        // Relative L2 error of every gradient tensor.
+        let errs: Vec<f64> = plan
+            .params
+            .iter()
+            .map(|pe| {
+                let r = pe.offset..pe.offset + pe.len;
+                rel_l2(&grads[r.clone()], &grads_ref[r])
+            })
+            .collect();
         if p == Precision::F32 {
-            for pe in &plan.params {
-                let r = rel_l2(
-                    &grads[pe.offset..pe.offset + pe.len],
-                    &grads_ref[pe.offset..pe.offset + pe.len],
-                );
+            for (pe, &r) in plan.params.iter().zip(&errs) {
                 t.check(&format!("{tag} grad.{}", pe.name), r, grad_bound);
             }
         } else {
@@ -478,11 +483,7 @@ fn model_checks(gpu: &Arc<Gpu>, case: &ModelCase, reduced: bool, t: &mut Tally) 
             // Worst ratio of error to bound over the tensors, bound = max(tolerance, factor x
             // the measured sensitivity of that tensor).
             let mut worst: Option<(&str, f64, f64)> = None;
-            for (pe, &sv) in plan.params.iter().zip(&sens) {
-                let r = rel_l2(
-                    &grads[pe.offset..pe.offset + pe.len],
-                    &grads_ref[pe.offset..pe.offset + pe.len],
-                );
+            for ((pe, &sv), &r) in plan.params.iter().zip(&sens).zip(&errs) {
                 let b = grad_bound.max(SENSITIVITY_FACTOR * sv);
                 println!(
                     "info {tag} grad.{}: rel L2 {r:.2e}, CPU rounding sensitivity {sv:.2e}, \
@@ -718,11 +719,12 @@ fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
             warmup: BENCH_WARMUP,
             steps: BENCH_STEPS,
             profile: false,
-            conv: Some(ci),
+            conv: None,
         };
-        let with_loader = bench_cuda(&o);
+        // Set above on this device: one context for the whole table.
+        let with_loader = bench_on(gpu, &o, p);
         o.synthetic_data = true;
-        let synthetic = bench_cuda(&o);
+        let synthetic = bench_on(gpu, &o, p);
         match (with_loader, synthetic) {
             (Ok(r), Ok(sy)) => {
                 let train = r.train_img_per_s;
@@ -931,8 +933,7 @@ pub struct CudaBench<'a> {
 ///
 /// Without a CUDA device: a one-line "no CUDA device: ..." error.
 pub fn bench_cuda(o: &CudaBench) -> Result<BenchResult> {
-    let (batch, warmup, steps) = (o.batch, o.warmup, o.steps);
-    if batch == 0 || steps == 0 {
+    if o.batch == 0 || o.steps == 0 {
         bail!("--batch and --steps must be at least 1");
     }
     let p = Precision::parse(o.precision).map_err(|e| anyhow!("--{e}"))?;
@@ -940,6 +941,13 @@ pub fn bench_cuda(o: &CudaBench) -> Result<BenchResult> {
     if let Some(c) = o.conv {
         gpu.set_conv_impl(c)?;
     }
+    bench_on(&gpu, o, p)
+}
+
+/// [`bench_cuda`] on an open device at precision `p` (`o.precision` and `o.conv` are not read
+/// here: the device's current convolution implementation is used).
+fn bench_on(gpu: &Arc<Gpu>, o: &CudaBench, p: Precision) -> Result<BenchResult> {
+    let (batch, warmup, steps) = (o.batch, o.warmup, o.steps);
     let spec = load_preset(o.preset)?;
     let plan = spec.plan(o.classes)?;
     let mut net = GpuNet::new(gpu.clone(), &plan, batch, p)

@@ -3,10 +3,13 @@
 use crate::error::{no_panic, CudaError};
 use crate::kernels::{cached_ptx, KernelFile};
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig,
+    ValidAsZeroBits,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 /// Arithmetic precision of the GEMMs (convolutions and linear layers).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -276,15 +279,37 @@ impl Gpu {
         Ok(())
     }
 
-    /// The cuDNN state, created on first use.
-    pub(crate) fn cudnn_state(
+    /// Runs `f` on the cuDNN state (created on first use) with its mutex held.
+    pub(crate) fn with_cudnn<R>(
         &self,
-    ) -> Result<MutexGuard<'_, Option<crate::ops::conv_cudnn::CudnnState>>, CudaError> {
+        f: impl FnOnce(&mut crate::ops::conv_cudnn::CudnnState) -> Result<R, CudaError>,
+    ) -> Result<R, CudaError> {
         let mut g = self.cudnn.lock().unwrap_or_else(|p| p.into_inner());
-        if g.is_none() {
-            *g = Some(crate::ops::conv_cudnn::CudnnState::new(self)?);
+        let st = match &mut *g {
+            Some(st) => st,
+            empty => empty.insert(crate::ops::conv_cudnn::CudnnState::new(self)?),
+        };
+        f(st)
+    }
+
+    /// The scratch buffer in `slot`, grown to at least `n` elements first (contents not kept;
+    /// the old buffer is freed before the larger one is allocated). `what` names it in errors.
+    pub(crate) fn grow<'a, T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        slot: &'a mut Option<CudaSlice<T>>,
+        n: usize,
+        what: &str,
+    ) -> Result<&'a mut CudaSlice<T>, CudaError> {
+        if slot.as_ref().is_some_and(|b| b.len() >= n) {
+            // Invariant: `slot` was just checked to hold a buffer.
+            return Ok(slot.as_mut().expect("checked to be Some above"));
         }
-        Ok(g)
+        *slot = None;
+        let fresh = self
+            .stream
+            .alloc_zeros::<T>(n.max(1))
+            .map_err(CudaError::driver(format!("alloc {n} elements for {what}")))?;
+        Ok(slot.insert(fresh))
     }
 
     /// The device name (e.g. "NVIDIA H100 80GB HBM3").

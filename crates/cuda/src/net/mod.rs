@@ -482,15 +482,7 @@ impl GpuNet {
         let len = images.len();
         let pin = staging(&self.gpu, &mut self.pinned_u8, len)?;
         par_copy(images, pin)?;
-        if self.u8_dev.as_ref().is_none_or(|d| d.len() < len) {
-            self.u8_dev = None;
-            self.u8_dev = Some(self.gpu.stream.alloc_zeros::<u8>(len).map_err(
-                CudaError::driver(format!("alloc {len} bytes for u8 batches")),
-            )?);
-        }
-        let Some(dev) = self.u8_dev.as_mut() else {
-            return Err(CudaError::invalid("augment", "u8 device buffer missing"));
-        };
+        let dev = self.gpu.grow(&mut self.u8_dev, len, "u8 batches")?;
         let mut dv = dev.slice_mut(0..len);
         self.gpu
             .stream

@@ -1,5 +1,5 @@
-//! Convolution through cuDNN (f32 and TF32; bf16 stays on im2col, see `ops::conv`): forward, backward data and backward filter with
-//! groups, NCHW. Bias (+ReLU) stays in our own epilogue kernel; the bias gradient is our own
+//! Convolution through cuDNN (f32 and TF32; bf16 stays on im2col, see `ops::conv`): forward,
+//! backward data and backward filter with groups, NCHW. Bias (+ReLU) stays in our own epilogue kernel; the bias gradient is our own
 //! deterministic per-channel sum.
 //!
 //! Algorithms come from cuDNN's heuristics (`cudnnGet*Algorithm_v7`), not from timing runs: the
@@ -20,6 +20,7 @@ use crate::error::{no_panic, CudaError};
 use crate::gpu::{Gpu, Precision};
 use cudarc::cudnn::{result, sys};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
 
@@ -107,18 +108,20 @@ impl CudnnState {
             })
         })
     }
+}
 
-    /// The plan of `s` at precision `p` (built on first use).
-    fn plan(&mut self, s: &ConvShape, p: Precision) -> Result<&Plan, CudaError> {
-        let key = (*s, p);
-        if !self.plans.contains_key(&key) {
-            let plan = no_panic("cudnn plan", || build_plan(self.handle, s, p))?;
-            self.plans.insert(key, plan);
-        }
-        self.plans
-            .get(&key)
-            .ok_or_else(|| CudaError::invalid("cudnn", "plan cache lost an entry"))
-    }
+/// The cached plan of `s` at precision `p` (built on first use). A free function over the
+/// plan map, so callers can hold it while they borrow the state's scratch buffers.
+fn plan_for<'a>(
+    plans: &'a mut HashMap<(ConvShape, Precision), Plan>,
+    handle: sys::cudnnHandle_t,
+    s: &ConvShape,
+    p: Precision,
+) -> Result<&'a Plan, CudaError> {
+    Ok(match plans.entry((*s, p)) {
+        Entry::Occupied(e) => e.into_mut(),
+        Entry::Vacant(v) => v.insert(no_panic("cudnn plan", || build_plan(handle, s, p))?),
+    })
 }
 
 /// Creates the descriptors of `s` and picks the algorithms.
@@ -133,7 +136,6 @@ fn build_plan(h: sys::cudnnHandle_t, s: &ConvShape, p: Precision) -> Result<Plan
             "bf16 convolutions run as im2col + bf16 GEMMs (see ops::conv)",
         ));
     }
-    let dt = f32t;
     let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
     let (n, c, hh, ww) = (int(op, s.n)?, int(op, s.c)?, int(op, s.h)?, int(op, s.w)?);
     let (o, k, g) = (int(op, s.o)?, int(op, s.k)?, int(op, s.groups)?);
@@ -160,9 +162,9 @@ fn build_plan(h: sys::cudnnHandle_t, s: &ConvShape, p: Precision) -> Result<Plan
     };
     // SAFETY: the descriptors were just created; the dims are positive i32 (validated shape).
     unsafe {
-        result::set_tensor4d_descriptor(x, nchw, dt, [n, c, hh, ww]).map_err(e("set x"))?;
-        result::set_tensor4d_descriptor(y, nchw, dt, [n, o, ho, wo]).map_err(e("set y"))?;
-        result::set_filter4d_descriptor(w, dt, nchw, [o, c / g, k, k]).map_err(e("set w"))?;
+        result::set_tensor4d_descriptor(x, nchw, f32t, [n, c, hh, ww]).map_err(e("set x"))?;
+        result::set_tensor4d_descriptor(y, nchw, f32t, [n, o, ho, wo]).map_err(e("set y"))?;
+        result::set_filter4d_descriptor(w, f32t, nchw, [o, c / g, k, k]).map_err(e("set w"))?;
         result::set_convolution2d_descriptor(
             conv,
             pad,
@@ -293,23 +295,6 @@ fn build_plan(h: sys::cudnnHandle_t, s: &ConvShape, p: Precision) -> Result<Plan
     Ok(plan)
 }
 
-/// Grows `buf` to at least `n` elements (contents not kept).
-fn ensure<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
-    gpu: &Gpu,
-    buf: &mut Option<CudaSlice<T>>,
-    n: usize,
-) -> Result<(), CudaError> {
-    if buf.as_ref().is_none_or(|b| b.len() < n) {
-        *buf = None;
-        *buf = Some(
-            gpu.stream
-                .alloc_zeros::<T>(n.max(1))
-                .map_err(CudaError::driver(format!("alloc cuDNN scratch of {n}")))?,
-        );
-    }
-    Ok(())
-}
-
 /// A device pointer as cuDNN takes it.
 fn vp(p: u64) -> *const c_void {
     p as usize as *const c_void
@@ -333,37 +318,26 @@ pub(crate) fn forward(
     y: &mut CudaViewMut<f32>,
     relu: bool,
 ) -> Result<(), CudaError> {
-    let mut guard = gpu.cudnn_state()?;
-    let st = guard
-        .as_mut()
-        .ok_or_else(|| CudaError::invalid("cudnn", "not initialised"))?;
-    let need = st.plan(s, prec)?.ws[0];
-    ensure(gpu, &mut st.workspace, need)?;
-    let stream = gpu.stream.clone();
     let ny = s.n * s.o * s.ho() * s.wo();
     let mut yv = y.slice_mut(0..ny);
-    // Raw operand pointers (event tracking is off: everything runs on the one stream).
-    let (px, _gx) = x.device_ptr(&stream);
-    let (pw, _gw) = w.device_ptr(&stream);
-    let (py, _gy) = yv.device_ptr_mut(&stream);
-    let plan = st
-        .plans
-        .get(&(*s, prec))
-        .ok_or_else(|| CudaError::invalid("cudnn", "plan cache lost an entry"))?;
-    let (alpha, beta) = (1.0f32, 0.0f32);
-    {
-        let ws = st
-            .workspace
-            .as_mut()
-            .ok_or_else(|| CudaError::invalid("cudnn", "workspace missing"))?;
+    gpu.with_cudnn(|st| {
+        let h = st.handle;
+        let plan = plan_for(&mut st.plans, h, s, prec)?;
+        let ws = gpu.grow(&mut st.workspace, plan.ws[0], "cuDNN workspace")?;
         let ws_len = ws.len();
-        let (pws, _gws) = ws.device_ptr_mut(&stream);
+        let stream = &gpu.stream;
+        // Raw operand pointers (event tracking is off: everything runs on the one stream).
+        let (px, _gx) = x.device_ptr(stream);
+        let (pw, _gw) = w.device_ptr(stream);
+        let (py, _gy) = yv.device_ptr_mut(stream);
+        let (pws, _gws) = ws.device_ptr_mut(stream);
+        let (alpha, beta) = (1.0f32, 0.0f32);
         // SAFETY: x, w, y point at f32 buffers of the descriptors' element counts (checked by
         // `ops::conv`), the workspace holds at least the algorithm's size; alpha/beta are f32 as
         // the f32 compute type needs; all work is on the one stream the handle is bound to.
         unsafe {
             result::convolution_forward(
-                st.handle,
+                h,
                 (&alpha) as *const f32 as *const c_void,
                 plan.x,
                 vp(px),
@@ -378,9 +352,8 @@ pub(crate) fn forward(
                 vpm(py),
             )
         }
-        .map_err(CudaError::cudnn(format!("{} forward", shape_name(s))))?;
-    }
-    drop((_gx, _gw, _gy));
+        .map_err(CudaError::cudnn(format!("{} forward", shape_name(s))))
+    })?;
     // y (N, O, HO*WO) += b (ReLU)
     bias_act(gpu, &mut yv, b, (s.n, s.o, s.ho() * s.wo()), relu)
 }
@@ -400,102 +373,87 @@ pub(crate) fn backward(
     dw: &mut CudaViewMut<f32>,
     db: &mut CudaViewMut<f32>,
 ) -> Result<(), CudaError> {
-    let mut guard = gpu.cudnn_state()?;
-    let st = guard
-        .as_mut()
-        .ok_or_else(|| CudaError::invalid("cudnn", "not initialised"))?;
-    let ws_need = {
-        let p = st.plan(s, prec)?;
-        p.ws[1].max(p.ws[2])
-    };
-    ensure(gpu, &mut st.workspace, ws_need)?;
     let ny = s.n * s.o * s.ho() * s.wo();
     let hw = s.ho() * s.wo();
-    if let Some(y) = y {
-        check_len("conv2d backward", "y", y.len(), ny)?;
-        ensure(gpu, &mut st.masked, ny)?;
-    }
     let name = shape_name(s);
-    let (alpha, beta) = (1.0f32, 0.0f32);
-    let stream = gpu.stream.clone();
-    // The gradient at the conv output: dy, or dy * (y > 0) for a fused ReLU.
-    if let Some(yv) = y {
-        let m = st
-            .masked
-            .as_mut()
-            .ok_or_else(|| CudaError::invalid("cudnn", "scratch missing"))?;
-        let mut mv = m.slice_mut(0..ny);
-        relu_mask_to(gpu, yv, &dy.slice(0..ny), &mut mv, ny)?;
-    }
-    let g: CudaView<f32> = match (y, st.masked.as_ref()) {
-        (Some(_), Some(m)) => m.slice(0..ny),
-        (Some(_), None) => return Err(CudaError::invalid("cudnn", "scratch missing")),
-        (None, _) => dy.slice(0..ny),
-    };
-    // db (O) = per-channel sums of g (N, O, HO*WO)
-    channel_sum(gpu, &g, db, (s.n, s.o, hw))?;
-    let (px, _gx) = x.device_ptr(&stream);
-    let (pw, _gw) = w.device_ptr(&stream);
-    let (pg, _gg) = g.device_ptr(&stream);
-    let plan = st
-        .plans
-        .get(&(*s, prec))
-        .ok_or_else(|| CudaError::invalid("cudnn", "plan cache lost an entry"))?;
-    let ws = st
-        .workspace
-        .as_mut()
-        .ok_or_else(|| CudaError::invalid("cudnn", "workspace missing"))?;
-    let ws_len = ws.len();
-    let (pws, _gws) = ws.device_ptr_mut(&stream);
-    {
-        let (pdw, _gdw) = dw.device_ptr_mut(&stream);
-        // SAFETY: x, g, dw point at f32 buffers of the descriptors' element counts (checked by
-        // `ops::conv`), the workspace holds at least the algorithm's size; alpha/beta are f32;
-        // one stream.
-        unsafe {
-            result::convolution_backward_filter(
-                st.handle,
-                (&alpha) as *const f32 as *const c_void,
-                plan.x,
-                vp(px),
-                plan.y,
-                vp(pg),
-                plan.conv,
-                plan.bwd_filter,
-                vpm(pws),
-                ws_len,
-                (&beta) as *const f32 as *const c_void,
-                plan.w,
-                vpm(pdw),
-            )
+    gpu.with_cudnn(|st| {
+        let h = st.handle;
+        let plan = plan_for(&mut st.plans, h, s, prec)?;
+        let ws = gpu.grow(
+            &mut st.workspace,
+            plan.ws[1].max(plan.ws[2]),
+            "cuDNN workspace",
+        )?;
+        // The gradient at the conv output: dy, or dy * (y > 0) for a fused ReLU.
+        let g: CudaView<f32> = match y {
+            Some(yv) => {
+                check_len("conv2d backward", "y", yv.len(), ny)?;
+                let m = gpu.grow(&mut st.masked, ny, "the masked conv gradient")?;
+                relu_mask_to(gpu, yv, &dy.slice(0..ny), &mut m.slice_mut(0..ny), ny)?;
+                let m: &CudaSlice<f32> = m;
+                m.slice(0..ny)
+            }
+            None => dy.slice(0..ny),
+        };
+        // db (O) = per-channel sums of g (N, O, HO*WO)
+        channel_sum(gpu, &g, db, (s.n, s.o, hw))?;
+        let stream = &gpu.stream;
+        let ws_len = ws.len();
+        let (px, _gx) = x.device_ptr(stream);
+        let (pw, _gw) = w.device_ptr(stream);
+        let (pg, _gg) = g.device_ptr(stream);
+        let (pws, _gws) = ws.device_ptr_mut(stream);
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        {
+            let (pdw, _gdw) = dw.device_ptr_mut(stream);
+            // SAFETY: x, g, dw point at f32 buffers of the descriptors' element counts (checked
+            // by `ops::conv`), the workspace holds at least the algorithm's size; alpha/beta are
+            // f32; one stream.
+            unsafe {
+                result::convolution_backward_filter(
+                    h,
+                    (&alpha) as *const f32 as *const c_void,
+                    plan.x,
+                    vp(px),
+                    plan.y,
+                    vp(pg),
+                    plan.conv,
+                    plan.bwd_filter,
+                    vpm(pws),
+                    ws_len,
+                    (&beta) as *const f32 as *const c_void,
+                    plan.w,
+                    vpm(pdw),
+                )
+            }
+            .map_err(CudaError::cudnn(format!("{name} backward filter")))?;
         }
-        .map_err(CudaError::cudnn(format!("{name} backward filter")))?;
-    }
-    if let Some(dx) = dx {
-        let (pdx, _gdx) = dx.device_ptr_mut(&stream);
-        // SAFETY: w, g, dx point at f32 buffers of the descriptors' element counts (checked by
-        // `ops::conv`), the workspace holds at least the algorithm's size; alpha/beta are f32;
-        // one stream.
-        unsafe {
-            result::convolution_backward_data(
-                st.handle,
-                (&alpha) as *const f32 as *const c_void,
-                plan.w,
-                vp(pw),
-                plan.y,
-                vp(pg),
-                plan.conv,
-                plan.bwd_data,
-                vpm(pws),
-                ws_len,
-                (&beta) as *const f32 as *const c_void,
-                plan.x,
-                vpm(pdx),
-            )
+        if let Some(dx) = dx {
+            let (pdx, _gdx) = dx.device_ptr_mut(stream);
+            // SAFETY: w, g, dx point at f32 buffers of the descriptors' element counts (checked
+            // by `ops::conv`), the workspace holds at least the algorithm's size; alpha/beta are
+            // f32; one stream.
+            unsafe {
+                result::convolution_backward_data(
+                    h,
+                    (&alpha) as *const f32 as *const c_void,
+                    plan.w,
+                    vp(pw),
+                    plan.y,
+                    vp(pg),
+                    plan.conv,
+                    plan.bwd_data,
+                    vpm(pws),
+                    ws_len,
+                    (&beta) as *const f32 as *const c_void,
+                    plan.x,
+                    vpm(pdx),
+                )
+            }
+            .map_err(CudaError::cudnn(format!("{name} backward data")))?;
         }
-        .map_err(CudaError::cudnn(format!("{name} backward data")))?;
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// The algorithms cuDNN chose for `s` at `p` (for reports): (forward, backward data, backward
@@ -505,14 +463,12 @@ pub fn chosen_algorithms(
     s: &ConvShape,
     p: Precision,
 ) -> Result<(String, String, String), CudaError> {
-    let mut guard = gpu.cudnn_state()?;
-    let st = guard
-        .as_mut()
-        .ok_or_else(|| CudaError::invalid("cudnn", "not initialised"))?;
-    let plan = st.plan(s, p)?;
-    Ok((
-        format!("{:?}", plan.fwd),
-        format!("{:?}", plan.bwd_data),
-        format!("{:?}", plan.bwd_filter),
-    ))
+    gpu.with_cudnn(|st| {
+        let plan = plan_for(&mut st.plans, st.handle, s, p)?;
+        Ok((
+            format!("{:?}", plan.fwd),
+            format!("{:?}", plan.bwd_data),
+            format!("{:?}", plan.bwd_filter),
+        ))
+    })
 }

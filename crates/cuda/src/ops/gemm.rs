@@ -130,16 +130,7 @@ pub fn gemm(
         let off_b = ea.div_ceil(64) * 64;
         let need = off_b + eb;
         let mut guard = gpu.bf16_scratch.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.as_ref().is_none_or(|b| b.len() < need) {
-            *guard = None;
-            let fresh = s
-                .alloc_zeros::<u16>(need.max(1))
-                .map_err(CudaError::driver(format!("alloc {need} bf16")))?;
-            *guard = Some(fresh);
-        }
-        let Some(scratch) = guard.as_mut() else {
-            return Err(CudaError::invalid("gemm", "bf16 scratch missing"));
-        };
+        let scratch = gpu.grow(&mut guard, need, "bf16 GEMM operands")?;
         {
             let mut sa = scratch.slice_mut(0..ea);
             f32_to_bf16(gpu, &super::sub("gemm", a, 0, ea)?, &mut sa, ea)?;

@@ -162,7 +162,6 @@ pub fn lrn_bwd(
         .map(|_| ())
 }
 
-/// x: (planes, H, W) -> y, arg: (planes, HO, WO).
 /// LRN backward in place, in two passes (see `lrn_bwd_prep` / `lrn_bwd_finish`): `g` holds dy
 /// on entry and dx on exit; `t` is scratch of the same size. x, g, t: (N, C, H, W).
 pub fn lrn_bwd_inplace(
@@ -195,6 +194,7 @@ pub fn lrn_bwd_inplace(
         .map(|_| ())
 }
 
+/// x: (planes, H, W) -> y, arg: (planes, HO, WO).
 pub fn maxpool_fwd(
     gpu: &Gpu,
     x: &CudaView<f32>,

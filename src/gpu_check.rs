@@ -1,23 +1,28 @@
 //! `cargo xtask gpu-check` and the CUDA branch of `cargo xtask bench`.
 //!
-//! [`gpu_check`] is one prepared command for a GPU machine (about a minute on an H200):
+//! [`gpu_check`] is one prepared command for a GPU machine (about 90 s on an H200):
 //!
 //! 1. every parity fixture through the CUDA ops in f32, once with cuDNN convolutions and once
 //!    with im2col (where cuDNN is there), judged at the fixture's own tolerance
 //!    (`pca_lighting` is "n/a": its delta is computed on the host, the augment kernel only adds
 //!    it); then the conv2d and linear fixtures in TF32 and bf16 at [`Precision::tolerance`];
-//! 2. the whole model, CUDA against the CPU reference ([`alexnet_layers::Model`]), on the
+//! 2. the LRN kernels' two thread mappings against each other on the paper shapes (identical
+//!    results required) with a per-kernel timing table of LRN and max-pool; the GPU
+//!    augmentation against the CPU loader's `patch_to_chw` (bit-identical);
+//! 3. the whole model, CUDA against the CPU reference ([`alexnet_layers::Model`]), on the
 //!    `small` preset (batch 8, 10 classes) and the `paper` preset (batch 4, 1000 classes), for
 //!    each convolution implementation: the same initial parameters on both, the logits in
 //!    evaluation mode, the loss and every parameter gradient in training mode with the same
 //!    dropout seed (the per-layer masks are identical by construction: `layer_seed` and the
 //!    `hash >= p` rule are shared), then 5 SGD steps from the same start on fresh batches (the
-//!    first update, the 5 losses, the final parameters and the total update);
-//! 3. with the first implementation, the logits / loss / gradients in TF32 and bf16 against the
+//!    first update, the 5 losses, the final parameters and the total update); the CPU side is
+//!    computed once per preset ([`CpuReference`]);
+//! 4. with the first implementation, the logits / loss / gradients in TF32 and bf16 against the
 //!    f32 CPU reference;
-//! 4. `N passed, M failed` over all of the above;
-//! 5. a benchmark table (preset paper; f32 and TF32 with each convolution implementation, bf16
-//!    at batch 128 and 256) with the fraction of the measured GEMM peak reached.
+//! 5. `N passed, M failed` over all of the above;
+//! 6. a benchmark table (preset paper; f32 and TF32 with each convolution implementation, cuDNN
+//!    with heuristic and with timed algorithm choice, bf16 at batch 128 and 256) with the
+//!    fraction of the measured GEMM peak reached.
 //!
 //! Bounds (relative L2 error against the CPU's f32 result):
 //!
@@ -38,14 +43,16 @@
 //!
 //! [`bench_cuda`] times training and inference on one GPU (see its docs).
 
+mod lrn_kernels;
+
 use crate::bench::BenchResult;
 use crate::parity::{fixture_files, CaseResult};
 use crate::presets::load_preset;
 use alexnet_cuda::ops::gemm::{gemm, MatDesc};
 use alexnet_cuda::parity::{applicable, run_loaded};
 use alexnet_cuda::{
-    cudnn_available, device_count, driver_available, AugmentSample, ConvImpl, CudaError, Gpu,
-    GpuNet, Precision, CONV_ENV,
+    cudnn_available, device_count, driver_available, AlgoSearch, AugmentSample, ConvImpl,
+    CudaError, Gpu, GpuNet, Precision, CONV_ENV,
 };
 use alexnet_data::augment::{patch_to_chw, pca_delta, Patch};
 use alexnet_layers::{Mode, Model};
@@ -249,15 +256,28 @@ pub fn gpu_check(fixture_dir: &Path) -> Result<bool> {
         }
     }
 
+    if let Err(e) = lrn_kernels::lrn_kernels(&gpu, &mut tally) {
+        println!("FAIL LRN kernel check: {e:#}");
+        tally.record(false);
+    }
+
     println!("-- GPU augmentation against the CPU loader");
     if let Err(e) = augment_check(&gpu, &mut tally) {
         println!("FAIL augmentation check: {e:#}");
         tally.record(false);
     }
 
-    for &ci in &impls {
-        gpu.set_conv_impl(ci)?;
-        for case in &MODEL_CASES {
+    for case in &MODEL_CASES {
+        let reference = match CpuReference::new(case) {
+            Ok(r) => r,
+            Err(e) => {
+                println!("FAIL {} CPU reference: {e:#}", case.preset);
+                tally.record(false);
+                continue;
+            }
+        };
+        for &ci in &impls {
+            gpu.set_conv_impl(ci)?;
             println!(
                 "-- whole model CUDA vs CPU: preset {}, batch {}, {} classes, convolutions: {}",
                 case.preset,
@@ -267,7 +287,7 @@ pub fn gpu_check(fixture_dir: &Path) -> Result<bool> {
             );
             // Reduced precisions only with the first implementation.
             let reduced = ci == impls[0];
-            if let Err(e) = model_checks(&gpu, case, reduced, &mut tally) {
+            if let Err(e) = model_checks(&gpu, case, &reference, reduced, &mut tally) {
                 println!("FAIL {} model comparison: {e:#}", case.preset);
                 tally.record(false);
             }
@@ -276,8 +296,10 @@ pub fn gpu_check(fixture_dir: &Path) -> Result<bool> {
     gpu.set_conv_impl(default_impl)?;
     println!("{} passed, {} failed", tally.passed, tally.failed);
 
+    let default_algo = gpu.algo_search();
     let bench_ok = bench_table(&gpu, &impls)?;
     gpu.set_conv_impl(default_impl)?;
+    gpu.set_algo_search(default_algo);
     println!(
         "gpu-check: done in {:.0} s",
         started.elapsed().as_secs_f64()
@@ -385,38 +407,110 @@ fn rel1(a: f32, reference: f32) -> f64 {
     rel_l2(&[a], &[reference])
 }
 
-/// The whole-model comparison of one preset (see the module docs).
-fn model_checks(gpu: &Arc<Gpu>, case: &ModelCase, reduced: bool, t: &mut Tally) -> Result<()> {
-    let spec = load_preset(case.preset)?;
-    let plan = spec.plan(case.classes)?;
-    let n = case.batch;
-    let mut cpu: Model<f32> = Model::new(plan.clone());
-    cpu.init(INIT_SEED);
-    let params0 = cpu.params.clone();
-    let mut rng = Rng::new(0xC0DA_0001);
-    let (x, labels) = draw_batch(&mut rng, &plan, n);
+/// The CPU side of [`model_checks`] for one preset, computed once and compared against every
+/// convolution implementation: the batch, eval logits, the training-mode ReLU outputs, loss
+/// and gradients, and the 5-step SGD trajectory (its batches, losses, the parameters after
+/// the first step and at the end).
+struct CpuReference {
+    plan: Plan,
+    params0: Vec<f32>,
+    x: Vec<f32>,
+    labels: Vec<u32>,
+    logits: Vec<f32>,
+    relu_names: Vec<String>,
+    relu: Vec<Vec<f32>>,
+    loss: f32,
+    grads: Vec<f32>,
+    /// (input, labels, CPU loss) of each SGD step.
+    steps: Vec<(Vec<f32>, Vec<u32>, f32)>,
+    params_step1: Vec<f32>,
+    params_final: Vec<f32>,
+}
 
-    // The CPU reference: eval logits, then a training-mode forward + backward.
-    let logits_ref = cpu.forward(&x, n, Mode::Eval)?.to_vec();
-    cpu.forward(&x, n, Mode::Train { seed: DROPOUT_SEED })?;
-    let relu_names: Vec<&str> = plan
-        .layers
-        .iter()
-        .filter(|l| matches!(l.op, Op::Relu))
-        .map(|l| l.name.as_str())
-        .collect();
-    let relu_ref: Vec<Vec<f32>> = relu_names
-        .iter()
-        .map(|name| {
-            cpu.activation(name)
-                .map(<[f32]>::to_vec)
-                .unwrap_or_default()
+impl CpuReference {
+    fn new(case: &ModelCase) -> Result<Self> {
+        let spec = load_preset(case.preset)?;
+        let plan = spec.plan(case.classes)?;
+        let n = case.batch;
+        let mut cpu: Model<f32> = Model::new(plan.clone());
+        cpu.init(INIT_SEED);
+        let params0 = cpu.params.clone();
+        let mut rng = Rng::new(0xC0DA_0001);
+        let (x, labels) = draw_batch(&mut rng, &plan, n);
+
+        // Eval logits, then a training-mode forward + backward.
+        let logits = cpu.forward(&x, n, Mode::Eval)?.to_vec();
+        cpu.forward(&x, n, Mode::Train { seed: DROPOUT_SEED })?;
+        let relu_names: Vec<String> = plan
+            .layers
+            .iter()
+            .filter(|l| matches!(l.op, Op::Relu))
+            .map(|l| l.name.clone())
+            .collect();
+        let relu = relu_names
+            .iter()
+            .map(|name| {
+                cpu.activation(name)
+                    .map(<[f32]>::to_vec)
+                    .unwrap_or_default()
+            })
+            .collect();
+        let loss = cpu.loss_backward(&labels)?;
+        let grads = cpu.grads.clone();
+
+        // The SGD trajectory from the same start on fresh batches.
+        cpu.params.copy_from_slice(&params0);
+        cpu.momentum.iter_mut().for_each(|v| *v = 0.0);
+        let (m, wd) = SGD_MOMENTUM_WD;
+        let mut steps = Vec::new();
+        let mut params_step1 = Vec::new();
+        for step in 0..SGD_STEPS {
+            let (xs, ls) = draw_batch(&mut rng, &plan, n);
+            cpu.forward(
+                &xs,
+                n,
+                Mode::Train {
+                    seed: DROPOUT_SEED + 1 + step,
+                },
+            )?;
+            let lc = cpu.loss_backward(&ls)?;
+            cpu.sgd(case.lr as f64, m as f64, wd as f64)?;
+            if step == 0 {
+                params_step1 = cpu.params.clone();
+            }
+            steps.push((xs, ls, lc));
+        }
+        Ok(CpuReference {
+            plan,
+            params0,
+            x,
+            labels,
+            logits,
+            relu_names,
+            relu,
+            loss,
+            grads,
+            steps,
+            params_step1,
+            params_final: cpu.params.clone(),
         })
-        .collect();
-    let loss_ref = cpu.loss_backward(&labels)?;
-    let grads_ref = cpu.grads.clone();
+    }
+}
 
-    let mut net = GpuNet::new(gpu.clone(), &plan, n, Precision::F32)?;
+/// The whole-model comparison of one preset against its CPU reference (see the module docs).
+fn model_checks(
+    gpu: &Arc<Gpu>,
+    case: &ModelCase,
+    r: &CpuReference,
+    reduced: bool,
+    t: &mut Tally,
+) -> Result<()> {
+    let (plan, n) = (&r.plan, case.batch);
+    let (x, labels, params0) = (&r.x, &r.labels, &r.params0);
+    let (logits_ref, loss_ref, grads_ref) = (&r.logits, r.loss, &r.grads);
+    let (relu_names, relu_ref) = (&r.relu_names, &r.relu);
+
+    let mut net = GpuNet::new(gpu.clone(), plan, n, Precision::F32)?;
     let precisions: &[Precision] = if reduced {
         &[Precision::F32, Precision::Tf32, Precision::Bf16]
     } else {
@@ -424,23 +518,23 @@ fn model_checks(gpu: &Arc<Gpu>, case: &ModelCase, reduced: bool, t: &mut Tally) 
     };
     for &p in precisions {
         net.set_precision(p);
-        net.upload_params(&params0)?;
+        net.upload_params(params0)?;
         let (bound, grad_bound) = match p {
             Precision::F32 => (F32_BOUND, case.grad_bound),
             _ => (p.tolerance(), p.tolerance()),
         };
         let tag = format!("{} {}", case.preset, precision_name(p));
-        let logits = net.forward(&x, false, 0)?;
+        let logits = net.forward(x, false, 0)?;
         t.check(
             &format!("{tag} logits (eval)"),
-            rel_l2(&logits, &logits_ref),
+            rel_l2(&logits, logits_ref),
             bound,
         );
         if p == Precision::F32 {
             // The training-mode forward alone, to compare ReLU decisions (diagnostic only).
-            net.forward(&x, true, DROPOUT_SEED)?;
+            net.forward(x, true, DROPOUT_SEED)?;
             let (mut differ, mut total) = (0usize, 0usize);
-            for (name, r) in relu_names.iter().zip(&relu_ref) {
+            for (name, r) in relu_names.iter().zip(relu_ref) {
                 // Err: a ReLU whose output the network does not store separately.
                 if let Ok(g) = net.download_activation(name) {
                     if g.len() == r.len() {
@@ -458,7 +552,7 @@ fn model_checks(gpu: &Arc<Gpu>, case: &ModelCase, reduced: bool, t: &mut Tally) 
                  CPU (each legitimately perturbs the gradients below it)"
             );
         }
-        let loss = net.forward_backward(&x, &labels, DROPOUT_SEED)?;
+        let loss = net.forward_backward(x, labels, DROPOUT_SEED)?;
         t.check(
             &format!("{tag} loss (train, dropout seed shared): {loss:.6} vs CPU {loss_ref:.6}"),
             rel1(loss, loss_ref),
@@ -479,7 +573,7 @@ fn model_checks(gpu: &Arc<Gpu>, case: &ModelCase, reduced: bool, t: &mut Tally) 
                 t.check(&format!("{tag} grad.{}", pe.name), r, grad_bound);
             }
         } else {
-            let sens = rounding_sensitivity(&plan, &params0, &x, n, &labels, &grads_ref, p)?;
+            let sens = rounding_sensitivity(plan, params0, x, n, labels, grads_ref, p)?;
             // Worst ratio of error to bound over the tensors, bound = max(tolerance, factor x
             // the measured sensitivity of that tensor).
             let mut worst: Option<(&str, f64, f64)> = None;
@@ -511,20 +605,14 @@ fn model_checks(gpu: &Arc<Gpu>, case: &ModelCase, reduced: bool, t: &mut Tally) 
 
     // 5 SGD steps from the same start on fresh batches, f32.
     net.set_precision(Precision::F32);
-    net.upload_params(&params0)?;
+    net.upload_params(params0)?;
     net.reset_momentum()?;
-    cpu.params.copy_from_slice(&params0);
-    cpu.momentum.iter_mut().for_each(|v| *v = 0.0);
     let lr = case.lr;
     let (m, wd) = SGD_MOMENTUM_WD;
     let tag = format!("{} f32", case.preset);
-    for step in 0..SGD_STEPS {
-        let (xs, ls) = draw_batch(&mut rng, &plan, n);
-        let seed = DROPOUT_SEED + 1 + step;
-        cpu.forward(&xs, n, Mode::Train { seed })?;
-        let lc = cpu.loss_backward(&ls)?;
-        cpu.sgd(lr as f64, m as f64, wd as f64)?;
-        let lg = net.forward_backward(&xs, &ls, seed)?;
+    for (step, (xs, ls, lc)) in r.steps.iter().enumerate() {
+        let seed = DROPOUT_SEED + 1 + step as u64;
+        let lg = net.forward_backward(xs, ls, seed)?;
         net.sgd_step(lr, m, wd)?;
         let bound = if step == 0 {
             F32_BOUND
@@ -533,7 +621,7 @@ fn model_checks(gpu: &Arc<Gpu>, case: &ModelCase, reduced: bool, t: &mut Tally) 
         };
         t.check(
             &format!("{tag} SGD step {}: loss {lg:.6} vs CPU {lc:.6}", step + 1),
-            rel1(lg, lc),
+            rel1(lg, *lc),
             bound,
         );
         if step == 0 {
@@ -541,7 +629,7 @@ fn model_checks(gpu: &Arc<Gpu>, case: &ModelCase, reduced: bool, t: &mut Tally) 
             let pg = net.download_params()?;
             t.check(
                 &format!("{tag} update of SGD step 1 (final - initial)"),
-                rel_l2(&diff(&pg, &params0), &diff(&cpu.params, &params0)),
+                rel_l2(&diff(&pg, params0), &diff(&r.params_step1, params0)),
                 case.grad_bound,
             );
         }
@@ -549,12 +637,12 @@ fn model_checks(gpu: &Arc<Gpu>, case: &ModelCase, reduced: bool, t: &mut Tally) 
     let pg = net.download_params()?;
     t.check(
         &format!("{tag} parameters after {SGD_STEPS} SGD steps"),
-        rel_l2(&pg, &cpu.params),
+        rel_l2(&pg, &r.params_final),
         1e-3,
     );
     t.check(
         &format!("{tag} total update (final - initial) after {SGD_STEPS} SGD steps"),
-        rel_l2(&diff(&pg, &params0), &diff(&cpu.params, &params0)),
+        rel_l2(&diff(&pg, params0), &diff(&r.params_final, params0)),
         case.traj_bound.1,
     );
     Ok(())
@@ -659,7 +747,7 @@ fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
         gpu.name()
     );
     println!(
-        "{:<6} {:<7} {:>6} {:>12} {:>12} {:>12} {:>9} {:>10} {:>9}",
+        "{:<6} {:<15} {:>6} {:>12} {:>12} {:>12} {:>9} {:>10} {:>9}",
         "prec",
         "conv",
         "batch",
@@ -670,36 +758,63 @@ fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
         "GEMM peak",
         "of limit"
     );
+    let searches = [AlgoSearch::Heuristic, AlgoSearch::Timed];
     if impls.contains(&ConvImpl::Cudnn) {
         gpu.set_conv_impl(ConvImpl::Cudnn)?;
         let plan = load_preset("paper")?.plan(1000)?;
-        for p in [Precision::F32, Precision::Tf32] {
-            let net = GpuNet::new(gpu.clone(), &plan, 128, p)?;
-            for [name, f, d, w] in net.conv_algorithms()? {
-                let short = |s: &str| s.trim_start_matches("CUDNN_CONVOLUTION_").to_string();
-                println!(
-                    "info cuDNN {} batch 128 {name}: {} / {} / {}",
-                    precision_name(p),
-                    short(&f),
-                    short(&d),
-                    short(&w)
-                );
+        for a in searches {
+            gpu.set_algo_search(a);
+            for p in [Precision::F32, Precision::Tf32] {
+                let net = GpuNet::new(gpu.clone(), &plan, 128, p)?;
+                for [name, f, d, w] in net.conv_algorithms()? {
+                    let short = |s: &str| s.trim_start_matches("CUDNN_CONVOLUTION_").to_string();
+                    println!(
+                        "info cuDNN {} {} batch 128 {name}: {} / {} / {}",
+                        a.name(),
+                        precision_name(p),
+                        short(&f),
+                        short(&d),
+                        short(&w)
+                    );
+                }
             }
         }
     }
     let mut ok = true;
     let mut peaks: Vec<(Precision, f64)> = Vec::new();
-    let mut rows: Vec<(Precision, ConvImpl, usize)> = Vec::new();
+    let mut rows: Vec<(Precision, ConvImpl, AlgoSearch, usize)> = Vec::new();
     for p in [Precision::F32, Precision::Tf32] {
         for &ci in impls {
-            rows.push((p, ci, 128));
+            if ci == ConvImpl::Cudnn {
+                for a in searches {
+                    rows.push((p, ci, a, 128));
+                }
+            } else {
+                rows.push((p, ci, AlgoSearch::Heuristic, 128));
+            }
         }
     }
     // bf16 convolutions always run as im2col + bf16 GEMMs (see alexnet_cuda::ops::conv).
-    rows.push((Precision::Bf16, ConvImpl::Im2col, 128));
-    rows.push((Precision::Bf16, ConvImpl::Im2col, 256));
-    for (p, ci, batch) in rows {
+    rows.push((
+        Precision::Bf16,
+        ConvImpl::Im2col,
+        AlgoSearch::Heuristic,
+        128,
+    ));
+    rows.push((
+        Precision::Bf16,
+        ConvImpl::Im2col,
+        AlgoSearch::Heuristic,
+        256,
+    ));
+    for (p, ci, a, batch) in rows {
         gpu.set_conv_impl(ci)?;
+        gpu.set_algo_search(a);
+        let conv_name = if ci == ConvImpl::Cudnn {
+            format!("{} {}", ci.name(), a.name())
+        } else {
+            ci.name().to_string()
+        };
         let peak = match peaks.iter().find(|(q, _)| *q == p) {
             Some(&(_, v)) => Some(v),
             None => {
@@ -720,6 +835,7 @@ fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
             steps: BENCH_STEPS,
             profile: false,
             conv: None,
+            algo: None,
         };
         // Set above on this device: one context for the whole table.
         let with_loader = bench_on(gpu, &o, p);
@@ -734,10 +850,9 @@ fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
                     None => ("?".into(), "?".into()),
                 };
                 println!(
-                    "{:<6} {:<7} {batch:>6} {train:>12.0} {:>12.0} {:>12.0} {achieved:>9.1} \
-                     {peak_s:>10} {frac_s:>9}",
+                    "{:<6} {conv_name:<15} {batch:>6} {train:>12.0} {:>12.0} {:>12.0} \
+                     {achieved:>9.1} {peak_s:>10} {frac_s:>9}",
                     precision_name(p),
-                    ci.name(),
                     sy.train_img_per_s,
                     r.infer_img_per_s
                 );
@@ -745,9 +860,8 @@ fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
             (Err(e), _) | (_, Err(e)) => {
                 ok = false;
                 println!(
-                    "{:<6} {:<7} {batch:>6} error: {e:#}",
-                    precision_name(p),
-                    ci.name()
+                    "{:<6} {conv_name:<15} {batch:>6} error: {e:#}",
+                    precision_name(p)
                 );
             }
         }
@@ -910,23 +1024,26 @@ pub struct CudaBench<'a> {
     pub profile: bool,
     /// Convolution implementation (default: the device's, see [`ConvImpl`]).
     pub conv: Option<ConvImpl>,
+    /// How cuDNN picks its algorithms (default: the device's, see [`AlgoSearch`]).
+    pub algo: Option<AlgoSearch>,
 }
 
 /// `cargo xtask bench --device cuda`: training (forward + backward + SGD) and inference img/s on
-/// device 0, each the median of `steps` timed steps after `warmup` untimed ones, with the device
-/// synchronised before and after every timed step.
+/// device 0, each the median of `steps` timed steps after `warmup` untimed ones.
 ///
 /// - `synthetic_data == false` (the default of the command: the loader in the loop): a pool of
-///   random S x S u8 images stands in for the shards; every training step gathers `batch`
-///   records into one buffer on the host, draws each sample's crop offset, flip and PCA-lighting
-///   delta ([`alexnet_tensor::rng::Rng`]), and calls [`GpuNet::train_step_u8`] (upload of the u8
-///   batch, augmentation on the GPU, forward, backward, SGD), all inside the timed step. Every
-///   inference step builds the centre crops minus the mean image as f32 on the host and runs
-///   [`GpuNet::forward`]. The host work is single-threaded and not overlapped with the GPU (a
-///   conservative bound on what the prefetching loader achieves).
-/// - `synthetic_data == true`: one random f32 batch prepared once on the host; training is
-///   [`GpuNet::forward_backward`] + [`GpuNet::sgd_step`], inference [`GpuNet::forward`] (both
-///   include the host-to-device copy of the f32 batch).
+///   random S x S u8 images stands in for the shards. Training runs as the trainer does: each
+///   step queues the augmentation (on the GPU) and forward and backward of a staged batch
+///   ([`GpuNet::launch_train_staged`]); while the GPU computes, the host gathers the next
+///   `batch` records into one buffer, draws each sample's crop offset, flip and PCA-lighting
+///   delta ([`alexnet_tensor::rng::Rng`]) and stages its upload ([`GpuNet::stage_u8`]: page-locked
+///   copy, then an upload on a copy stream); then it reads the loss and queues SGD. A step's
+///   time runs from one loss read to the next, so it includes whatever host work the GPU has to
+///   wait for. Every inference step builds the centre crops minus the mean image as f32 on the
+///   host and runs [`GpuNet::forward`], the device synchronised around it (not overlapped).
+/// - `synthetic_data == true`: compute only, as PyTorch's synthetic-input benchmarks measure:
+///   one random f32 batch uploaded once; training is [`GpuNet::forward_backward_resident`] +
+///   [`GpuNet::sgd_step`], inference [`GpuNet::forward_resident`] (logits left on the device).
 ///
 /// With `profile`, `steps` more training steps run with every stage synchronised and timed;
 /// [`BenchResult::layers`] then holds ms per step for each stage.
@@ -941,11 +1058,15 @@ pub fn bench_cuda(o: &CudaBench) -> Result<BenchResult> {
     if let Some(c) = o.conv {
         gpu.set_conv_impl(c)?;
     }
+    if let Some(a) = o.algo {
+        gpu.set_algo_search(a);
+    }
     bench_on(&gpu, o, p)
 }
 
-/// [`bench_cuda`] on an open device at precision `p` (`o.precision` and `o.conv` are not read
-/// here: the device's current convolution implementation is used).
+/// [`bench_cuda`] on an open device at precision `p` (`o.precision`, `o.conv` and `o.algo` are
+/// not read here: the device's current settings are used). Timed steps other than the
+/// pipelined training steps are synchronised before and after.
 fn bench_on(gpu: &Arc<Gpu>, o: &CudaBench, p: Precision) -> Result<BenchResult> {
     let (batch, warmup, steps) = (o.batch, o.warmup, o.steps);
     let spec = load_preset(o.preset)?;
@@ -990,15 +1111,17 @@ fn bench_on(gpu: &Arc<Gpu>, o: &CudaBench, p: Precision) -> Result<BenchResult> 
         }))
     };
     let (train, infer, layers) = if o.synthetic_data {
+        // Upload one batch; every timed step then computes on it where it lies.
         let (x, labels) = draw_batch(&mut rng, &plan, batch);
+        net.forward_backward(&x, &labels, 0)?;
         let mut step_fn = |net: &mut GpuNet, step: u64| -> Result<()> {
-            net.forward_backward(&x, &labels, step)?;
+            net.forward_backward_resident(step)?;
             net.sgd_step(lr, m, wd)?;
             Ok(())
         };
         let train = timed(&mut net, &mut step_fn)?;
         let infer = timed(&mut net, &mut |net, _| {
-            net.forward(&x, false, 0)?;
+            net.forward_resident()?;
             Ok(())
         })?;
         let layers = profiled(&mut net, &mut step_fn)?;
@@ -1015,12 +1138,36 @@ fn bench_on(gpu: &Arc<Gpu>, o: &CudaBench, p: Precision) -> Result<BenchResult> 
         let pool = ImagePool::new(&mut rng, (2 * batch).max(64), side, o.classes);
         net.set_mean_image(&pool.mean, side, side)?;
         let mut buf = Vec::with_capacity(batch * side * side * 3);
+        // As the trainer runs: each step queues its compute, then the host gathers the next
+        // batch and stages its upload (overlapping that compute), then reads the loss and
+        // queues SGD. A step's time runs from one loss read to the next.
+        let src = (side, side);
+        let (mut samples, mut labels) = pool.train_batch(&mut rng, batch, h, &mut buf);
+        let mut staged = net.stage_u8(&buf)?;
+        let mut times = Vec::with_capacity(steps);
+        gpu.synchronize()?;
+        let mut t_prev = Instant::now();
+        for step in 0..warmup + steps {
+            net.launch_train_staged(staged, src, &samples, &labels, step as u64)?;
+            let next = pool.train_batch(&mut rng, batch, h, &mut buf);
+            staged = net.stage_u8(&buf)?;
+            net.finish_loss()?;
+            net.sgd_step(lr, m, wd)?;
+            (samples, labels) = next;
+            let now = Instant::now();
+            if step >= warmup {
+                times.push((now - t_prev).as_secs_f64());
+            }
+            t_prev = now;
+        }
+        gpu.synchronize()?;
+        let train = batch as f64 / median(times);
+        // The profile runs unpipelined steps (every stage is synchronised anyway).
         let mut step_fn = |net: &mut GpuNet, step: u64| -> Result<()> {
             let (samples, labels) = pool.train_batch(&mut rng, batch, h, &mut buf);
-            net.train_step_u8(&buf, (side, side), &samples, &labels, step, (lr, m, wd))?;
+            net.train_step_u8(&buf, src, &samples, &labels, step, (lr, m, wd))?;
             Ok(())
         };
-        let train = timed(&mut net, &mut step_fn)?;
         let layers = profiled(&mut net, &mut step_fn)?;
         let mut x = vec![0.0f32; batch * c * h * w];
         let mut rng2 = Rng::new(0x0BE4_C0DB);
@@ -1066,6 +1213,7 @@ mod tests {
             steps: 1,
             profile: false,
             conv: None,
+            algo: None,
         };
         let e = bench_cuda(&o).unwrap_err();
         let msg = format!("{e:#}");

@@ -90,11 +90,16 @@ struct BenchArgs {
     /// Also print the time per layer (forward and backward) of a training step.
     #[arg(long)]
     profile: bool,
-    /// CUDA: convolution implementation, cudnn or im2col (default: cudnn where libcudnn loads;
-    /// bf16 always uses im2col)
+    /// CUDA: convolution implementation, auto, cudnn or im2col (default auto: cuDNN for TF32,
+    /// im2col + cuBLAS for f32 and bf16; ALEXNET_CONV overrides)
     #[arg(long)]
     conv: Option<String>,
-    /// CUDA: leave the loader out (random f32 input prepared once on the host).
+    /// CUDA: how cuDNN picks algorithms, heuristic (default; resume stays bit-identical) or
+    /// timed (cudnnFind, like PyTorch's cudnn.benchmark; ALEXNET_CUDNN_ALGO sets it for train)
+    #[arg(long)]
+    cudnn_algo: Option<String>,
+    /// CUDA: leave the loader out: compute only, on one random batch uploaded once (how
+    /// PyTorch's synthetic-input benchmarks measure).
     #[arg(long)]
     synthetic_data: bool,
     /// CPU: use matrixmultiply instead of the gemm crate for f32 GEMMs (for comparison).
@@ -123,9 +128,12 @@ fn run_bench(a: &BenchArgs) -> Result<()> {
     if a.matrixmultiply {
         alexnet_tensor::gemm::set_f32_backend(alexnet_tensor::gemm::F32Backend::Matrixmultiply);
     }
-    if a.device == "cpu" && (a.conv.is_some() || a.synthetic_data || a.precision != "f32") {
+    if a.device == "cpu"
+        && (a.conv.is_some() || a.cudnn_algo.is_some() || a.synthetic_data || a.precision != "f32")
+    {
         anyhow::bail!(
-            "--conv, --synthetic-data and --precision other than f32 apply to --device cuda only"
+            "--conv, --cudnn-algo, --synthetic-data and --precision other than f32 apply to \
+             --device cuda only"
         );
     }
     let r = match a.device.as_str() {
@@ -145,6 +153,12 @@ fn run_bench(a: &BenchArgs) -> Result<()> {
                 .map(alexnet_cuda::ConvImpl::parse)
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--conv: {e}"))?,
+            algo: a
+                .cudnn_algo
+                .as_deref()
+                .map(alexnet_cuda::AlgoSearch::parse)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--{e}"))?,
         })?,
         other => anyhow::bail!("--device {other}: expected cpu or cuda"),
     };

@@ -64,6 +64,33 @@ fn resume_on(device: &str) {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// On CUDA the trainer uploads u8 records and augments on the GPU; `--cpu-augment` uploads the
+/// CPU loader's f32 batches instead. The batches are bit-identical, so the two runs must end
+/// with byte-identical weights. Skips (with a line) without a CUDA device.
+#[test]
+fn gpu_augmentation_trains_exactly_like_the_cpu_loader() {
+    if !devices().contains(&"cuda") {
+        println!("skipped: no CUDA device (the GPU augmentation path needs one)");
+        return;
+    }
+    let root = tmp("gpu-augment");
+    let data = tiny_data(&root);
+    let mut finals = Vec::new();
+    for (run, cpu_augment) in [("gpu-aug", false), ("cpu-aug", true)] {
+        let mut a = args(&root, &data, run);
+        a.device = "cuda".into();
+        a.models = Some(1);
+        a.cpu_augment = cpu_augment;
+        run_train_with(&a, None).unwrap();
+        finals.push(std::fs::read(root.join(format!("{run}/model-0/final.safetensors"))).unwrap());
+    }
+    assert!(
+        finals[0] == finals[1],
+        "GPU-augmented training differs from CPU-augmented"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 #[test]
 fn bad_flags_and_missing_data_are_clear_errors() {
     let root = tmp("badflags");

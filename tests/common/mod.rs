@@ -151,5 +151,6 @@ pub fn args(root: &Path, data: &Path, run: &str) -> TrainArgs {
         log_every: 1,
         checkpoint_every: 2,
         quiet: true,
+        cpu_augment: false,
     }
 }

@@ -42,16 +42,53 @@ __device__ __forceinline__ float lrn_denom(const float* x, u32 base, int ch, Lrn
 #define GRID_STRIDE(i, total) \
     for (u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < (total); i += gridDim.x * blockDim.x)
 
+// Element i of (N, C, HW): its channel and base = n*C*HW + p.
+__device__ __forceinline__ u32 lrn_elem(u32 i, LrnParams q, int* ch) {
+    u32 p = i % q.hw;
+    u32 nc = i / q.hw;
+    *ch = (int)(nc % q.c);
+    return (nc - *ch) * q.hw + p;
+}
+
+// One element of each LRN kernel, shared by the element-wise and channel-loop forms (so both
+// compute identical results): i = base + ch * HW is the element, base = n*C*HW + p.
+
+// y_i = a_i / D_i^beta.
+__device__ __forceinline__ void lrn_fwd_at(const float* x, float* y, u32 i, u32 base, int ch,
+                                           LrnParams q) {
+    float d = lrn_denom(x, base, ch, q);
+    y[i] = lrn_in(x, i, q.relu_input) * powf(d, -q.beta);
+}
+
+// Backward pass 1 (see lrn_bwd_prep): t_i = dy_i a_i s_i / D_i, g_i: dy_i -> u_i = dy_i s_i.
+__device__ __forceinline__ void lrn_prep_at(const float* x, float* g, float* t, u32 i, u32 base,
+                                            int ch, LrnParams q) {
+    float d = lrn_denom(x, base, ch, q);
+    float s = powf(d, -q.beta);
+    float dy = g[i];
+    t[i] = dy * lrn_in(x, i, q.relu_input) * s / d;
+    g[i] = dy * s;
+}
+
+// Backward pass 2 (see lrn_bwd_finish): g_i: u_i -> u_i - 2 alpha beta a_i sum_{j in W(i)} t_j.
+__device__ __forceinline__ void lrn_finish_at(const float* x, const float* t, float* g, u32 i,
+                                              u32 base, int ch, LrnParams q) {
+    int lo = ch - (int)q.half; if (lo < 0) lo = 0;
+    int hi = ch + (int)q.half; if (hi > (int)q.c - 1) hi = (int)q.c - 1;
+    float acc = 0.0f;
+    for (int j = lo; j <= hi; ++j) acc += t[base + (u32)j * q.hw];
+    float v = g[i] - 2.0f * q.alpha * q.beta * lrn_in(x, i, q.relu_input) * acc;
+    if (q.relu_input && !(x[i] > 0.0f)) v = 0.0f;
+    g[i] = v;
+}
+
 // x, y: (N, C, H, W): y = a / D^beta.
 extern "C" __global__ void lrn_fwd(const float* x, float* y, LrnParams q) {
     u32 total = q.n * q.c * q.hw;
     GRID_STRIDE(i, total) {
-        u32 p = i % q.hw;
-        u32 nc = i / q.hw;
-        int ch = (int)(nc % q.c);
-        u32 base = (nc - ch) * q.hw + p;
-        float d = lrn_denom(x, base, ch, q);
-        y[i] = lrn_in(x, i, q.relu_input) * powf(d, -q.beta);
+        int ch;
+        u32 base = lrn_elem(i, q, &ch);
+        lrn_fwd_at(x, y, i, base, ch, q);
     }
 }
 
@@ -62,10 +99,8 @@ extern "C" __global__ void lrn_fwd(const float* x, float* y, LrnParams q) {
 extern "C" __global__ void lrn_bwd(const float* x, const float* dy, float* dx, LrnParams q) {
     u32 total = q.n * q.c * q.hw;
     GRID_STRIDE(i, total) {
-        u32 p = i % q.hw;
-        u32 nc = i / q.hw;
-        int ch = (int)(nc % q.c);
-        u32 base = (nc - ch) * q.hw + p;
+        int ch;
+        u32 base = lrn_elem(i, q, &ch);
         int lo = ch - (int)q.half; if (lo < 0) lo = 0;
         int hi = ch + (int)q.half; if (hi > (int)q.c - 1) hi = (int)q.c - 1;
         float acc = 0.0f;
@@ -88,15 +123,9 @@ extern "C" __global__ void lrn_bwd(const float* x, const float* dy, float* dx, L
 extern "C" __global__ void lrn_bwd_prep(const float* x, float* g, float* t, LrnParams q) {
     u32 total = q.n * q.c * q.hw;
     GRID_STRIDE(i, total) {
-        u32 p = i % q.hw;
-        u32 nc = i / q.hw;
-        int ch = (int)(nc % q.c);
-        u32 base = (nc - ch) * q.hw + p;
-        float d = lrn_denom(x, base, ch, q);
-        float s = powf(d, -q.beta);
-        float dy = g[i];
-        t[i] = dy * lrn_in(x, i, q.relu_input) * s / d;
-        g[i] = dy * s;
+        int ch;
+        u32 base = lrn_elem(i, q, &ch);
+        lrn_prep_at(x, g, t, i, base, ch, q);
     }
 }
 
@@ -105,17 +134,64 @@ extern "C" __global__ void lrn_bwd_prep(const float* x, float* g, float* t, LrnP
 extern "C" __global__ void lrn_bwd_finish(const float* x, const float* t, float* g, LrnParams q) {
     u32 total = q.n * q.c * q.hw;
     GRID_STRIDE(i, total) {
-        u32 p = i % q.hw;
-        u32 nc = i / q.hw;
-        int ch = (int)(nc % q.c);
-        u32 base = (nc - ch) * q.hw + p;
-        int lo = ch - (int)q.half; if (lo < 0) lo = 0;
-        int hi = ch + (int)q.half; if (hi > (int)q.c - 1) hi = (int)q.c - 1;
-        float acc = 0.0f;
-        for (int j = lo; j <= hi; ++j) acc += t[base + (u32)j * q.hw];
-        float v = g[i] - 2.0f * q.alpha * q.beta * lrn_in(x, i, q.relu_input) * acc;
-        if (q.relu_input && !(x[i] > 0.0f)) v = 0.0f;
-        g[i] = v;
+        int ch;
+        u32 base = lrn_elem(i, q, &ch);
+        lrn_finish_at(x, t, g, i, base, ch, q);
+    }
+}
+
+// Channel-loop forms (the network runs lrn_fwd_cc forward; its backward measured faster in the
+// element-wise form above, see ops::lrn::LrnForm). One thread per (n, chunk of LRN_CHUNK channels,
+// p) walks its channels in order: the window's loads of neighbouring channels are mostly the
+// thread's own recent loads (L1), and the index division happens once per chunk instead of
+// once per element. Consecutive threads take consecutive p, so every load is coalesced. Same
+// arithmetic in the same order as the element-wise forms above, so the results are identical.
+#define LRN_CHUNK 16u
+
+// Decodes thread t of a channel-loop grid into the (n, ., p) base offset and channels [c0, c1).
+__device__ __forceinline__ void lrn_chunk(u32 t, LrnParams q, u32* base, int* c0, int* c1) {
+    u32 chunks = (q.c + LRN_CHUNK - 1u) / LRN_CHUNK;
+    u32 p = t % q.hw;
+    u32 r = t / q.hw;
+    u32 k = r % chunks;
+    u32 n = r / chunks;
+    *base = n * q.c * q.hw + p;
+    *c0 = (int)(k * LRN_CHUNK);
+    *c1 = min((int)q.c, *c0 + (int)LRN_CHUNK);
+}
+
+__device__ __forceinline__ u32 lrn_chunk_threads(LrnParams q) {
+    return q.n * ((q.c + LRN_CHUNK - 1u) / LRN_CHUNK) * q.hw;
+}
+
+// lrn_fwd in channel-loop form. x, y: (N, C, H, W).
+extern "C" __global__ void lrn_fwd_cc(const float* x, float* y, LrnParams q) {
+    u32 total = lrn_chunk_threads(q);
+    GRID_STRIDE(t, total) {
+        u32 base; int c0, c1;
+        lrn_chunk(t, q, &base, &c0, &c1);
+        for (int ch = c0; ch < c1; ++ch) lrn_fwd_at(x, y, base + (u32)ch * q.hw, base, ch, q);
+    }
+}
+
+// lrn_bwd_prep in channel-loop form. x, g, t: (N, C, H, W); g: dy on entry, u on exit.
+extern "C" __global__ void lrn_bwd_prep_cc(const float* x, float* g, float* tt, LrnParams q) {
+    u32 total = lrn_chunk_threads(q);
+    GRID_STRIDE(t, total) {
+        u32 base; int c0, c1;
+        lrn_chunk(t, q, &base, &c0, &c1);
+        for (int ch = c0; ch < c1; ++ch) lrn_prep_at(x, g, tt, base + (u32)ch * q.hw, base, ch, q);
+    }
+}
+
+// lrn_bwd_finish in channel-loop form. x, t: (N, C, H, W); g: u on entry, dx on exit.
+extern "C" __global__ void lrn_bwd_finish_cc(const float* x, const float* tt, float* g,
+                                             LrnParams q) {
+    u32 total = lrn_chunk_threads(q);
+    GRID_STRIDE(t, total) {
+        u32 base; int c0, c1;
+        lrn_chunk(t, q, &base, &c0, &c1);
+        for (int ch = c0; ch < c1; ++ch) lrn_finish_at(x, tt, g, base + (u32)ch * q.hw, base, ch, q);
     }
 }
 

@@ -8,7 +8,7 @@ use cudarc::driver::{
     ValidAsZeroBits,
 };
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Arithmetic precision of the GEMMs (convolutions and linear layers).
@@ -103,6 +103,42 @@ impl ConvImpl {
 /// Environment variable that overrides the default [`ConvImpl`] (`auto`, `cudnn` or `im2col`).
 pub const CONV_ENV: &str = "ALEXNET_CONV";
 
+/// How cuDNN convolution algorithms are chosen (see `ops::conv_cudnn`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AlgoSearch {
+    /// cuDNN's heuristics (the default): a function of the shape and the card, so every
+    /// process picks the same algorithms and a resumed run stays bit-identical.
+    Heuristic,
+    /// cuDNN times every algorithm once per shape (`cudnnFind*`, like PyTorch's
+    /// `cudnn.benchmark`) and the fastest deterministic one is used. The pick can differ
+    /// between processes, so a resumed run may differ from an uninterrupted one in the last bits.
+    Timed,
+}
+
+impl AlgoSearch {
+    /// Parses `heuristic` or `timed`.
+    pub fn parse(s: &str) -> Result<AlgoSearch, CudaError> {
+        match s {
+            "heuristic" => Ok(AlgoSearch::Heuristic),
+            "timed" => Ok(AlgoSearch::Timed),
+            _ => Err(CudaError::invalid(
+                "cudnn-algo",
+                format!("{s:?}: expected heuristic or timed"),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AlgoSearch::Heuristic => "heuristic",
+            AlgoSearch::Timed => "timed",
+        }
+    }
+}
+
+/// Environment variable that overrides the default [`AlgoSearch`] (`heuristic` or `timed`).
+pub const ALGO_ENV: &str = "ALEXNET_CUDNN_ALGO";
+
 /// Threads per block of the element-wise kernels.
 pub const BLOCK: u32 = 256;
 /// Largest grid of a grid-stride kernel (the kernels loop over the rest).
@@ -161,6 +197,16 @@ pub fn cudnn_available() -> bool {
     .unwrap_or(false)
 }
 
+/// [`AlgoSearch::Heuristic`] unless [`ALGO_ENV`] says otherwise.
+fn default_algo_search() -> Result<AlgoSearch, CudaError> {
+    match std::env::var(ALGO_ENV) {
+        Ok(v) => AlgoSearch::parse(&v).map_err(|_| {
+            CudaError::invalid(ALGO_ENV, format!("{v:?}: expected heuristic or timed"))
+        }),
+        Err(_) => Ok(AlgoSearch::Heuristic),
+    }
+}
+
 /// [`ConvImpl::Auto`] where libcudnn loads, else im2col; [`CONV_ENV`] overrides.
 fn default_conv_impl() -> Result<ConvImpl, CudaError> {
     match std::env::var(CONV_ENV) {
@@ -198,6 +244,8 @@ pub struct Gpu {
     conv_impl: AtomicU8,
     /// cuDNN handle, plans and scratch (created on first use).
     cudnn: Mutex<Option<crate::ops::conv_cudnn::CudnnState>>,
+    /// [`AlgoSearch::Timed`] when true.
+    algo_timed: AtomicBool,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -255,6 +303,7 @@ impl Gpu {
                 bf16_scratch: Mutex::new(None),
                 conv_impl: AtomicU8::new(default_conv_impl()? as u8),
                 cudnn: Mutex::new(None),
+                algo_timed: AtomicBool::new(default_algo_search()? == AlgoSearch::Timed),
             })
         })
     }
@@ -277,6 +326,21 @@ impl Gpu {
         }
         self.conv_impl.store(c as u8, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// How cuDNN algorithms are chosen for plans built from now on.
+    pub fn algo_search(&self) -> AlgoSearch {
+        if self.algo_timed.load(Ordering::Relaxed) {
+            AlgoSearch::Timed
+        } else {
+            AlgoSearch::Heuristic
+        }
+    }
+
+    /// Switches how cuDNN algorithms are chosen (plans are cached per choice).
+    pub fn set_algo_search(&self, a: AlgoSearch) {
+        self.algo_timed
+            .store(a == AlgoSearch::Timed, Ordering::Relaxed);
     }
 
     /// Runs `f` on the cuDNN state (created on first use) with its mutex held.

@@ -24,9 +24,9 @@ pub mod parity;
 
 pub use error::CudaError;
 pub use gpu::{
-    cublas_available, cudnn_available, device_count, driver_available, ConvImpl, Gpu, Precision,
-    CONV_ENV,
+    cublas_available, cudnn_available, device_count, driver_available, AlgoSearch, ConvImpl, Gpu,
+    Precision, ALGO_ENV, CONV_ENV,
 };
 pub use kernels::{check_kernels, nvrtc_available};
-pub use net::GpuNet;
+pub use net::{GpuNet, Staged};
 pub use ops::augment::{AugmentParams, AugmentSample};

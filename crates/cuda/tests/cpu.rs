@@ -33,7 +33,7 @@ fn kernel_inventory() {
         .iter()
         .flat_map(|f| f.kernel_names())
         .collect();
-    assert_eq!(names.len(), 23, "{names:?}");
+    assert_eq!(names.len(), 26, "{names:?}");
     for n in [
         "im2col",
         "col2im",

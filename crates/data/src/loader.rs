@@ -4,7 +4,10 @@
 //! a random `crop x crop` patch of the S x S record, a horizontal flip with probability 1/2 and
 //! PCA lighting with `alpha ~ N(0, pca_std^2)`, minus the mean image (cropped/flipped at the same
 //! place); batches are f32 NCHW `(N, 3, crop, crop)` on the 0..255 scale minus the mean (no further
-//! scaling). Every random draw of a sample depends only on (seed, epoch, position in the epoch),
+//! scaling). With [`LoaderConfig::raw`] the loader stops before the crop: it hands over the
+//! batch's S x S u8 records with each sample's [`Draw`], for a device that augments itself (the
+//! CUDA trainer uploads the u8 records and crops, flips, lights and normalises on the GPU, which
+//! [`crate::augment::patch_to_chw`] defines). Every random draw of a sample depends only on (seed, epoch, position in the epoch),
 //! so starting at `start_batch` reproduces the same batches. Batches are built with rayon on a
 //! producer thread that keeps up to `prefetch` ready batches in a bounded channel.
 
@@ -38,6 +41,8 @@ pub struct LoaderConfig {
     pub prefetch: usize,
     /// Use only the first `n` training records.
     pub subset: Option<usize>,
+    /// Hand over u8 records and draws ([`Pixels::U8`]) instead of augmented f32 patches.
+    pub raw: bool,
 }
 
 impl Default for LoaderConfig {
@@ -51,19 +56,39 @@ impl Default for LoaderConfig {
             drop_last: true,
             prefetch: 2,
             subset: None,
+            raw: false,
         }
     }
+}
+
+/// The pixels of one training batch.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Pixels {
+    /// `(N, 3, crop, crop)` NCHW f32, 0..255 scale minus the mean image (augmented).
+    F32(Vec<f32>),
+    /// The `N` S x S records as stored, `(N, S, S, 3)` u8 HWC, and each sample's draws: what
+    /// [`crate::augment::patch_to_chw`] turns into the [`Pixels::F32`] patches.
+    U8 { records: Vec<u8>, draws: Vec<Draw> },
 }
 
 /// One training batch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
-    /// `(N, 3, crop, crop)` NCHW f32, 0..255 scale minus the mean image.
-    pub x: Vec<f32>,
+    pub pixels: Pixels,
     /// `N` labels.
     pub labels: Vec<u32>,
     /// Batch index within the epoch.
     pub index: usize,
+}
+
+impl Batch {
+    /// The augmented f32 patches (`None` for a raw batch).
+    pub fn x(&self) -> Option<&[f32]> {
+        match &self.pixels {
+            Pixels::F32(x) => Some(x),
+            Pixels::U8 { .. } => None,
+        }
+    }
 }
 
 /// Reproducible permutation of `0..len` for `(seed, epoch)`.
@@ -152,24 +177,40 @@ fn build(
         )));
     }
     let n = end - start;
-    let mut x = vec![0f32; n * 3 * c * c];
     let st = &ds.stats;
-    x.par_chunks_mut(3 * c * c)
-        .enumerate()
-        .try_for_each(|(j, out)| -> Result<(), DataError> {
-            let pos = start + j;
-            let d = sample_draw(cfg, s, epoch, pos);
-            let img = split.image(order[pos] as usize)?;
-            let delta = pca_delta(&st.eigvec, &st.eigval, &d.alpha);
-            patch_to_chw(&img, &st.mean, s, c, d.patch, delta, out);
-            Ok(())
-        })?;
+    let pixels = if cfg.raw {
+        let rec = s * s * 3;
+        let mut records = vec![0u8; n * rec];
+        records.par_chunks_mut(rec).enumerate().try_for_each(
+            |(j, out)| -> Result<(), DataError> {
+                out.copy_from_slice(&split.image(order[start + j] as usize)?);
+                Ok(())
+            },
+        )?;
+        let draws = (start..end)
+            .map(|pos| sample_draw(cfg, s, epoch, pos))
+            .collect();
+        Pixels::U8 { records, draws }
+    } else {
+        let mut x = vec![0f32; n * 3 * c * c];
+        x.par_chunks_mut(3 * c * c).enumerate().try_for_each(
+            |(j, out)| -> Result<(), DataError> {
+                let pos = start + j;
+                let d = sample_draw(cfg, s, epoch, pos);
+                let img = split.image(order[pos] as usize)?;
+                let delta = pca_delta(&st.eigvec, &st.eigval, &d.alpha);
+                patch_to_chw(&img, &st.mean, s, c, d.patch, delta, out);
+                Ok(())
+            },
+        )?;
+        Pixels::F32(x)
+    };
     let labels = order[start..end]
         .iter()
         .map(|&i| split.label(i as usize))
         .collect();
     Ok(Batch {
-        x,
+        pixels,
         labels,
         index: b,
     })

@@ -54,7 +54,7 @@ fn loader_is_deterministic_and_resumes() {
     assert!(full
         .iter()
         .enumerate()
-        .all(|(i, b)| b.index == i && b.x.len() == 5 * 3 * 64));
+        .all(|(i, b)| b.index == i && b.x().unwrap().len() == 5 * 3 * 64));
     let again: Vec<_> = TrainLoader::new(ds.clone(), cfg.clone(), 2, 0)
         .unwrap()
         .collect();
@@ -67,7 +67,7 @@ fn loader_is_deterministic_and_resumes() {
     let other: Vec<_> = TrainLoader::new(ds.clone(), cfg.clone(), 3, 0)
         .unwrap()
         .collect();
-    assert_ne!(full[0].x, other[0].x);
+    assert_ne!(full[0].x(), other[0].x());
     // Labels follow the epoch order.
     let order = epoch_order(37, 11, 2);
     let tr = ds.split(Split::Train);
@@ -116,7 +116,7 @@ fn sample_values_match_the_draw() {
                     let sx = if dr.patch.flip { 5 - x } else { x };
                     let k = ((dr.patch.top + y) * 10 + dr.patch.left + sx) * 3 + c;
                     let want = img[k] as f32 + delta[c] - st.mean[k];
-                    let got = b.x[j * 108 + c * 36 + y * 6 + x];
+                    let got = b.x().unwrap()[j * 108 + c * 36 + y * 6 + x];
                     assert!((got - want).abs() < 1e-4, "{got} vs {want}");
                 }
             }
@@ -232,4 +232,52 @@ fn mean_and_eigen_stats_on_a_hand_made_case() {
     let h = 0.5f32.sqrt();
     assert!((st.eigvec[0][0] - h).abs() < 1e-5 && st.eigvec[1][0].abs() < 1e-5);
     assert!((st.eigvec[2][0] + h).abs() < 1e-5);
+}
+
+/// Raw batches (u8 records + draws, what the CUDA trainer uploads) carry exactly what the f32
+/// batches are made of: `patch_to_chw` of each record with its draw gives the f32 batch, bit
+/// for bit, at the same (seed, epoch, batch), including a resumed loader.
+#[test]
+fn raw_batches_rebuild_the_f32_batches() {
+    use alexnet_data::augment::{patch_to_chw, pca_delta};
+    use alexnet_data::Pixels;
+    let d = tempfile::tempdir().unwrap();
+    let (s, c) = (12, 9);
+    let ds = small_dataset(d.path(), 23, s);
+    let cfg = LoaderConfig {
+        batch_size: 4,
+        crop: c,
+        seed: 3,
+        pca_std: 0.1,
+        ..Default::default()
+    };
+    let raw_cfg = LoaderConfig {
+        raw: true,
+        ..cfg.clone()
+    };
+    let f32s: Vec<_> = TrainLoader::new(ds.clone(), cfg, 1, 2).unwrap().collect();
+    let raws: Vec<_> = TrainLoader::new(ds.clone(), raw_cfg, 1, 2)
+        .unwrap()
+        .collect();
+    assert_eq!((f32s.len(), raws.len()), (3, 3));
+    let st = &ds.stats;
+    let mut flips = 0;
+    for (f, r) in f32s.iter().zip(&raws) {
+        assert_eq!((f.index, &f.labels), (r.index, &r.labels));
+        assert!(r.x().is_none());
+        let Pixels::U8 { records, draws } = &r.pixels else {
+            panic!("batch {} is not raw", r.index);
+        };
+        assert_eq!((records.len(), draws.len()), (4 * s * s * 3, 4));
+        let mut x = vec![0.0f32; 4 * 3 * c * c];
+        for (j, dr) in draws.iter().enumerate() {
+            flips += dr.patch.flip as usize;
+            let delta = pca_delta(&st.eigvec, &st.eigval, &dr.alpha);
+            let rec = &records[j * s * s * 3..(j + 1) * s * s * 3];
+            let out = &mut x[j * 3 * c * c..(j + 1) * 3 * c * c];
+            patch_to_chw(rec, &st.mean, s, c, dr.patch, delta, out);
+        }
+        assert_eq!(f.x().unwrap(), &x[..], "batch {}", f.index);
+    }
+    assert!(flips > 0 && flips < 12, "{flips} of 12 samples flipped");
 }

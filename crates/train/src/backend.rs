@@ -1,7 +1,9 @@
 //! The device a model runs on: the CPU reference ([`Model`]) or CUDA ([`GpuNet`]). Both use the
 //! plan's flat parameter layout, so parameters and momentum move between them unchanged.
 
-use alexnet_cuda::{device_count, Gpu, GpuNet, Precision};
+use alexnet_cuda::{device_count, AugmentSample, Gpu, GpuNet, Precision, Staged};
+use alexnet_data::augment::pca_delta;
+use alexnet_data::{Draw, Stats};
 use alexnet_layers::{Mode, Model};
 use alexnet_tensor::spec::Plan;
 use anyhow::{bail, Context, Result};
@@ -151,6 +153,75 @@ impl Backend {
                 Ok((loss, Vec::new()))
             }
         }
+    }
+
+    /// True when [`Backend::train_step_u8`] augments on the device (CUDA); the CPU takes the
+    /// loader's f32 batches.
+    pub fn augments_on_device(&self) -> bool {
+        matches!(self, Backend::Cuda(_))
+    }
+
+    /// Hands the device what its augmentation needs from the dataset: the S x S mean image.
+    pub fn set_augment_stats(&mut self, stats: &Stats, s: usize) -> Result<()> {
+        match self {
+            Backend::Cpu(_) => bail!("the CPU backend takes augmented f32 batches"),
+            Backend::Cuda(g) => Ok(g.set_mean_image(&stats.mean, s, s)?),
+        }
+    }
+
+    /// Starts uploading a raw batch's `records` (n, s, s, 3) u8 for
+    /// [`Backend::train_step_staged`] (CUDA only).
+    pub fn stage_u8(&mut self, records: &[u8]) -> Result<Staged> {
+        match self {
+            Backend::Cpu(_) => bail!("the CPU backend takes augmented f32 batches"),
+            Backend::Cuda(g) => Ok(g.stage_u8(records)?),
+        }
+    }
+
+    /// One training step from the loader's raw batch, staged by [`Backend::stage_u8`], with
+    /// each sample's `draws`: the device crops, flips, adds the PCA-lighting delta and
+    /// subtracts the mean (bit-identical to the CPU loader's f32 batch), then runs
+    /// [`Backend::train_step`]'s forward, backward and SGD. While the device computes, the
+    /// records of the `next` batch (if given) are staged: their upload overlaps this step.
+    /// Returns the loss and the next batch's staged upload. Needs
+    /// [`Backend::set_augment_stats`] first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_step_staged(
+        &mut self,
+        staged: Staged,
+        s: usize,
+        draws: &[Draw],
+        stats: &Stats,
+        labels: &[u32],
+        seed: u64,
+        (lr, momentum, wd): (f64, f64, f64),
+        next: Option<&[u8]>,
+    ) -> Result<(f32, Option<Staged>)> {
+        let Backend::Cuda(g) = self else {
+            bail!("the CPU backend takes augmented f32 batches");
+        };
+        let samples: Vec<AugmentSample> = draws
+            .iter()
+            .map(|d| {
+                let (ox, oy) = (d.patch.left as u32, d.patch.top as u32);
+                AugmentSample {
+                    ox,
+                    oy,
+                    mox: ox,
+                    moy: oy,
+                    flip: d.patch.flip as u32,
+                    delta: pca_delta(&stats.eigvec, &stats.eigval, &d.alpha),
+                }
+            })
+            .collect();
+        g.launch_train_staged(staged, (s, s), &samples, labels, seed)?;
+        let next = next.map(|r| g.stage_u8(r)).transpose()?;
+        let loss = g.finish_loss()?;
+        // SGD is skipped on a non-finite loss, as in `train_step`.
+        if loss.is_finite() {
+            g.sgd_step(lr as f32, momentum as f32, wd as f32)?;
+        }
+        Ok((loss, next))
     }
 
     /// Inference logits (n, classes) with dropout off.

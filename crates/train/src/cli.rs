@@ -72,6 +72,10 @@ pub struct TrainArgs {
     /// Hide progress bars.
     #[arg(long)]
     pub quiet: bool,
+    /// On CUDA: augment on the CPU and upload f32 batches, instead of uploading the u8
+    /// records and augmenting on the GPU (bit-identical batches; for comparison).
+    #[arg(long)]
+    pub cpu_augment: bool,
 }
 
 /// Builds the run config from the flags, the preset and the dataset.
@@ -173,6 +177,7 @@ pub fn run_train_with(a: &TrainArgs, stop_after_steps: Option<u64>) -> Result<Pa
         device,
         progress: !a.quiet,
         stop_after_steps,
+        cpu_augment: a.cpu_augment,
     };
     let t = std::time::Instant::now();
     for k in 0..cfg.models {

@@ -8,7 +8,9 @@ use crate::config::RunConfig;
 use crate::evaluate::{errors, predict_split};
 use crate::metrics::{append_jsonl, topk_misses};
 use crate::schedule::Schedule;
-use alexnet_data::{batches_per_epoch, Dataset, LoaderConfig, Split, TrainLoader, View};
+use alexnet_data::{
+    batches_per_epoch, Batch, Dataset, LoaderConfig, Pixels, Split, TrainLoader, View,
+};
 use alexnet_layers::Model;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -24,6 +26,9 @@ pub struct TrainOptions {
     pub progress: bool,
     /// Stop after this many steps of this invocation (tests use it to simulate a kill).
     pub stop_after_steps: Option<u64>,
+    /// On a device that augments itself (CUDA): take the CPU loader's f32 batches instead of
+    /// uploading u8 records (the same numbers; for comparison and debugging).
+    pub cpu_augment: bool,
 }
 
 /// What happened to one model.
@@ -43,8 +48,9 @@ fn state_metadata(
     i.to_metadata()
 }
 
-fn loader_config(cfg: &RunConfig, seed: u64) -> LoaderConfig {
+fn loader_config(cfg: &RunConfig, seed: u64, raw: bool) -> LoaderConfig {
     LoaderConfig {
+        raw,
         batch_size: cfg.batch_size,
         crop: cfg.spec.input.crop,
         seed,
@@ -92,6 +98,12 @@ pub fn train_model(
         .collect();
     let info = FileInfo::new(&cfg.spec, classes);
     let mut backend = Backend::new(&plan, opts.device, cfg.batch_size, &cfg.precision)?;
+    // Raw u8 batches when the device augments (CUDA): a third of the f32 batch's bytes to
+    // upload, and the crop, flip, lighting and mean run on the device.
+    let raw = backend.augments_on_device() && !opts.cpu_augment;
+    if raw {
+        backend.set_augment_stats(&dataset.stats, dataset.image_size())?;
+    }
 
     let mut state = if ckpt.exists() {
         let loaded = checkpoint::load(&ckpt, &plan)?;
@@ -190,22 +202,48 @@ pub fn train_model(
         pb.set_position(state.next_batch as u64);
         let mut loader = TrainLoader::new(
             dataset.clone(),
-            loader_config(cfg, state.seed),
+            loader_config(cfg, state.seed, raw),
             epoch as u64,
             state.next_batch,
         )?;
         let t_epoch = Instant::now();
         let mut imgs_epoch = 0usize;
-        for batch in loader.by_ref() {
+        // The raw path stages the next batch's upload while the device computes this one.
+        let mut batches = loader.by_ref().peekable();
+        let mut staged = None;
+        while let Some(batch) = batches.next() {
             let t = Instant::now();
             let lr = state.schedule.lr;
             let step_seed = alexnet_tensor::rng::Rng::derive(state.seed, &[state.step]).next_u64();
-            let (loss, logits) = backend.train_step(
-                &batch.x,
-                &batch.labels,
-                step_seed,
-                (lr, cfg.momentum, cfg.weight_decay),
-            )?;
+            let hyper = (lr, cfg.momentum, cfg.weight_decay);
+            let (loss, logits) = match &batch.pixels {
+                Pixels::F32(x) => backend.train_step(x, &batch.labels, step_seed, hyper)?,
+                Pixels::U8 { records, draws } => {
+                    let current = match staged.take() {
+                        Some(st) => st,
+                        None => backend.stage_u8(records)?,
+                    };
+                    let next = match batches.peek() {
+                        Some(Batch {
+                            pixels: Pixels::U8 { records, .. },
+                            ..
+                        }) => Some(records.as_slice()),
+                        _ => None,
+                    };
+                    let (loss, next) = backend.train_step_staged(
+                        current,
+                        dataset.image_size(),
+                        draws,
+                        &dataset.stats,
+                        &batch.labels,
+                        step_seed,
+                        hyper,
+                        next,
+                    )?;
+                    staged = next;
+                    (loss, Vec::new())
+                }
+            };
             if !loss.is_finite() {
                 pb.abandon();
                 bail!(

@@ -8,6 +8,9 @@
 
 mod pass;
 mod stages;
+mod staging;
+
+pub use staging::Staged;
 
 use crate::error::CudaError;
 use crate::gpu::{Gpu, Precision};
@@ -48,11 +51,15 @@ pub struct GpuNet {
     input_grad_at: Option<usize>,
     /// Samples of the last forward.
     last_n: usize,
+    /// Samples whose input and labels the last training upload left on the device.
+    resident: usize,
     /// Page-locked staging of full f32 input batches (allocated on first use).
     pinned_in: Option<PinnedHostSlice<f32>>,
-    /// Page-locked staging and device buffer of the u8 batches of the augment path.
-    pinned_u8: Option<PinnedHostSlice<u8>>,
-    u8_dev: Option<CudaSlice<u8>>,
+    /// Double-buffered u8 batch uploads on a copy stream (the augment path).
+    stager: staging::Stager,
+    /// Samples of a training step queued by [`GpuNet::launch_train_staged`] whose loss has
+    /// not been read yet.
+    pending_loss: Option<usize>,
     /// Per-stage [forward, backward] seconds, then [input, 0], [loss, 0], [sgd, 0] (profiling).
     prof: Option<Vec<[f64; 2]>>,
 }
@@ -118,9 +125,10 @@ impl GpuNet {
             input_grad: false,
             input_grad_at: None,
             last_n: 0,
+            resident: 0,
             pinned_in: None,
-            pinned_u8: None,
-            u8_dev: None,
+            stager: staging::Stager::default(),
+            pending_loss: None,
             prof: None,
             gpu,
         })
@@ -335,6 +343,7 @@ impl GpuNet {
                 ),
             ));
         }
+        self.resident = 0;
         let t0 = pass::tick(&self.gpu, self.prof.is_some())?;
         let s = self.gpu.stream.clone();
         let mut dst = self.acts[0].slice_mut(0..x.len());
@@ -369,7 +378,9 @@ impl GpuNet {
         let s = self.gpu.stream.clone();
         let mut dst = self.labels.slice_mut(0..n);
         s.memcpy_htod(labels, &mut dst)
-            .map_err(CudaError::driver("upload labels"))
+            .map_err(CudaError::driver("upload labels"))?;
+        self.resident = n;
+        Ok(())
     }
 
     /// Forward pass of x: (n, C, H, W), n <= batch; returns the logits (n, classes). With
@@ -397,12 +408,52 @@ impl GpuNet {
     ) -> Result<f32, CudaError> {
         let n = self.load_input(x)?;
         self.load_labels(labels, n)?;
+        self.train_pass(n, dropout_seed)
+    }
+
+    /// Forward, loss and backward of the first `n` samples of the input and labels already on
+    /// the device. The loss is read after the backward is queued, so the device does not wait
+    /// for the host in between.
+    fn train_pass(&mut self, n: usize, dropout_seed: u64) -> Result<f32, CudaError> {
+        self.launch_pass(n, dropout_seed)?;
+        self.read_loss(n)
+    }
+
+    /// Queues forward, loss and backward of the first `n` samples already on the device.
+    fn launch_pass(&mut self, n: usize, dropout_seed: u64) -> Result<(), CudaError> {
+        self.pending_loss = None;
         self.run_forward(n, true, dropout_seed)?;
         let t0 = pass::tick(&self.gpu, self.prof.is_some())?;
-        let loss = self.run_loss(n)?;
+        self.launch_loss(n)?;
         self.prof_extra(1, t0)?;
-        self.run_backward(n, dropout_seed)?;
-        Ok(loss)
+        self.run_backward(n, dropout_seed)
+    }
+
+    /// Compute only (benchmarks): [`GpuNet::forward_backward`] again on the input and labels
+    /// that the last upload left on the device (the last `n` of a [`GpuNet::forward_backward`]
+    /// or [`GpuNet::forward_backward_u8`]).
+    pub fn forward_backward_resident(&mut self, dropout_seed: u64) -> Result<f32, CudaError> {
+        let n = self.resident;
+        if n == 0 {
+            return Err(CudaError::invalid(
+                "forward_backward_resident",
+                "no batch on the device yet (upload one with forward_backward)",
+            ));
+        }
+        self.train_pass(n, dropout_seed)
+    }
+
+    /// Compute only (benchmarks): an inference forward of the resident input (see
+    /// [`GpuNet::forward_backward_resident`]); the logits stay on the device.
+    pub fn forward_resident(&mut self) -> Result<(), CudaError> {
+        let n = self.resident;
+        if n == 0 {
+            return Err(CudaError::invalid(
+                "forward_resident",
+                "no batch on the device yet (upload one with forward_backward)",
+            ));
+        }
+        self.run_forward(n, false, 0)
     }
 
     /// One SGD step (the paper's rule) over the whole flat buffer in one launch.
@@ -421,35 +472,65 @@ impl GpuNet {
         self.prof_extra(2, t0)
     }
 
-    /// One training step from u8 images: the augment kernel builds the input (crop, flip, PCA
-    /// lighting, mean subtraction; see [`crate::ops::augment`]), then forward, backward and SGD.
-    /// images: (n, src_h, src_w, 3) u8 HWC; `samples` (n) gives each crop. Needs
-    /// [`GpuNet::set_mean_image`]. Returns the mean loss.
+    /// One training step from u8 images: [`GpuNet::forward_backward_u8`], then SGD.
     #[allow(clippy::too_many_arguments)]
     pub fn train_step_u8(
+        &mut self,
+        images: &[u8],
+        src: (usize, usize),
+        samples: &[AugmentSample],
+        labels: &[u32],
+        dropout_seed: u64,
+        (lr, momentum, weight_decay): (f32, f32, f32),
+    ) -> Result<f32, CudaError> {
+        let loss = self.forward_backward_u8(images, src, samples, labels, dropout_seed)?;
+        self.sgd_step(lr, momentum, weight_decay)?;
+        Ok(loss)
+    }
+
+    /// [`GpuNet::forward_backward`] from u8 images: the augment kernel builds the input (crop,
+    /// flip, PCA lighting, mean subtraction; see [`crate::ops::augment`]). images: (n, src_h,
+    /// src_w, 3) u8 HWC; `samples` (n) gives each crop. Needs [`GpuNet::set_mean_image`].
+    /// Returns the mean loss.
+    pub fn forward_backward_u8(
         &mut self,
         images: &[u8],
         (src_h, src_w): (usize, usize),
         samples: &[AugmentSample],
         labels: &[u32],
         dropout_seed: u64,
-        (lr, momentum, weight_decay): (f32, f32, f32),
     ) -> Result<f32, CudaError> {
         let n = self.augment_input(images, (src_h, src_w), samples)?;
         self.load_labels(labels, n)?;
-        self.run_forward(n, true, dropout_seed)?;
-        let t0 = pass::tick(&self.gpu, self.prof.is_some())?;
-        let loss = self.run_loss(n)?;
-        self.prof_extra(1, t0)?;
-        self.run_backward(n, dropout_seed)?;
-        self.sgd_step(lr, momentum, weight_decay)?;
-        Ok(loss)
+        self.train_pass(n, dropout_seed)
     }
 
     /// Builds the input buffer from u8 images through the augment kernel; returns n.
     pub fn augment_input(
         &mut self,
         images: &[u8],
+        src: (usize, usize),
+        samples: &[AugmentSample],
+    ) -> Result<usize, CudaError> {
+        let t0 = pass::tick(&self.gpu, self.prof.is_some())?;
+        let st = self.stage_u8(images)?;
+        let n = self.augment_staged(st, src, samples)?;
+        self.prof_extra(0, t0)?;
+        Ok(n)
+    }
+
+    /// Starts the upload of a u8 batch (n, src_h, src_w, 3) for a later
+    /// [`GpuNet::launch_train_staged`]: a host copy into page-locked memory, then an
+    /// asynchronous upload on a copy stream that overlaps compute already queued. At most two
+    /// staged batches are kept; staging a third overwrites the oldest.
+    pub fn stage_u8(&mut self, images: &[u8]) -> Result<Staged, CudaError> {
+        self.stager.stage(&self.gpu, images)
+    }
+
+    /// The augment kernel from a staged batch into the input buffer; returns n.
+    fn augment_staged(
+        &mut self,
+        st: Staged,
         (src_h, src_w): (usize, usize),
         samples: &[AugmentSample],
     ) -> Result<usize, CudaError> {
@@ -461,12 +542,12 @@ impl GpuNet {
             ));
         }
         let n = samples.len();
-        if n == 0 || n > self.batch || images.len() != n * src_h * src_w * 3 {
+        let len = st.len();
+        if n == 0 || n > self.batch || len != n * src_h * src_w * 3 {
             return Err(CudaError::shape(
                 "augment",
                 format!(
-                    "{} bytes / {n} samples for batch <= {} of {src_h}x{src_w}x3",
-                    images.len(),
+                    "{len} bytes / {n} samples for batch <= {} of {src_h}x{src_w}x3",
                     self.batch
                 ),
             ));
@@ -478,21 +559,42 @@ impl GpuNet {
         let mut p = AugmentParams::square(n, src_h, h, *mh)?;
         p.src_w = crate::ops::u32_of("augment", "src_w", src_w)?;
         p.mean_w = crate::ops::u32_of("augment", "mean_w", *mw)?;
-        let t0 = pass::tick(&self.gpu, self.prof.is_some())?;
-        let len = images.len();
-        let pin = staging(&self.gpu, &mut self.pinned_u8, len)?;
-        par_copy(images, pin)?;
-        let dev = self.gpu.grow(&mut self.u8_dev, len, "u8 batches")?;
-        let mut dv = dev.slice_mut(0..len);
-        self.gpu
-            .stream
-            .memcpy_htod(pin, &mut dv)
-            .map_err(CudaError::driver("upload u8 batch"))?;
+        self.resident = 0;
+        let dev = self.stager.take(&self.gpu, st)?;
         let src = dev.slice(0..len);
         let mut x = self.acts[0].slice_mut(0..n * c * h * w);
         crate::ops::augment::augment_u8(&self.gpu, &src, &mean.as_view(), samples, &mut x, p)?;
-        self.prof_extra(0, t0)?;
+        self.stager.consumed(&self.gpu, st)?;
         Ok(n)
+    }
+
+    /// Queues augmentation (from a batch staged by [`GpuNet::stage_u8`]), forward, loss and
+    /// backward of one training step without waiting for them; [`GpuNet::finish_loss`] returns
+    /// the loss. In between, the host can stage the next batch: its upload then overlaps this
+    /// step's compute.
+    pub fn launch_train_staged(
+        &mut self,
+        st: Staged,
+        src: (usize, usize),
+        samples: &[AugmentSample],
+        labels: &[u32],
+        dropout_seed: u64,
+    ) -> Result<(), CudaError> {
+        let t0 = pass::tick(&self.gpu, self.prof.is_some())?;
+        let n = self.augment_staged(st, src, samples)?;
+        self.prof_extra(0, t0)?;
+        self.load_labels(labels, n)?;
+        self.launch_pass(n, dropout_seed)?;
+        self.pending_loss = Some(n);
+        Ok(())
+    }
+
+    /// Waits for the step queued by [`GpuNet::launch_train_staged`] and returns its mean loss.
+    pub fn finish_loss(&mut self) -> Result<f32, CudaError> {
+        let n = self.pending_loss.take().ok_or_else(|| {
+            CudaError::invalid("finish_loss", "no step queued (launch_train_staged first)")
+        })?;
+        self.read_loss(n)
     }
 
     /// Mutable access to the flat device buffers (params, grads) for callers that fuse their

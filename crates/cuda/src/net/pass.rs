@@ -232,9 +232,9 @@ impl GpuNet {
         Ok(())
     }
 
-    /// Softmax cross-entropy of the last stage's output; writes dlogits into gbuf[0] and returns
-    /// the mean loss (summed in f64 on the host).
-    pub(super) fn run_loss(&mut self, n: usize) -> Result<f32, CudaError> {
+    /// Softmax cross-entropy of the last stage's output: writes dlogits into gbuf[0] and the
+    /// per-sample losses into `row_loss` (read by [`GpuNet::read_loss`]).
+    pub(super) fn launch_loss(&mut self, n: usize) -> Result<(), CudaError> {
         let c = self.plan.num_classes;
         let last = self.stages.last().map(|s| s.out()).unwrap_or(0);
         let logits = self.acts[last].slice(0..n * c);
@@ -247,7 +247,12 @@ impl GpuNet {
             &mut self.gbuf[0].slice_mut(0..n * c),
             &mut self.row_loss.slice_mut(0..n),
             (n, c),
-        )?;
+        )
+    }
+
+    /// The mean of the `n` per-sample losses of the last [`GpuNet::launch_loss`] (summed in f64
+    /// on the host; waits for the stream).
+    pub(super) fn read_loss(&self, n: usize) -> Result<f32, CudaError> {
         let rows = self.gpu.download(&self.row_loss.slice(0..n))?;
         let sum: f64 = rows.iter().map(|&r| r as f64).sum();
         Ok((sum / n as f64) as f32)

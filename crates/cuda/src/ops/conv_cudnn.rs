@@ -2,9 +2,11 @@
 //! backward data and backward filter with groups, NCHW. Bias (+ReLU) stays in our own epilogue kernel; the bias gradient is our own
 //! deterministic per-channel sum.
 //!
-//! Algorithms come from cuDNN's heuristics (`cudnnGet*Algorithm_v7`), not from timing runs: the
-//! choice is then a function of the shape and the card, so two processes pick the same
-//! algorithms and a resumed run stays bit-identical to an uninterrupted one. Only algorithms
+//! Algorithms come by default from cuDNN's heuristics (`cudnnGet*Algorithm_v7`), not from timing
+//! runs: the choice is then a function of the shape and the card, so two processes pick the same
+//! algorithms and a resumed run stays bit-identical to an uninterrupted one.
+//! [`AlgoSearch::Timed`] (`ALEXNET_CUDNN_ALGO=timed`, `bench --cudnn-algo timed`) has cuDNN time
+//! every algorithm instead (`cudnnFind*`, PyTorch's `cudnn.benchmark`). Either way only algorithms
 //! that cuDNN reports as deterministic and that fit [`WORKSPACE_LIMIT`] are used. Strict f32
 //! sets `CUDNN_FMA_MATH` (no TF32 tensor cores) and keeps to the GEMM-formulated algorithms (no
 //! FFT or Winograd); TF32 allows tensor-op math and every deterministic algorithm.
@@ -17,7 +19,7 @@ use super::check_len;
 use super::conv::ConvShape;
 use super::elementwise::{bias_act, channel_sum, relu_mask_to};
 use crate::error::{no_panic, CudaError};
-use crate::gpu::{Gpu, Precision};
+use crate::gpu::{AlgoSearch, Gpu, Precision};
 use cudarc::cudnn::{result, sys};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
 use std::collections::hash_map::Entry;
@@ -56,7 +58,7 @@ impl Drop for Plan {
 /// The cuDNN handle, the plan cache and the scratch buffers of one [`Gpu`].
 pub(crate) struct CudnnState {
     handle: sys::cudnnHandle_t,
-    plans: HashMap<(ConvShape, Precision), Plan>,
+    plans: HashMap<(ConvShape, Precision, AlgoSearch), Plan>,
     workspace: Option<CudaSlice<u8>>,
     /// dy * ReLU mask, for the backward of a fused conv + ReLU.
     masked: Option<CudaSlice<f32>>,
@@ -113,19 +115,24 @@ impl CudnnState {
 /// The cached plan of `s` at precision `p` (built on first use). A free function over the
 /// plan map, so callers can hold it while they borrow the state's scratch buffers.
 fn plan_for<'a>(
-    plans: &'a mut HashMap<(ConvShape, Precision), Plan>,
+    plans: &'a mut HashMap<(ConvShape, Precision, AlgoSearch), Plan>,
     handle: sys::cudnnHandle_t,
     s: &ConvShape,
-    p: Precision,
+    (p, a): (Precision, AlgoSearch),
 ) -> Result<&'a Plan, CudaError> {
-    Ok(match plans.entry((*s, p)) {
+    Ok(match plans.entry((*s, p, a)) {
         Entry::Occupied(e) => e.into_mut(),
-        Entry::Vacant(v) => v.insert(no_panic("cudnn plan", || build_plan(handle, s, p))?),
+        Entry::Vacant(v) => v.insert(no_panic("cudnn plan", || build_plan(handle, s, p, a))?),
     })
 }
 
-/// Creates the descriptors of `s` and picks the algorithms.
-fn build_plan(h: sys::cudnnHandle_t, s: &ConvShape, p: Precision) -> Result<Plan, CudaError> {
+/// Creates the descriptors of `s` and picks the algorithms (by heuristics or by timing, `a`).
+fn build_plan(
+    h: sys::cudnnHandle_t,
+    s: &ConvShape,
+    p: Precision,
+    a: AlgoSearch,
+) -> Result<Plan, CudaError> {
     let op = "cudnn conv plan";
     let name = shape_name(s);
     let e = |what: &str| CudaError::cudnn(format!("{name}: {what}"));
@@ -221,17 +228,30 @@ fn build_plan(h: sys::cudnnHandle_t, s: &ConvShape, p: Precision) -> Result<Plan
                     | W::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3
             )
     };
-    // The first usable algorithm of cuDNN's ranked heuristic list (one macro for the three
-    // directions: their perf structs are distinct types with the same fields).
+    // The first usable algorithm of cuDNN's ranked list: the heuristics' ranking, or the
+    // measured times (`cudnnFind*` runs every algorithm on scratch buffers it allocates and
+    // returns them fastest first). One macro for the three directions: their perf structs are
+    // distinct types with the same fields.
+    let timed = a == AlgoSearch::Timed;
     macro_rules! pick {
-        ($perf:ty, $call:path, ($a:expr, $b:expr, $c:expr, $d:expr), $algo_ok:expr, $what:expr) => {{
+        ($perf:ty, $get:path, $find:path, ($a:expr, $b:expr, $c:expr, $d:expr), $algo_ok:expr, $what:expr) => {{
             const N: usize = 16;
             let mut cnt: c_int = 0;
             // SAFETY: zeroed perf structs are valid plain data; the call writes at most N.
             let mut perf: [$perf; N] = unsafe { std::mem::zeroed() };
             // SAFETY: handle and descriptors are valid; `perf` holds N entries.
-            unsafe { $call(h, $a, $b, $c, $d, N as c_int, &mut cnt, perf.as_mut_ptr()) }
-                .map_err(e(concat!($what, " heuristics")))?;
+            unsafe {
+                if timed {
+                    $find(h, $a, $b, $c, $d, N as c_int, &mut cnt, perf.as_mut_ptr()).result()
+                } else {
+                    $get(h, $a, $b, $c, $d, N as c_int, &mut cnt, perf.as_mut_ptr())
+                }
+            }
+            .map_err(e(if timed {
+                concat!($what, " timing (cudnnFind)")
+            } else {
+                concat!($what, " heuristics")
+            }))?;
             let best = perf[..(cnt.max(0) as usize).min(N)]
                 .iter()
                 .find(|r| {
@@ -251,6 +271,7 @@ fn build_plan(h: sys::cudnnHandle_t, s: &ConvShape, p: Precision) -> Result<Plan
     (plan.fwd, plan.ws[0]) = pick!(
         sys::cudnnConvolutionFwdAlgoPerf_t,
         result::get_convolution_forward_algorithm,
+        sys::cudnnFindConvolutionForwardAlgorithm,
         (x, w, conv, y),
         fwd_ok,
         "forward"
@@ -258,6 +279,7 @@ fn build_plan(h: sys::cudnnHandle_t, s: &ConvShape, p: Precision) -> Result<Plan
     (plan.bwd_data, plan.ws[1]) = pick!(
         sys::cudnnConvolutionBwdDataAlgoPerf_t,
         result::get_convolution_backward_data_algorithm,
+        sys::cudnnFindConvolutionBackwardDataAlgorithm,
         (w, y, conv, x),
         data_ok,
         "backward-data"
@@ -265,6 +287,7 @@ fn build_plan(h: sys::cudnnHandle_t, s: &ConvShape, p: Precision) -> Result<Plan
     (plan.bwd_filter, plan.ws[2]) = pick!(
         sys::cudnnConvolutionBwdFilterAlgoPerf_t,
         result::get_convolution_backward_filter_algorithm,
+        sys::cudnnFindConvolutionBackwardFilterAlgorithm,
         (x, y, conv, w),
         filter_ok,
         "backward-filter"
@@ -322,7 +345,7 @@ pub(crate) fn forward(
     let mut yv = y.slice_mut(0..ny);
     gpu.with_cudnn(|st| {
         let h = st.handle;
-        let plan = plan_for(&mut st.plans, h, s, prec)?;
+        let plan = plan_for(&mut st.plans, h, s, (prec, gpu.algo_search()))?;
         let ws = gpu.grow(&mut st.workspace, plan.ws[0], "cuDNN workspace")?;
         let ws_len = ws.len();
         let stream = &gpu.stream;
@@ -378,7 +401,7 @@ pub(crate) fn backward(
     let name = shape_name(s);
     gpu.with_cudnn(|st| {
         let h = st.handle;
-        let plan = plan_for(&mut st.plans, h, s, prec)?;
+        let plan = plan_for(&mut st.plans, h, s, (prec, gpu.algo_search()))?;
         let ws = gpu.grow(
             &mut st.workspace,
             plan.ws[1].max(plan.ws[2]),
@@ -464,7 +487,7 @@ pub fn chosen_algorithms(
     p: Precision,
 ) -> Result<(String, String, String), CudaError> {
     gpu.with_cudnn(|st| {
-        let plan = plan_for(&mut st.plans, st.handle, s, p)?;
+        let plan = plan_for(&mut st.plans, st.handle, s, (p, gpu.algo_search()))?;
         Ok((
             format!("{:?}", plan.fwd),
             format!("{:?}", plan.bwd_data),

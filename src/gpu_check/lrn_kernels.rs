@@ -1,10 +1,11 @@
-//! The LRN and max-pool kernels alone on the paper network's shapes at batch 128: both thread
-//! mappings of the LRN kernels must give identical results ([`LrnForm`]), and each kernel's
-//! time and effective bandwidth are printed, so the next optimisation starts from a measurement.
+//! The LRN and max-pool kernels alone on the paper network's shapes at batch 128: the max-pool
+//! backward with fast division must give the reference kernel's results exactly, and each
+//! kernel's time and effective bandwidth are printed, so the next optimisation starts from a
+//! measurement.
 
 use super::{median, Tally};
 use alexnet_cuda::ops::lrn::{
-    lrn_bwd_inplace_form, lrn_fwd_form, maxpool_bwd, maxpool_fwd, LrnForm, LrnParams, PoolGeom,
+    lrn_bwd_inplace, lrn_fwd, maxpool_bwd, maxpool_bwd_ref, maxpool_fwd, LrnParams, PoolGeom,
 };
 use alexnet_cuda::Gpu;
 use alexnet_tensor::rel_l2;
@@ -59,49 +60,20 @@ pub(super) fn lrn_kernels(gpu: &Arc<Gpu>, t: &mut Tally) -> Result<()> {
         let mut g = gpu.zeros(len)?;
         let mut scratch = gpu.zeros(len)?;
         let q = LrnParams::new(n, c, h * w, 5, 1e-4, 0.75, 2.0, false)?;
-        let mut outs = Vec::new();
-        for form in [LrnForm::Element, LrnForm::Channel] {
-            let tag = format!("lrn fwd {form:?}");
-            let s = time(gpu, || {
-                Ok(lrn_fwd_form(
-                    gpu,
-                    &x.as_view(),
-                    &mut y.as_view_mut(),
-                    q,
-                    form,
-                )?)
-            })?;
-            row(&tag, name, s, 2 * 4 * len);
-            let fwd = gpu.download(&y)?;
-            // The backward overwrites g in place: reload dy before every run.
-            let s = time(gpu, || {
-                gpu.stream()
-                    .memcpy_dtod(&dy, &mut g)
-                    .map_err(|e| anyhow::anyhow!("copy dy: {e:?}"))?;
-                Ok(lrn_bwd_inplace_form(
-                    gpu,
-                    &x.as_view(),
-                    &mut g.as_view_mut(),
-                    &mut scratch.as_view_mut(),
-                    q,
-                    form,
-                )?)
-            })?;
-            // dy copy (8 B) + prep (16 B) + finish (16 B) per element.
-            row(&format!("lrn bwd {form:?} +copy"), name, s, 40 * len);
-            outs.push((fwd, gpu.download(&g)?));
-        }
-        let (e, ch) = (&outs[0], &outs[1]);
-        t.check(
-            &format!("{name}: LRN forward, channel-loop vs element-wise kernels (identical)"),
-            rel_l2(&ch.0, &e.0),
-            0.0,
-        );
-        t.check(
-            &format!("{name}: LRN backward, channel-loop vs element-wise kernels (identical)"),
-            rel_l2(&ch.1, &e.1),
-            0.0,
-        );
+        let s = time(gpu, || {
+            Ok(lrn_fwd(gpu, &x.as_view(), &mut y.as_view_mut(), q)?)
+        })?;
+        row("lrn fwd", name, s, 2 * 4 * len);
+        // The backward overwrites g in place: reload dy before every run.
+        let s = time(gpu, || {
+            gpu.stream()
+                .memcpy_dtod(&dy, &mut g)
+                .map_err(|e| anyhow::anyhow!("copy dy: {e:?}"))?;
+            let (xv, mut gv, mut tv) = (x.as_view(), g.as_view_mut(), scratch.as_view_mut());
+            Ok(lrn_bwd_inplace(gpu, &xv, &mut gv, &mut tv, q)?)
+        })?;
+        // dy copy (8 B) + prep (16 B) + finish (16 B) per element.
+        row("lrn bwd +copy", name, s, 40 * len);
         let geom = PoolGeom::new(n * c, h, w, 3, 2)?;
         let mut py = gpu.zeros(geom.out_len())?;
         let mut arg = gpu
@@ -118,16 +90,26 @@ pub(super) fn lrn_kernels(gpu: &Arc<Gpu>, t: &mut Tally) -> Result<()> {
             )?)
         })?;
         row("maxpool fwd", name, s, 4 * len + 8 * geom.out_len());
-        let s = time(gpu, || {
-            Ok(maxpool_bwd(
-                gpu,
-                &py.as_view(),
-                &arg.as_view(),
-                &mut g.as_view_mut(),
-                geom,
-            )?)
-        })?;
-        row("maxpool bwd", name, s, 4 * len + 8 * geom.out_len());
+        // The backward of the pool's own output as its incoming gradient.
+        let mut bwd = Vec::new();
+        for (what, reference) in [("maxpool bwd", false), ("maxpool bwd (ref div)", true)] {
+            let s = time(gpu, || {
+                let (dyv, av, mut dx) = (py.as_view(), arg.as_view(), g.as_view_mut());
+                if reference {
+                    maxpool_bwd_ref(gpu, &dyv, &av, &mut dx, geom)?;
+                } else {
+                    maxpool_bwd(gpu, &dyv, &av, &mut dx, geom)?;
+                }
+                Ok(())
+            })?;
+            row(what, name, s, 4 * len + 8 * geom.out_len());
+            bwd.push(gpu.download(&g)?);
+        }
+        t.check(
+            &format!("{name}: max-pool backward, fast-division vs reference kernel (identical)"),
+            rel_l2(&bwd[0], &bwd[1]),
+            0.0,
+        );
     }
     Ok(())
 }

@@ -6,12 +6,22 @@
 
 typedef unsigned int u32;
 
+// n / d as a multiply-high and a shift, exact for n < 2^31 (ops::FastDiv computes m and shift).
+struct FastDiv {
+    unsigned int m, shift;
+};
+
+__device__ __forceinline__ unsigned int fdiv(unsigned int n, FastDiv f) {
+    return (__umulhi(n, f.m) + n) >> f.shift;
+}
+
 struct LrnParams {
     unsigned int n, c;  // batch, channels
     unsigned int hw;    // H * W
     unsigned int half;  // floor(size / 2)
     float alpha, beta, k;
     int relu_input;     // apply max(x, 0) to the input first (fused ReLU)
+    FastDiv div_hw, div_c;  // division by hw and c
 };
 
 struct PoolGeom {
@@ -20,6 +30,7 @@ struct PoolGeom {
     unsigned int k, stride;
     unsigned int ho, wo;  // output plane
     unsigned int pad_;    // keeps the struct a multiple of 8 bytes
+    FastDiv div_w, div_h, div_stride;
 };
 
 __device__ __forceinline__ float lrn_in(const float* x, u32 i, int relu) {
@@ -44,14 +55,13 @@ __device__ __forceinline__ float lrn_denom(const float* x, u32 base, int ch, Lrn
 
 // Element i of (N, C, HW): its channel and base = n*C*HW + p.
 __device__ __forceinline__ u32 lrn_elem(u32 i, LrnParams q, int* ch) {
-    u32 p = i % q.hw;
-    u32 nc = i / q.hw;
-    *ch = (int)(nc % q.c);
+    u32 nc = fdiv(i, q.div_hw);
+    u32 p = i - nc * q.hw;
+    *ch = (int)(nc - fdiv(nc, q.div_c) * q.c);
     return (nc - *ch) * q.hw + p;
 }
 
-// One element of each LRN kernel, shared by the element-wise and channel-loop forms (so both
-// compute identical results): i = base + ch * HW is the element, base = n*C*HW + p.
+// One element of each LRN kernel: i = base + ch * HW is the element, base = n*C*HW + p.
 
 // y_i = a_i / D_i^beta.
 __device__ __forceinline__ void lrn_fwd_at(const float* x, float* y, u32 i, u32 base, int ch,
@@ -140,61 +150,6 @@ extern "C" __global__ void lrn_bwd_finish(const float* x, const float* t, float*
     }
 }
 
-// Channel-loop forms (the network runs lrn_fwd_cc forward; its backward measured faster in the
-// element-wise form above, see ops::lrn::LrnForm). One thread per (n, chunk of LRN_CHUNK channels,
-// p) walks its channels in order: the window's loads of neighbouring channels are mostly the
-// thread's own recent loads (L1), and the index division happens once per chunk instead of
-// once per element. Consecutive threads take consecutive p, so every load is coalesced. Same
-// arithmetic in the same order as the element-wise forms above, so the results are identical.
-#define LRN_CHUNK 16u
-
-// Decodes thread t of a channel-loop grid into the (n, ., p) base offset and channels [c0, c1).
-__device__ __forceinline__ void lrn_chunk(u32 t, LrnParams q, u32* base, int* c0, int* c1) {
-    u32 chunks = (q.c + LRN_CHUNK - 1u) / LRN_CHUNK;
-    u32 p = t % q.hw;
-    u32 r = t / q.hw;
-    u32 k = r % chunks;
-    u32 n = r / chunks;
-    *base = n * q.c * q.hw + p;
-    *c0 = (int)(k * LRN_CHUNK);
-    *c1 = min((int)q.c, *c0 + (int)LRN_CHUNK);
-}
-
-__device__ __forceinline__ u32 lrn_chunk_threads(LrnParams q) {
-    return q.n * ((q.c + LRN_CHUNK - 1u) / LRN_CHUNK) * q.hw;
-}
-
-// lrn_fwd in channel-loop form. x, y: (N, C, H, W).
-extern "C" __global__ void lrn_fwd_cc(const float* x, float* y, LrnParams q) {
-    u32 total = lrn_chunk_threads(q);
-    GRID_STRIDE(t, total) {
-        u32 base; int c0, c1;
-        lrn_chunk(t, q, &base, &c0, &c1);
-        for (int ch = c0; ch < c1; ++ch) lrn_fwd_at(x, y, base + (u32)ch * q.hw, base, ch, q);
-    }
-}
-
-// lrn_bwd_prep in channel-loop form. x, g, t: (N, C, H, W); g: dy on entry, u on exit.
-extern "C" __global__ void lrn_bwd_prep_cc(const float* x, float* g, float* tt, LrnParams q) {
-    u32 total = lrn_chunk_threads(q);
-    GRID_STRIDE(t, total) {
-        u32 base; int c0, c1;
-        lrn_chunk(t, q, &base, &c0, &c1);
-        for (int ch = c0; ch < c1; ++ch) lrn_prep_at(x, g, tt, base + (u32)ch * q.hw, base, ch, q);
-    }
-}
-
-// lrn_bwd_finish in channel-loop form. x, t: (N, C, H, W); g: u on entry, dx on exit.
-extern "C" __global__ void lrn_bwd_finish_cc(const float* x, const float* tt, float* g,
-                                             LrnParams q) {
-    u32 total = lrn_chunk_threads(q);
-    GRID_STRIDE(t, total) {
-        u32 base; int c0, c1;
-        lrn_chunk(t, q, &base, &c0, &c1);
-        for (int ch = c0; ch < c1; ++ch) lrn_finish_at(x, tt, g, base + (u32)ch * q.hw, base, ch, q);
-    }
-}
-
 // x: (planes, H, W) -> y: (planes, HO, WO), arg: (planes, HO, WO) flat index h*W + w of the
 // window's first maximum.
 extern "C" __global__ void maxpool_fwd(const float* x, float* y, int* arg, PoolGeom g) {
@@ -220,8 +175,35 @@ extern "C" __global__ void maxpool_fwd(const float* x, float* y, int* arg, PoolG
 }
 
 // Gather form (deterministic): dx[plane, h, w] = sum of dy over the windows that cover (h, w)
-// and whose argmax is (h, w). dy, arg: (planes, HO, WO) -> dx: (planes, H, W) (overwritten).
+// and whose argmax is (h, w), in row-major window order. dy, arg: (planes, HO, WO) -> dx:
+// (planes, H, W) (overwritten). Every division is a FastDiv: with plain divisions (the
+// reference below) this kernel was bound by integer instructions, not memory.
 extern "C" __global__ void maxpool_bwd(const float* dy, const int* arg, float* dx, PoolGeom g) {
+    u32 total = g.planes * g.h * g.w;
+    GRID_STRIDE(t, total) {
+        u32 r = fdiv(t, g.div_w);
+        u32 w = t - r * g.w;
+        u32 plane = fdiv(r, g.div_h);
+        u32 h = r - plane * g.h;
+        int me = (int)(h * g.w + w);
+        u32 i_lo = h >= g.k ? fdiv(h - g.k, g.div_stride) + 1 : 0;
+        u32 i_hi = fdiv(h, g.div_stride); if (i_hi > g.ho - 1) i_hi = g.ho - 1;
+        u32 j_lo = w >= g.k ? fdiv(w - g.k, g.div_stride) + 1 : 0;
+        u32 j_hi = fdiv(w, g.div_stride); if (j_hi > g.wo - 1) j_hi = g.wo - 1;
+        u32 base = plane * g.ho * g.wo;
+        float acc = 0.0f;
+        for (u32 i = i_lo; i <= i_hi; ++i)
+            for (u32 j = j_lo; j <= j_hi; ++j) {
+                u32 o = base + i * g.wo + j;
+                if (arg[o] == me) acc += dy[o];
+            }
+        dx[t] = acc;
+    }
+}
+
+// maxpool_bwd with plain integer division (the reference gpu-check compares against).
+extern "C" __global__ void maxpool_bwd_ref(const float* dy, const int* arg, float* dx,
+                                           PoolGeom g) {
     u32 total = g.planes * g.h * g.w;
     GRID_STRIDE(t, total) {
         u32 w = t % g.w;

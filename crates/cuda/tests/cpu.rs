@@ -17,8 +17,8 @@ use std::mem::{align_of, size_of};
 fn repr_c_structs_match_the_cuda_structs() {
     // Sizes of the C structs in kernels/*.cu (all-u32/f32 fields, SgdParams leads with a u64).
     assert_eq!(size_of::<ConvGeom>(), 36);
-    assert_eq!(size_of::<LrnParams>(), 32);
-    assert_eq!(size_of::<PoolGeom>(), 32);
+    assert_eq!(size_of::<LrnParams>(), 48);
+    assert_eq!(size_of::<PoolGeom>(), 56);
     assert_eq!((size_of::<SgdParams>(), align_of::<SgdParams>()), (24, 8));
     assert_eq!(size_of::<AugmentParams>(), 32);
     assert_eq!(size_of::<AugmentSample>(), 32);
@@ -33,7 +33,7 @@ fn kernel_inventory() {
         .iter()
         .flat_map(|f| f.kernel_names())
         .collect();
-    assert_eq!(names.len(), 26, "{names:?}");
+    assert_eq!(names.len(), 24, "{names:?}");
     for n in [
         "im2col",
         "col2im",
@@ -181,4 +181,43 @@ fn no_device_is_an_error_not_a_panic() {
     } else {
         assert!(Gpu::new(n).is_err());
     }
+}
+
+/// The kernels' multiply-high division (`FastDiv`, mirrored on the host) is exact for every
+/// dividend below 2^31: all dividends up to 2^17 and the top of the range for every divisor up
+/// to 1024, plus large and awkward divisors against a spread of dividends.
+#[test]
+fn fast_division_is_exact_below_2_pow_31() {
+    use alexnet_cuda::ops::FastDiv;
+    let top = (1u32 << 31) - 1;
+    let mut divisors: Vec<u32> = (1..=1024).collect();
+    divisors.extend([
+        3025,
+        729,
+        50_176,
+        65_535,
+        65_536,
+        1 << 20,
+        (1 << 30) + 1,
+        top,
+    ]);
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rand = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % (1u64 << 31)) as u32
+    };
+    for &d in &divisors {
+        let f = FastDiv::new("test", d).unwrap();
+        let dense: Box<dyn Iterator<Item = u32>> = if d <= 1024 {
+            Box::new((0..1u32 << 17).chain(top - (1 << 12)..=top))
+        } else {
+            Box::new((0..4096).chain(top - 4096..=top))
+        };
+        for n in dense.chain((0..4096).map(|_| rand())) {
+            assert_eq!(f.div(n), n / d, "{n} / {d} (m {}, shift {})", f.m, f.shift);
+        }
+    }
+    assert!(FastDiv::new("test", 0).is_err());
 }

@@ -1,8 +1,10 @@
 //! Launches of `kernels/lrn_pool.cu`: LRN forward/backward (paper convention: alpha times the
-//! plain sum of squares), max-pool forward/backward (argmax), and the fused (ReLU +) LRN + pool
-//! forward.
+//! plain sum of squares) and max-pool forward/backward (argmax; the backward also as a
+//! plain-division reference kernel). Index decompositions use [`FastDiv`]: on an H200 it took the
+//! max-pool backward from 0.37 to 0.28 ms and the LRN forward from 0.30 to 0.26 ms (paper conv1
+//! shapes, batch 128).
 
-use super::{check_len, u32_of};
+use super::{check_len, u32_of, FastDiv};
 use crate::error::CudaError;
 use crate::gpu::{grid_for, Gpu};
 use crate::kernels::KernelFile;
@@ -22,9 +24,13 @@ pub struct LrnParams {
     pub beta: f32,
     pub k: f32,
     pub relu_input: i32,
+    /// Division by hw and c (see [`FastDiv`]).
+    pub div_hw: FastDiv,
+    pub div_c: FastDiv,
 }
 
-// SAFETY: `#[repr(C)]` of u32/f32/i32 fields, identical to the C struct `LrnParams`.
+// SAFETY: `#[repr(C)]` of u32/f32/i32 fields (FastDiv: two u32), identical to the C struct
+// `LrnParams`.
 unsafe impl DeviceRepr for LrnParams {}
 
 impl LrnParams {
@@ -45,15 +51,18 @@ impl LrnParams {
         }
         // The kernels index with 32-bit arithmetic (64-bit division is slow on the GPU).
         super::idx32("lrn", "n * c * hw", n * c * hw)?;
+        let (c32, hw32) = (u32_of("lrn", "c", c)?, u32_of("lrn", "hw", hw)?);
         Ok(LrnParams {
             n: u32_of("lrn", "n", n)?,
-            c: u32_of("lrn", "c", c)?,
-            hw: u32_of("lrn", "hw", hw)?,
+            c: c32,
+            hw: hw32,
             half: u32_of("lrn", "size", size / 2)?,
             alpha,
             beta,
             k,
             relu_input: relu_input as i32,
+            div_hw: FastDiv::new("lrn", hw32.max(1))?,
+            div_c: FastDiv::new("lrn", c32.max(1))?,
         })
     }
     fn len(&self) -> usize {
@@ -73,9 +82,13 @@ pub struct PoolGeom {
     pub ho: u32,
     pub wo: u32,
     pub pad_: u32,
+    /// Division by w, h and stride (see [`FastDiv`]).
+    pub div_w: FastDiv,
+    pub div_h: FastDiv,
+    pub div_stride: FastDiv,
 }
 
-// SAFETY: `#[repr(C)]` of u32 fields, identical to the C struct `PoolGeom`.
+// SAFETY: `#[repr(C)]` of u32 fields (FastDiv: two u32), identical to the C struct `PoolGeom`.
 unsafe impl DeviceRepr for PoolGeom {}
 
 impl PoolGeom {
@@ -105,6 +118,9 @@ impl PoolGeom {
             ho: u("ho", (h - k) / stride + 1)?,
             wo: u("wo", (w - k) / stride + 1)?,
             pad_: 0,
+            div_w: FastDiv::new("maxpool", u("w", w)?)?,
+            div_h: FastDiv::new("maxpool", u("h", h)?)?,
+            div_stride: FastDiv::new("maxpool", u("stride", stride)?)?,
         })
     }
     /// Input elements.
@@ -117,73 +133,24 @@ impl PoolGeom {
     }
 }
 
-/// Thread mapping of the LRN forward and two-pass backward kernels. Both forms compute the
-/// same arithmetic in the same order (identical results; `gpu-check` verifies it); they differ
-/// in speed only. Measured on an H200 on the paper shapes at batch 128 (`gpu-check`): the
-/// channel form's forward takes 0.235 / 0.153 ms against 0.301 / 0.197 (LRN 1 / LRN 2), its
-/// backward 0.743 / 0.488 against 0.709 / 0.463, so the network runs the channel form forward
-/// ([`lrn_fwd`]) and the element form backward ([`lrn_bwd_inplace`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LrnForm {
-    /// One thread per element (`lrn_fwd`, `lrn_bwd_prep`, `lrn_bwd_finish`).
-    Element,
-    /// One thread per (n, chunk of 16 channels, pixel) walking its channels (`*_cc`).
-    Channel,
-}
-
-impl LrnForm {
-    /// Kernel name of `base` in this form.
-    fn kernel(self, base: &'static str) -> &'static str {
-        match (self, base) {
-            (LrnForm::Element, b) => b,
-            (LrnForm::Channel, "lrn_fwd") => "lrn_fwd_cc",
-            (LrnForm::Channel, "lrn_bwd_prep") => "lrn_bwd_prep_cc",
-            (LrnForm::Channel, _) => "lrn_bwd_finish_cc",
-        }
-    }
-
-    /// Threads of one launch (`LRN_CHUNK` of kernels/lrn_pool.cu for the channel form).
-    fn threads(self, q: &LrnParams) -> u64 {
-        match self {
-            LrnForm::Element => q.len() as u64,
-            LrnForm::Channel => q.n as u64 * (q.c as u64).div_ceil(LRN_CHUNK) * q.hw as u64,
-        }
-    }
-}
-
-/// `LRN_CHUNK` of kernels/lrn_pool.cu: channels per thread of the channel-loop kernels.
-pub const LRN_CHUNK: u64 = 16;
-
-/// x, y: (N, C, H, W): y = LRN(x) (channel-loop form, see [`LrnForm`]).
+/// x, y: (N, C, H, W): y = LRN(x).
 pub fn lrn_fwd(
     gpu: &Gpu,
     x: &CudaView<f32>,
     y: &mut CudaViewMut<f32>,
     q: LrnParams,
 ) -> Result<(), CudaError> {
-    lrn_fwd_form(gpu, x, y, q, LrnForm::Channel)
-}
-
-/// [`lrn_fwd`] in the given thread mapping.
-pub fn lrn_fwd_form(
-    gpu: &Gpu,
-    x: &CudaView<f32>,
-    y: &mut CudaViewMut<f32>,
-    q: LrnParams,
-    form: LrnForm,
-) -> Result<(), CudaError> {
     check_len("lrn", "x", x.len(), q.len())?;
     check_len("lrn", "y", y.len(), q.len())?;
-    let Some(cfg) = grid_for(form.threads(&q)) else {
+    let Some(cfg) = grid_for(q.len() as u64) else {
         return Ok(());
     };
-    let name = form.kernel("lrn_fwd");
-    let f = gpu.function(F, name)?;
+    let f = gpu.function(F, "lrn_fwd")?;
     let mut l = gpu.stream.launch_builder(&f);
     l.arg(x).arg(y).arg(&q);
-    // SAFETY: types match `lrn_fwd[_cc](const float*, float*, LrnParams)`; sizes checked.
+    // SAFETY: types match `lrn_fwd(const float*, float*, LrnParams)`; sizes checked.
     unsafe { l.launch(cfg) }
-        .map_err(CudaError::driver(name))
+        .map_err(CudaError::driver("lrn_fwd"))
         .map(|_| ())
 }
 
@@ -213,7 +180,6 @@ pub fn lrn_bwd(
 
 /// LRN backward in place, in two passes (see `lrn_bwd_prep` / `lrn_bwd_finish`): `g` holds dy
 /// on entry and dx on exit; `t` is scratch of the same size. x, g, t: (N, C, H, W).
-/// Element-wise form (see [`LrnForm`]).
 pub fn lrn_bwd_inplace(
     gpu: &Gpu,
     x: &CudaView<f32>,
@@ -221,40 +187,26 @@ pub fn lrn_bwd_inplace(
     t: &mut CudaViewMut<f32>,
     q: LrnParams,
 ) -> Result<(), CudaError> {
-    lrn_bwd_inplace_form(gpu, x, g, t, q, LrnForm::Element)
-}
-
-/// [`lrn_bwd_inplace`] in the given thread mapping.
-pub fn lrn_bwd_inplace_form(
-    gpu: &Gpu,
-    x: &CudaView<f32>,
-    g: &mut CudaViewMut<f32>,
-    t: &mut CudaViewMut<f32>,
-    q: LrnParams,
-    form: LrnForm,
-) -> Result<(), CudaError> {
     check_len("lrn backward", "x", x.len(), q.len())?;
     check_len("lrn backward", "g", g.len(), q.len())?;
     check_len("lrn backward", "scratch", t.len(), q.len())?;
-    let Some(cfg) = grid_for(form.threads(&q)) else {
+    let Some(cfg) = grid_for(q.len() as u64) else {
         return Ok(());
     };
-    let name = form.kernel("lrn_bwd_prep");
-    let f = gpu.function(F, name)?;
+    let f = gpu.function(F, "lrn_bwd_prep")?;
     let mut l = gpu.stream.launch_builder(&f);
     l.arg(x).arg(&mut *g).arg(&mut *t).arg(&q);
-    // SAFETY: types match `lrn_bwd_prep[_cc](const float*, float*, float*, LrnParams)`; x, g
-    // and t hold q.len() elements (checked).
-    unsafe { l.launch(cfg) }.map_err(CudaError::driver(name))?;
-    let name = form.kernel("lrn_bwd_finish");
-    let f = gpu.function(F, name)?;
+    // SAFETY: types match `lrn_bwd_prep(const float*, float*, float*, LrnParams)`; x, g and t
+    // hold q.len() elements (checked).
+    unsafe { l.launch(cfg) }.map_err(CudaError::driver("lrn_bwd_prep"))?;
+    let f = gpu.function(F, "lrn_bwd_finish")?;
     let tv = t.as_view();
     let mut l = gpu.stream.launch_builder(&f);
     l.arg(x).arg(&tv).arg(&mut *g).arg(&q);
-    // SAFETY: types match `lrn_bwd_finish[_cc](const float*, const float*, float*, LrnParams)`;
-    // sizes checked above.
+    // SAFETY: types match `lrn_bwd_finish(const float*, const float*, float*, LrnParams)`; sizes
+    // checked above.
     unsafe { l.launch(cfg) }
-        .map_err(CudaError::driver(name))
+        .map_err(CudaError::driver("lrn_bwd_finish"))
         .map(|_| ())
 }
 
@@ -289,17 +241,41 @@ pub fn maxpool_bwd(
     dx: &mut CudaViewMut<f32>,
     g: PoolGeom,
 ) -> Result<(), CudaError> {
+    maxpool_bwd_kernel(gpu, dy, arg, dx, g, "maxpool_bwd")
+}
+
+/// [`maxpool_bwd`] with plain integer division (the reference `gpu-check` compares against:
+/// identical results, slower).
+pub fn maxpool_bwd_ref(
+    gpu: &Gpu,
+    dy: &CudaView<f32>,
+    arg: &CudaView<i32>,
+    dx: &mut CudaViewMut<f32>,
+    g: PoolGeom,
+) -> Result<(), CudaError> {
+    maxpool_bwd_kernel(gpu, dy, arg, dx, g, "maxpool_bwd_ref")
+}
+
+fn maxpool_bwd_kernel(
+    gpu: &Gpu,
+    dy: &CudaView<f32>,
+    arg: &CudaView<i32>,
+    dx: &mut CudaViewMut<f32>,
+    g: PoolGeom,
+    name: &'static str,
+) -> Result<(), CudaError> {
     check_len("maxpool backward", "dy", dy.len(), g.out_len())?;
     check_len("maxpool backward", "argmax", arg.len(), g.out_len())?;
     check_len("maxpool backward", "dx", dx.len(), g.in_len())?;
     let Some(cfg) = grid_for(g.in_len() as u64) else {
         return Ok(());
     };
-    let f = gpu.function(F, "maxpool_bwd")?;
+    let f = gpu.function(F, name)?;
     let mut l = gpu.stream.launch_builder(&f);
     l.arg(dy).arg(arg).arg(dx).arg(&g);
-    // SAFETY: types match `maxpool_bwd(const float*, const int*, float*, PoolGeom)`; sizes checked.
+    // SAFETY: types match `maxpool_bwd[_ref](const float*, const int*, float*, PoolGeom)`;
+    // sizes checked.
     unsafe { l.launch(cfg) }
-        .map_err(CudaError::driver("maxpool_bwd"))
+        .map_err(CudaError::driver(name))
         .map(|_| ())
 }

@@ -80,3 +80,41 @@ pub(crate) fn idx32(op: &'static str, what: &str, v: usize) -> Result<(), CudaEr
     }
     Ok(())
 }
+
+/// Division by a divisor fixed at launch, as a multiply-high and a shift (`FastDiv` of the
+/// kernels, mirrored here): exact for every dividend below 2^31, which [`idx32`] guarantees for
+/// kernel indices. A 32-bit integer division costs the GPU about twenty instructions; the
+/// index decompositions of the memory-bound kernels were bound by them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FastDiv {
+    pub m: u32,
+    pub shift: u32,
+}
+
+// SAFETY: `#[repr(C)]` of two u32, identical to the C struct `FastDiv`.
+unsafe impl cudarc::driver::DeviceRepr for FastDiv {}
+
+impl FastDiv {
+    /// The multiplier and shift of division by `d` (d >= 1): with s = ceil(log2 d),
+    /// m = floor(2^32 (2^s - d) / d) + 1 (the scheme of Granlund and Montgomery).
+    pub fn new(op: &'static str, d: u32) -> Result<FastDiv, CudaError> {
+        if d == 0 {
+            return Err(CudaError::invalid(op, "division by zero"));
+        }
+        let shift = 32 - (d - 1).leading_zeros(); // ceil(log2 d); 0 for d = 1
+        let m = ((1u64 << 32) * ((1u64 << shift) - d as u64)) / d as u64 + 1;
+        Ok(FastDiv {
+            // m < 2^32: (2^s - d) < d, so the quotient is below 2^32.
+            m: u32::try_from(m).map_err(|_| CudaError::invalid(op, "divisor multiplier"))?,
+            shift,
+        })
+    }
+
+    /// n / d exactly as the kernels compute it (for n < 2^31).
+    pub fn div(&self, n: u32) -> u32 {
+        let hi = ((n as u64 * self.m as u64) >> 32) as u32;
+        // hi <= n < 2^31, so the sum fits in 32 bits.
+        (hi + n) >> self.shift
+    }
+}

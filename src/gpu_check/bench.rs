@@ -1,0 +1,533 @@
+//! The benchmark side of `gpu-check` and `bench --device cuda`: the measured GEMM peak, the
+//! benchmark table and [`bench_cuda`] with its stand-in for the loader ([`ImagePool`]).
+
+use super::model::draw_batch;
+use super::*;
+
+/// Measured TFLOP/s of one `PEAK_GEMM`^3 GEMM through `ops::gemm` (bf16: including the casts of
+/// the operands), the median of 5 after 2 warm-up runs.
+fn gemm_peak(gpu: &Arc<Gpu>, p: Precision) -> Result<f64, CudaError> {
+    let n = PEAK_GEMM;
+    // Non-trivial operand values (zeros would let the card run cooler and faster).
+    let host: Vec<f32> = (0..n * n)
+        .map(|i| ((i as u64).wrapping_mul(2_654_435_761) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    let (a, b) = (gpu.upload(&host)?, gpu.upload(&host)?);
+    drop(host);
+    let mut c = gpu.zeros(n * n)?;
+    let d = MatDesc::new(n, n);
+    let mut times = Vec::new();
+    for rep in 0..7 {
+        gpu.synchronize()?;
+        let t0 = Instant::now();
+        gemm(
+            gpu,
+            p,
+            1.0,
+            &a.as_view(),
+            d,
+            &b.as_view(),
+            d,
+            0.0,
+            &mut c.as_view_mut(),
+            d,
+        )?;
+        gpu.synchronize()?;
+        if rep >= 2 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(2.0 * (n as f64).powi(3) / times[times.len() / 2] / 1e12)
+}
+
+/// The benchmark table of `gpu-check`; false when a row could not run. Each row is
+/// [`bench_cuda`] on the paper preset with the loader in the loop (u8 batches uploaded and
+/// augmented on the GPU) and, for the `synthetic` column, without it.
+pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
+    println!(
+        "-- benchmark: preset paper, median of {BENCH_STEPS} timed steps after {BENCH_WARMUP} \
+         warm-up, {}",
+        gpu.name()
+    );
+    println!(
+        "{:<6} {:<15} {:>6} {:>12} {:>12} {:>12} {:>9} {:>10} {:>9}",
+        "prec",
+        "conv",
+        "batch",
+        "train img/s",
+        "(synthetic)",
+        "infer img/s",
+        "TFLOP/s",
+        "GEMM peak",
+        "of limit"
+    );
+    let searches = [AlgoSearch::Heuristic, AlgoSearch::Timed];
+    if impls.contains(&ConvImpl::Cudnn) {
+        gpu.set_conv_impl(ConvImpl::Cudnn)?;
+        let plan = load_preset("paper")?.plan(1000)?;
+        for a in searches {
+            gpu.set_algo_search(a);
+            for p in [Precision::F32, Precision::Tf32] {
+                let net = GpuNet::new(gpu.clone(), &plan, 128, p)?;
+                for [name, f, d, w] in net.conv_algorithms()? {
+                    let short = |s: &str| s.trim_start_matches("CUDNN_CONVOLUTION_").to_string();
+                    println!(
+                        "info cuDNN {} {} batch 128 {name}: {} / {} / {}",
+                        a.name(),
+                        precision_name(p),
+                        short(&f),
+                        short(&d),
+                        short(&w)
+                    );
+                }
+            }
+        }
+    }
+    let mut ok = true;
+    let mut peaks: Vec<(Precision, f64)> = Vec::new();
+    let mut rows: Vec<(Precision, ConvImpl, AlgoSearch, usize)> = Vec::new();
+    for p in [Precision::F32, Precision::Tf32] {
+        for &ci in impls {
+            if ci == ConvImpl::Cudnn {
+                for a in searches {
+                    rows.push((p, ci, a, 128));
+                }
+            } else {
+                rows.push((p, ci, AlgoSearch::Heuristic, 128));
+            }
+        }
+    }
+    // bf16 convolutions always run as im2col + bf16 GEMMs (see alexnet_cuda::ops::conv).
+    rows.push((
+        Precision::Bf16,
+        ConvImpl::Im2col,
+        AlgoSearch::Heuristic,
+        128,
+    ));
+    rows.push((
+        Precision::Bf16,
+        ConvImpl::Im2col,
+        AlgoSearch::Heuristic,
+        256,
+    ));
+    for (p, ci, a, batch) in rows {
+        gpu.set_conv_impl(ci)?;
+        gpu.set_algo_search(a);
+        let conv_name = if ci == ConvImpl::Cudnn {
+            format!("{} {}", ci.name(), a.name())
+        } else {
+            ci.name().to_string()
+        };
+        let peak = match peaks.iter().find(|(q, _)| *q == p) {
+            Some(&(_, v)) => Some(v),
+            None => {
+                let v = gemm_peak(gpu, p).ok();
+                if let Some(v) = v {
+                    peaks.push((p, v));
+                }
+                v
+            }
+        };
+        let mut o = CudaBench {
+            preset: "paper",
+            batch,
+            classes: 1000,
+            precision: precision_name(p),
+            synthetic_data: false,
+            warmup: BENCH_WARMUP,
+            steps: BENCH_STEPS,
+            profile: false,
+            conv: None,
+            algo: None,
+        };
+        // Set above on this device: one context for the whole table.
+        let with_loader = bench_on(gpu, &o, p);
+        o.synthetic_data = true;
+        let synthetic = bench_on(gpu, &o, p);
+        match (with_loader, synthetic) {
+            (Ok(r), Ok(sy)) => {
+                let train = r.train_img_per_s;
+                let achieved = train * FLOP_PER_TRAINED_IMAGE / 1e12;
+                let (peak_s, frac_s) = match peak {
+                    Some(pk) => (format!("{pk:.1}"), format!("{:.1}%", 100.0 * achieved / pk)),
+                    None => ("?".into(), "?".into()),
+                };
+                println!(
+                    "{:<6} {conv_name:<15} {batch:>6} {train:>12.0} {:>12.0} {:>12.0} \
+                     {achieved:>9.1} {peak_s:>10} {frac_s:>9}",
+                    precision_name(p),
+                    sy.train_img_per_s,
+                    r.infer_img_per_s
+                );
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                ok = false;
+                println!(
+                    "{:<6} {conv_name:<15} {batch:>6} error: {e:#}",
+                    precision_name(p)
+                );
+            }
+        }
+    }
+    println!(
+        "limit: {:.2} GFLOP per trained image; TFLOP/s = train img/s x {:.2e}; GEMM peak = \
+         measured {PEAK_GEMM}^3 GEMM through our cuBLAS path (bf16 including the operand casts); \
+         bf16 convolutions run as im2col + bf16 cuBLAS GEMMs",
+        FLOP_PER_TRAINED_IMAGE / 1e9,
+        FLOP_PER_TRAINED_IMAGE
+    );
+    Ok(ok)
+}
+
+/// ImageNet RGB PCA (0..255 scale; eigenvectors are the columns), the usual published values.
+/// Stand-ins for the dataset's own decomposition: they do not change the timing.
+const EIGVAL: [f32; 3] = [55.46, 4.794, 1.148];
+const EIGVEC: [[f32; 3]; 3] = [
+    [-0.5675, 0.7192, 0.4009],
+    [-0.5808, -0.0045, -0.8140],
+    [-0.5836, -0.6948, 0.4203],
+];
+
+/// A pool of random u8 images standing in for the memory-mapped shards.
+pub(super) struct ImagePool {
+    side: usize,
+    images: Vec<u8>,
+    labels: Vec<u32>,
+    pub(super) mean: Vec<f32>,
+}
+
+impl ImagePool {
+    pub(super) fn new(rng: &mut Rng, count: usize, side: usize, classes: usize) -> Self {
+        let rec = side * side * 3;
+        let mut images = vec![0u8; count * rec];
+        for chunk in images.chunks_mut(8) {
+            let v = rng.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+        let labels = (0..count)
+            .map(|_| rng.below(classes as u64) as u32)
+            .collect();
+        let mut mean = vec![0.0f32; rec];
+        for img in images.chunks(rec) {
+            for (m, &v) in mean.iter_mut().zip(img) {
+                *m += v as f32;
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= count as f32);
+        ImagePool {
+            side,
+            images,
+            labels,
+            mean,
+        }
+    }
+
+    pub(super) fn record(&self, i: usize) -> &[u8] {
+        let rec = self.side * self.side * 3;
+        &self.images[i * rec..(i + 1) * rec]
+    }
+
+    /// One training batch as the loader hands it to the GPU path: `n` S x S u8 HWC records
+    /// copied into one buffer (in parallel, as the real loader gathers), with per-sample crop
+    /// offset, flip and PCA-lighting delta.
+    pub(super) fn train_batch(
+        &self,
+        rng: &mut Rng,
+        n: usize,
+        crop: usize,
+        buf: &mut Vec<u8>,
+    ) -> (Vec<AugmentSample>, Vec<u32>) {
+        let rec = self.side * self.side * 3;
+        let (mut samples, mut labels) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut picks = Vec::with_capacity(n);
+        let span = (self.side - crop + 1) as u64;
+        for _ in 0..n {
+            let i = rng.below(self.labels.len() as u64) as usize;
+            picks.push(i);
+            labels.push(self.labels[i]);
+            let (ox, oy) = (rng.below(span) as u32, rng.below(span) as u32);
+            let alpha = [0.1 * rng.normal(), 0.1 * rng.normal(), 0.1 * rng.normal()];
+            samples.push(AugmentSample {
+                ox,
+                oy,
+                mox: ox,
+                moy: oy,
+                flip: rng.below(2) as u32,
+                delta: pca_delta(&EIGVEC, &EIGVAL, &alpha),
+            });
+        }
+        buf.resize(n * rec, 0);
+        buf.par_chunks_mut(rec)
+            .zip(picks.par_iter())
+            .for_each(|(dst, &i)| dst.copy_from_slice(self.record(i)));
+        (samples, labels)
+    }
+
+    /// One evaluation batch as the CPU loader prepares it (in parallel over samples): the
+    /// centre crop minus the mean image, f32 NCHW.
+    pub(super) fn eval_batch(&self, rng: &mut Rng, n: usize, crop: usize, x: &mut [f32]) {
+        let s = self.side;
+        let o = (s - crop) / 2;
+        let plane = crop * crop;
+        let picks: Vec<usize> = (0..n)
+            .map(|_| rng.below(self.labels.len() as u64) as usize)
+            .collect();
+        x[..n * 3 * plane]
+            .par_chunks_mut(3 * plane)
+            .zip(picks.par_iter())
+            .for_each(|(out, &pick)| {
+                let img = self.record(pick);
+                for i in 0..crop {
+                    for j in 0..crop {
+                        let src = ((o + i) * s + o + j) * 3;
+                        for c in 0..3 {
+                            out[c * plane + i * crop + j] =
+                                img[src + c] as f32 - self.mean[src + c];
+                        }
+                    }
+                }
+            });
+    }
+}
+
+/// Random N(0, std^2) weights / constant biases as the plan asks (what `Model::init` draws,
+/// without allocating a CPU model).
+fn init_params(plan: &Plan, seed: u64) -> Vec<f32> {
+    let mut params = vec![0.0f32; plan.total];
+    for (i, p) in plan.params.iter().enumerate() {
+        let mut rng = Rng::derive(seed, &[i as u64]);
+        for v in &mut params[p.offset..p.offset + p.len] {
+            *v = if p.init_std > 0.0 {
+                p.init_std * rng.normal()
+            } else {
+                p.init_constant
+            };
+        }
+    }
+    params
+}
+
+/// Options of [`bench_cuda`] (the `bench --device cuda` flags).
+#[derive(Clone, Debug)]
+pub struct CudaBench<'a> {
+    pub preset: &'a str,
+    pub batch: usize,
+    pub classes: usize,
+    pub precision: &'a str,
+    /// Leave the loader out (see [`bench_cuda`]).
+    pub synthetic_data: bool,
+    pub warmup: usize,
+    pub steps: usize,
+    /// After the timed steps, run `steps` more with every stage synchronised and timed.
+    pub profile: bool,
+    /// Convolution implementation (default: the device's, see [`ConvImpl`]).
+    pub conv: Option<ConvImpl>,
+    /// How cuDNN picks its algorithms (default: the device's, see [`AlgoSearch`]).
+    pub algo: Option<AlgoSearch>,
+}
+
+/// `cargo xtask bench --device cuda`: training (forward + backward + SGD) and inference img/s on
+/// device 0, each the median of `steps` timed steps after `warmup` untimed ones.
+///
+/// - `synthetic_data == false` (the default of the command: the loader in the loop): a pool of
+///   random S x S u8 images stands in for the shards. Training runs as the trainer does: each
+///   step queues the augmentation (on the GPU) and forward and backward of a staged batch
+///   ([`GpuNet::launch_train_staged`]); while the GPU computes, the host gathers the next
+///   `batch` records into one buffer, draws each sample's crop offset, flip and PCA-lighting
+///   delta ([`alexnet_tensor::rng::Rng`]) and stages its upload ([`GpuNet::stage_u8`]: page-locked
+///   copy, then an upload on a copy stream); then it reads the loss and queues SGD. A step's
+///   time runs from one loss read to the next, so it includes whatever host work the GPU has to
+///   wait for. Every inference step builds the centre crops minus the mean image as f32 on the
+///   host and runs [`GpuNet::forward`], the device synchronised around it (not overlapped).
+/// - `synthetic_data == true`: compute only, as PyTorch's synthetic-input benchmarks measure:
+///   one random f32 batch uploaded once; training is [`GpuNet::forward_backward_resident`] +
+///   [`GpuNet::sgd_step`], inference [`GpuNet::forward_resident`] (logits left on the device).
+///
+/// With `profile`, `steps` more training steps run with every stage synchronised and timed;
+/// [`BenchResult::layers`] then holds ms per step for each stage.
+///
+/// Without a CUDA device: a one-line "no CUDA device: ..." error.
+pub fn bench_cuda(o: &CudaBench) -> Result<BenchResult> {
+    if o.batch == 0 || o.steps == 0 {
+        bail!("--batch and --steps must be at least 1");
+    }
+    let p = Precision::parse(o.precision).map_err(|e| anyhow!("--{e}"))?;
+    let gpu = open_gpu()?;
+    if let Some(c) = o.conv {
+        gpu.set_conv_impl(c)?;
+    }
+    if let Some(a) = o.algo {
+        gpu.set_algo_search(a);
+    }
+    bench_on(&gpu, o, p)
+}
+
+/// [`bench_cuda`] on an open device at precision `p` (`o.precision`, `o.conv` and `o.algo` are
+/// not read here: the device's current settings are used). Timed steps other than the
+/// pipelined training steps are synchronised before and after.
+fn bench_on(gpu: &Arc<Gpu>, o: &CudaBench, p: Precision) -> Result<BenchResult> {
+    let (batch, warmup, steps) = (o.batch, o.warmup, o.steps);
+    let spec = load_preset(o.preset)?;
+    let plan = spec.plan(o.classes)?;
+    let mut net = GpuNet::new(gpu.clone(), &plan, batch, p)
+        .with_context(|| format!("preset {} at batch {batch} on {}", o.preset, gpu.name()))?;
+    net.upload_params(&init_params(&plan, 1))?;
+    let [c, h, w] = plan.input;
+    let mut rng = Rng::new(0x0BE4_C0DA);
+    // A tiny lr keeps the weights (and so the work) essentially fixed.
+    let (lr, m, wd) = (1e-4f32, 0.9f32, 5e-4f32);
+    let timed =
+        |net: &mut GpuNet, f: &mut dyn FnMut(&mut GpuNet, u64) -> Result<()>| -> Result<f64> {
+            let mut t = Vec::with_capacity(steps);
+            for step in 0..warmup + steps {
+                gpu.synchronize()?;
+                let t0 = Instant::now();
+                f(net, step as u64)?;
+                gpu.synchronize()?;
+                if step >= warmup {
+                    t.push(t0.elapsed().as_secs_f64());
+                }
+            }
+            Ok(batch as f64 / median(t))
+        };
+    let profiled = |net: &mut GpuNet,
+                    f: &mut dyn FnMut(&mut GpuNet, u64) -> Result<()>|
+     -> Result<Option<Vec<(String, f64, f64)>>> {
+        if !o.profile {
+            return Ok(None);
+        }
+        net.enable_profile();
+        for step in 0..steps {
+            f(net, step as u64)?;
+        }
+        gpu.synchronize()?;
+        let k = 1e3 / steps as f64;
+        Ok(net.profile().map(|rows| {
+            rows.into_iter()
+                .map(|(n, f, b)| (n, f * k, b * k))
+                .collect()
+        }))
+    };
+    let (train, infer, layers) = if o.synthetic_data {
+        // Upload one batch; every timed step then computes on it where it lies.
+        let (x, labels) = draw_batch(&mut rng, &plan, batch);
+        net.forward_backward(&x, &labels, 0)?;
+        let mut step_fn = |net: &mut GpuNet, step: u64| -> Result<()> {
+            net.forward_backward_resident(step)?;
+            net.sgd_step(lr, m, wd)?;
+            Ok(())
+        };
+        let train = timed(&mut net, &mut step_fn)?;
+        let infer = timed(&mut net, &mut |net, _| {
+            net.forward_resident()?;
+            Ok(())
+        })?;
+        let layers = profiled(&mut net, &mut step_fn)?;
+        (train, infer, layers)
+    } else {
+        let side = spec.input.image_size;
+        if c != 3 || h != w || h > side {
+            bail!(
+                "preset {}: input {c}x{h}x{w} is not 3 x crop x crop with crop <= image size \
+                 {side}; use --synthetic-data",
+                o.preset
+            );
+        }
+        let pool = ImagePool::new(&mut rng, (2 * batch).max(64), side, o.classes);
+        net.set_mean_image(&pool.mean, side, side)?;
+        let mut buf = Vec::with_capacity(batch * side * side * 3);
+        // As the trainer runs: each step queues its compute, then the host gathers the next
+        // batch and stages its upload (overlapping that compute), then reads the loss and
+        // queues SGD. A step's time runs from one loss read to the next.
+        let src = (side, side);
+        let (mut samples, mut labels) = pool.train_batch(&mut rng, batch, h, &mut buf);
+        let mut staged = net.stage_u8(&buf)?;
+        let mut times = Vec::with_capacity(steps);
+        gpu.synchronize()?;
+        let mut t_prev = Instant::now();
+        for step in 0..warmup + steps {
+            net.launch_train_staged(staged, src, &samples, &labels, step as u64)?;
+            let next = pool.train_batch(&mut rng, batch, h, &mut buf);
+            staged = net.stage_u8(&buf)?;
+            net.finish_loss()?;
+            net.sgd_step(lr, m, wd)?;
+            (samples, labels) = next;
+            let now = Instant::now();
+            if step >= warmup {
+                times.push((now - t_prev).as_secs_f64());
+            }
+            t_prev = now;
+        }
+        gpu.synchronize()?;
+        let train = batch as f64 / median(times);
+        // The profile runs unpipelined steps (every stage is synchronised anyway).
+        let mut step_fn = |net: &mut GpuNet, step: u64| -> Result<()> {
+            let (samples, labels) = pool.train_batch(&mut rng, batch, h, &mut buf);
+            net.train_step_u8(&buf, src, &samples, &labels, step, (lr, m, wd))?;
+            Ok(())
+        };
+        let layers = profiled(&mut net, &mut step_fn)?;
+        let mut x = vec![0.0f32; batch * c * h * w];
+        let mut rng2 = Rng::new(0x0BE4_C0DB);
+        let infer = timed(&mut net, &mut |net, _| {
+            pool.eval_batch(&mut rng2, batch, h, &mut x);
+            net.forward(&x, false, 0)?;
+            Ok(())
+        })?;
+        (train, infer, layers)
+    };
+    Ok(BenchResult {
+        train_img_per_s: train,
+        infer_img_per_s: infer,
+        preset: spec.name,
+        batch,
+        device: format!("cuda:0 ({})", gpu.name()),
+        threads: 1,
+        precision: precision_name(p).into(),
+        timed_steps: steps,
+        layers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alexnet_cuda::AugmentParams;
+
+    #[test]
+    fn loader_stand_in_draws_valid_crops() {
+        let mut rng = Rng::new(3);
+        let (side, crop, n) = (12, 9, 5);
+        let pool = ImagePool::new(&mut rng, 7, side, 4);
+        assert_eq!(pool.mean.len(), side * side * 3);
+        let mut buf = Vec::new();
+        let (samples, labels) = pool.train_batch(&mut rng, n, crop, &mut buf);
+        assert_eq!((buf.len(), labels.len()), (n * side * side * 3, n));
+        assert!(labels.iter().all(|&l| l < 4));
+        let p = AugmentParams::square(n, side, crop, side).unwrap();
+        p.validate(&samples).unwrap();
+        assert!(samples
+            .iter()
+            .all(|s| s.flip <= 1 && s.delta.iter().all(|d| d.is_finite())));
+
+        // The centre crop of a one-image pool, minus the mean (= the image itself): all zero.
+        let one = ImagePool::new(&mut rng, 1, side, 4);
+        let mut x = vec![1.0f32; 2 * 3 * crop * crop];
+        one.eval_batch(&mut rng, 2, crop, &mut x);
+        assert!(x.iter().all(|&v| v == 0.0));
+    }
+    #[test]
+    fn init_params_follow_the_plan() {
+        let plan = load_preset("small").unwrap().plan(10).unwrap();
+        let p = init_params(&plan, 1);
+        for e in &plan.params {
+            let v = &p[e.offset..e.offset + e.len];
+            if e.init_std > 0.0 {
+                assert!(v.iter().any(|&x| x != 0.0), "{}", e.name);
+            } else {
+                assert!(v.iter().all(|&x| x == e.init_constant), "{}", e.name);
+            }
+        }
+    }
+}

@@ -2,25 +2,7 @@
 //! members of an ensemble (the paper's "5 CNNs" rows). Both are plain arithmetic means of softmax
 //! probabilities.
 
-/// Averages consecutive groups of `views` rows of `probs` (`(N*views, classes)`, the views of
-/// sample i at rows `i*views..i*views+views`) into `(N, classes)`.
-///
-/// Sums are taken in f64 in view order and divided by `views`, so a single view is returned
-/// bit-for-bit unchanged.
-pub fn average_views(probs: &[f32], views: usize, classes: usize) -> Vec<f32> {
-    if views == 0 || classes == 0 {
-        return Vec::new();
-    }
-    let n = probs.len() / (views * classes);
-    let mut out = Vec::with_capacity(n * classes);
-    for sample in probs.chunks_exact(views * classes) {
-        for c in 0..classes {
-            let s: f64 = (0..views).map(|v| sample[v * classes + c] as f64).sum();
-            out.push((s / views as f64) as f32);
-        }
-    }
-    out
-}
+pub use alexnet_train::evaluate::average_views;
 
 /// Running mean of ensemble members' probabilities (all `(N, classes)` of the same length).
 /// `mean()` after adding members `0..k` is the ensemble of size k.

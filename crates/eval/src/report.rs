@@ -2,14 +2,13 @@
 //! 10-patch averaging), every ensemble size 1..N, and writes `report.json`, `report.md`,
 //! `curves.svg` and `conv1_filters.png` into the run folder.
 
-use crate::average::{average_views, EnsembleMean};
+use crate::average::EnsembleMean;
 use crate::curves::{write_curves, ModelCurves};
 use crate::filters::{first_conv, write_filter_png};
 use crate::markdown::render_markdown;
-use alexnet_data::{eval_batch, ClassEntry, Dataset, Split, View};
-use alexnet_layers::loss::softmax_rows;
+use alexnet_data::{ClassEntry, Dataset, Split, View};
 use alexnet_train::checkpoint::{self, FileInfo};
-use alexnet_train::evaluate::errors;
+use alexnet_train::evaluate::{errors, predict_split};
 use alexnet_train::{Backend, DeviceChoice, RunConfig};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -239,7 +238,8 @@ pub(crate) fn progress_bar(quiet: bool, len: u64) -> ProgressBar {
 }
 
 /// Softmax probabilities `(n, classes)` of the first `n` validation images with `view`, the views
-/// of each image averaged with [`average_views`]; also the labels.
+/// of each image averaged with [`crate::average::average_views`]; also the labels
+/// ([`alexnet_train::evaluate::predict_split`], the trainer's validation, with a progress bar).
 pub fn eval_view(
     backend: &mut Backend,
     ds: &Dataset,
@@ -249,27 +249,10 @@ pub fn eval_view(
     batch: usize,
     pb: &ProgressBar,
 ) -> Result<(Vec<f32>, Vec<u32>)> {
-    let classes = ds.num_classes();
-    let views = view_count(view);
-    let per_pass = (batch / views).max(1);
-    let mut probs = Vec::with_capacity(n * classes);
-    let mut labels = Vec::with_capacity(n);
-    let mut start = 0;
-    while start < n {
-        let idx: Vec<usize> = (start..(start + per_pass).min(n)).collect();
-        let (x, l) = eval_batch(ds, Split::Val, &idx, crop, view)
-            .with_context(|| format!("{}: reading validation images", ds.dir.display()))?;
-        let logits = backend.predict(&x, idx.len() * views)?;
-        probs.extend(average_views(
-            &softmax_rows(&logits, classes),
-            views,
-            classes,
-        ));
-        labels.extend(l);
-        pb.inc((idx.len() * views) as u64);
-        start += idx.len();
-    }
-    Ok((probs, labels))
+    let views = view_count(view) as u64;
+    predict_split(backend, ds, Split::Val, crop, view, batch, Some(n), |k| {
+        pb.inc(k as u64 * views)
+    })
 }
 
 /// 1 for the center crop, 10 for the 10 patches.

@@ -5,7 +5,7 @@ use crate::backend::Backend;
 use crate::metrics::topk_misses;
 use alexnet_data::{eval_batch, Dataset, Split, View};
 use alexnet_layers::loss::softmax_rows;
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 /// Softmax probabilities (N, classes) of `split` (or its first `limit` samples), averaged over
 /// the views of `view`. `batch` is the number of network inputs per forward pass.
@@ -34,24 +34,39 @@ pub fn predict_split(
     let mut start = 0;
     while start < n {
         let idx: Vec<usize> = (start..(start + per_pass).min(n)).collect();
-        let (x, l) = eval_batch(dataset, split, &idx, crop, view)?;
+        let (x, l) = eval_batch(dataset, split, &idx, crop, view)
+            .with_context(|| format!("{}: reading {split:?} images", dataset.dir.display()))?;
         let logits = backend.predict(&x, idx.len() * views)?;
-        let p = softmax_rows(&logits, classes);
-        for s in 0..idx.len() {
-            let mut avg = vec![0.0f32; classes];
-            for v in 0..views {
-                let row = &p[(s * views + v) * classes..(s * views + v + 1) * classes];
-                avg.iter_mut()
-                    .zip(row)
-                    .for_each(|(a, &b)| *a += b / views as f32);
-            }
-            probs.extend_from_slice(&avg);
-        }
+        probs.extend(average_views(
+            &softmax_rows(&logits, classes),
+            views,
+            classes,
+        ));
         labels.extend_from_slice(&l);
         start += idx.len();
         progress(idx.len());
     }
     Ok((probs, labels))
+}
+
+/// Averages consecutive groups of `views` rows of `probs` (`(N*views, classes)`, the views of
+/// sample i at rows `i*views..i*views+views`) into `(N, classes)`.
+///
+/// Sums are taken in f64 in view order and divided by `views`, so a single view is returned
+/// bit-for-bit unchanged.
+pub fn average_views(probs: &[f32], views: usize, classes: usize) -> Vec<f32> {
+    if views == 0 || classes == 0 {
+        return Vec::new();
+    }
+    let n = probs.len() / (views * classes);
+    let mut out = Vec::with_capacity(n * classes);
+    for sample in probs.chunks_exact(views * classes) {
+        for c in 0..classes {
+            let s: f64 = (0..views).map(|v| sample[v * classes + c] as f64).sum();
+            out.push((s / views as f64) as f32);
+        }
+    }
+    out
 }
 
 /// (top-1 error, top-5 error) as fractions. top-5 is capped at the number of classes.

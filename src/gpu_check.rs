@@ -16,7 +16,7 @@
 //!    dropout seed (the per-layer masks are identical by construction: `layer_seed` and the
 //!    `hash >= p` rule are shared), then 5 SGD steps from the same start on fresh batches (the
 //!    first update, the 5 losses, the final parameters and the total update); the CPU side is
-//!    computed once per preset ([`CpuReference`]);
+//!    computed once per preset (`model::CpuReference`);
 //! 4. with the first implementation, the logits / loss / gradients in TF32 and bf16 against the
 //!    f32 CPU reference;
 //! 5. `N passed, M failed` over all of the above;

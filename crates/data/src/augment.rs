@@ -40,8 +40,9 @@ pub struct Patch {
     pub flip: bool,
 }
 
-/// Writes one patch as CHW f32 into `out` (`3*c*c`): `out[ch][y][x] = img[top+y][left+x'][ch]
-/// + delta[ch] - mean[top+y][left+x'][ch]` with `x' = c-1-x` when flipped, else `x`.
+/// Writes one patch as CHW f32 into `out` (`3*c*c`):
+/// `out[ch][y][x] = img[top+y][left+x'][ch] + delta[ch] - mean[top+y][left+x'][ch]`
+/// with `x' = c-1-x` when flipped, else `x`.
 /// `img` is S*S*3 u8 HWC, `mean` S*S*3 f32 HWC. Offsets must satisfy `top+c <= s`, `left+c <= s`.
 pub fn patch_to_chw(
     img: &[u8],

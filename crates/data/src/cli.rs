@@ -26,7 +26,7 @@ fn parse_storage(s: &str) -> Result<Storage, String> {
 /// `prepare-data`: no source = the synthetic set.
 #[derive(clap::Args, Debug, Clone)]
 pub struct PrepareArgs {
-    /// ILSVRC-2012 tree: train/<wnid>/*.JPEG and val/ (class folders, or flat + devkit labels).
+    /// ILSVRC-2012 tree: train/WNID/*.JPEG and val/ (class folders, or flat + devkit labels).
     #[arg(long, value_name = "DIR", conflicts_with = "fashion_mnist")]
     pub imagenet: Option<PathBuf>,
     /// Fashion-MNIST IDX directory (e.g. /usr/share/datasets/fashion-mnist).

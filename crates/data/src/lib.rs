@@ -1,7 +1,7 @@
 //! alexnet-data: the data pipeline of the AlexNet reproduction.
 //!
 //! - [`synthetic`]: the embedded synthetic set in the ILSVRC-2012 file layout;
-//! - [`prepare`]: source tree -> memory-mapped shards + statistics + `manifest.json`;
+//! - [`mod@prepare`]: source tree -> memory-mapped shards + statistics + `manifest.json`;
 //! - [`shards`]: the shard format and [`shards::Dataset`] (records are S x S x 3 u8 HWC RGB);
 //! - [`loader`]: shuffled, augmented f32 NCHW training batches and the eval views;
 //! - [`augment`]: PCA lighting and crop/flip helpers;

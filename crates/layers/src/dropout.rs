@@ -21,7 +21,7 @@ pub fn hash_uniform(seed: u64, index: u64) -> f64 {
     (z >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
-/// Training forward: y = x * mask, mask[i] = 1/(1-p) with probability 1-p, else 0.
+/// Training forward: y = x * mask, `mask[i]` = 1/(1-p) with probability 1-p, else 0.
 pub fn dropout_forward<T: Float>(
     x: &[T],
     y: &mut [T],

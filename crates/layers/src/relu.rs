@@ -21,7 +21,7 @@ pub fn relu_forward<T: Float>(x: &[T], y: &mut [T]) -> Result<(), LayerError> {
     Ok(())
 }
 
-/// Backward from the forward *output* y (y > 0 exactly where x > 0): dx = dy * [y > 0].
+/// Backward from the forward *output* y (y > 0 exactly where x > 0): dx = dy * `[y > 0]`.
 pub fn relu_backward<T: Float>(y: &[T], dy: &[T], dx: &mut [T]) -> Result<(), LayerError> {
     let shape = || format!("y of {} elements", y.len());
     check_len("relu", "dy", dy.len(), y.len(), shape)?;

@@ -170,7 +170,7 @@ fn check<T>(m: usize, n: usize, k: usize, a: &[T], b: &[T], c: &[T]) -> Result<(
     Ok(())
 }
 
-/// f32 [`gemm`].
+/// f32 [`gemm()`].
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm(
     ta: bool,
@@ -248,7 +248,7 @@ pub fn gemm<T: Float>(
     Ok(())
 }
 
-/// Like [`gemm`], split over rayon threads along the larger of m and n.
+/// Like [`gemm()`], split over rayon threads along the larger of m and n.
 ///
 /// Each element of C is computed by exactly one call over the full k range, so the result does
 /// not depend on the number of threads.

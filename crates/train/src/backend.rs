@@ -155,7 +155,7 @@ impl Backend {
         }
     }
 
-    /// True when [`Backend::train_step_u8`] augments on the device (CUDA); the CPU takes the
+    /// True when [`Backend::train_step_staged`] augments on the device (CUDA); the CPU takes the
     /// loader's f32 batches.
     pub fn augments_on_device(&self) -> bool {
         matches!(self, Backend::Cuda(_))

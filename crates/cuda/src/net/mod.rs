@@ -32,7 +32,7 @@ pub struct GpuNet {
     batch: usize,
     precision: Precision,
     stages: Vec<Stage>,
-    /// acts[0] is the input; each stage writes its own output buffer.
+    /// `acts[0]` is the input; each stage writes its own output buffer.
     acts: Vec<CudaSlice<f32>>,
     /// Per-sample element count of each activation buffer.
     act_len: Vec<usize>,

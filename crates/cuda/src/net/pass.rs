@@ -33,7 +33,7 @@ pub(super) fn tock(
     Ok(())
 }
 
-/// (&bufs[i], &mut bufs[o]) for i < o.
+/// `(&bufs[i], &mut bufs[o])` for i < o.
 fn in_out<T>(
     bufs: &mut [CudaSlice<T>],
     i: usize,
@@ -232,7 +232,7 @@ impl GpuNet {
         Ok(())
     }
 
-    /// Softmax cross-entropy of the last stage's output: writes dlogits into gbuf[0] and the
+    /// Softmax cross-entropy of the last stage's output: writes dlogits into `gbuf[0]` and the
     /// per-sample losses into `row_loss` (read by [`GpuNet::read_loss`]).
     pub(super) fn launch_loss(&mut self, n: usize) -> Result<(), CudaError> {
         let c = self.plan.num_classes;
@@ -258,7 +258,7 @@ impl GpuNet {
         Ok((sum / n as f64) as f32)
     }
 
-    /// Backward from the loss gradient in gbuf[0] down to the first stage.
+    /// Backward from the loss gradient in `gbuf[0]` down to the first stage.
     pub(super) fn run_backward(&mut self, n: usize, seed: u64) -> Result<(), CudaError> {
         let gpu = self.gpu.clone();
         let prec = self.precision;

@@ -16,7 +16,7 @@ use crate::gpu::Gpu;
 use cudarc::driver::{sys, CudaEvent, CudaSlice, CudaStream, PinnedHostSlice};
 use std::sync::Arc;
 
-/// A batch staged by [`Stager::stage`]: its slot and the stage call it came from.
+/// A batch staged by [`crate::GpuNet::stage_u8`]: its slot and the stage call it came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Staged {
     slot: usize,
@@ -30,7 +30,7 @@ impl Staged {
         self.len
     }
 
-    /// True for an empty batch (never staged: [`Stager::stage`] rejects those).
+    /// True for an empty batch (never staged: [`crate::GpuNet::stage_u8`] rejects those).
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -13,7 +13,7 @@ fn launch_err(op: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> C
     CudaError::driver(op)
 }
 
-/// y: (N, C, HW) in place: y += b[c], then ReLU when `relu`.
+/// y: (N, C, HW) in place: y += `b[c]`, then ReLU when `relu`.
 pub fn bias_act(
     gpu: &Gpu,
     y: &mut CudaViewMut<f32>,
@@ -38,7 +38,7 @@ pub fn bias_act(
         .map(|_| ())
 }
 
-/// t: (C, NB, HW) -> y: (NB, C, HW) + b[c] (ReLU when `relu`).
+/// t: (C, NB, HW) -> y: (NB, C, HW) + `b[c]` (ReLU when `relu`).
 pub fn cnhw_to_nchw_bias_act(
     gpu: &Gpu,
     t: &CudaView<f32>,
@@ -186,7 +186,7 @@ pub fn dropout_apply(
         .map(|_| ())
 }
 
-/// m: (rows, cols): out[r] (+)= sum_j m[r, j] (one block per row, deterministic).
+/// m: (rows, cols): `out[r] (+)= sum_j m[r, j]` (one block per row, deterministic).
 pub fn row_sum(
     gpu: &Gpu,
     m: &CudaView<f32>,

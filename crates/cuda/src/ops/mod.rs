@@ -82,7 +82,7 @@ pub(crate) fn idx32(op: &'static str, what: &str, v: usize) -> Result<(), CudaEr
 }
 
 /// Division by a divisor fixed at launch, as a multiply-high and a shift (`FastDiv` of the
-/// kernels, mirrored here): exact for every dividend below 2^31, which [`idx32`] guarantees for
+/// kernels, mirrored here): exact for every dividend below 2^31, which `idx32` guarantees for
 /// kernel indices. A 32-bit integer division costs the GPU about twenty instructions; the
 /// index decompositions of the memory-bound kernels were bound by them.
 #[repr(C)]

@@ -398,6 +398,27 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Median seconds of `runs` calls of `f` after `warmup` untimed ones, the device synchronised
+/// before and after each call; `f` gets the call's index (warm-up calls included).
+fn median_secs(
+    gpu: &Gpu,
+    warmup: usize,
+    runs: usize,
+    mut f: impl FnMut(u64) -> Result<()>,
+) -> Result<f64> {
+    let mut t = Vec::with_capacity(runs);
+    for i in 0..warmup + runs {
+        gpu.synchronize()?;
+        let t0 = Instant::now();
+        f(i as u64)?;
+        gpu.synchronize()?;
+        if i >= warmup {
+            t.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok(median(t))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

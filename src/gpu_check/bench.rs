@@ -6,7 +6,7 @@ use super::*;
 
 /// Measured TFLOP/s of one `PEAK_GEMM`^3 GEMM through `ops::gemm` (bf16: including the casts of
 /// the operands), the median of 5 after 2 warm-up runs.
-fn gemm_peak(gpu: &Arc<Gpu>, p: Precision) -> Result<f64, CudaError> {
+fn gemm_peak(gpu: &Arc<Gpu>, p: Precision) -> Result<f64> {
     let n = PEAK_GEMM;
     // Non-trivial operand values (zeros would let the card run cooler and faster).
     let host: Vec<f32> = (0..n * n)
@@ -16,29 +16,11 @@ fn gemm_peak(gpu: &Arc<Gpu>, p: Precision) -> Result<f64, CudaError> {
     drop(host);
     let mut c = gpu.zeros(n * n)?;
     let d = MatDesc::new(n, n);
-    let mut times = Vec::new();
-    for rep in 0..7 {
-        gpu.synchronize()?;
-        let t0 = Instant::now();
-        gemm(
-            gpu,
-            p,
-            1.0,
-            &a.as_view(),
-            d,
-            &b.as_view(),
-            d,
-            0.0,
-            &mut c.as_view_mut(),
-            d,
-        )?;
-        gpu.synchronize()?;
-        if rep >= 2 {
-            times.push(t0.elapsed().as_secs_f64());
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(2.0 * (n as f64).powi(3) / times[times.len() / 2] / 1e12)
+    let secs = median_secs(gpu, 2, 5, |_| {
+        let (av, bv, mut cv) = (a.as_view(), b.as_view(), c.as_view_mut());
+        Ok(gemm(gpu, p, 1.0, &av, d, &bv, d, 0.0, &mut cv, d)?)
+    })?;
+    Ok(2.0 * (n as f64).powi(3) / secs / 1e12)
 }
 
 /// The benchmark table of `gpu-check`; false when a row could not run. Each row is
@@ -377,20 +359,10 @@ fn bench_on(gpu: &Arc<Gpu>, o: &CudaBench, p: Precision) -> Result<BenchResult> 
     let mut rng = Rng::new(0x0BE4_C0DA);
     // A tiny lr keeps the weights (and so the work) essentially fixed.
     let (lr, m, wd) = (1e-4f32, 0.9f32, 5e-4f32);
-    let timed =
-        |net: &mut GpuNet, f: &mut dyn FnMut(&mut GpuNet, u64) -> Result<()>| -> Result<f64> {
-            let mut t = Vec::with_capacity(steps);
-            for step in 0..warmup + steps {
-                gpu.synchronize()?;
-                let t0 = Instant::now();
-                f(net, step as u64)?;
-                gpu.synchronize()?;
-                if step >= warmup {
-                    t.push(t0.elapsed().as_secs_f64());
-                }
-            }
-            Ok(batch as f64 / median(t))
-        };
+    // img/s of the median step.
+    let timed = |net: &mut GpuNet, f: &mut dyn FnMut(&mut GpuNet, u64) -> Result<()>| {
+        Ok::<f64, anyhow::Error>(batch as f64 / median_secs(gpu, warmup, steps, |i| f(net, i))?)
+    };
     let profiled = |net: &mut GpuNet,
                     f: &mut dyn FnMut(&mut GpuNet, u64) -> Result<()>|
      -> Result<Option<Vec<(String, f64, f64)>>> {

@@ -3,7 +3,7 @@
 //! kernel's time and effective bandwidth are printed, so the next optimisation starts from a
 //! measurement.
 
-use super::{median, Tally};
+use super::{median_secs, Tally};
 use alexnet_cuda::ops::lrn::{
     lrn_bwd_inplace, lrn_fwd, maxpool_bwd, maxpool_bwd_ref, maxpool_fwd, LrnParams, PoolGeom,
 };
@@ -12,7 +12,6 @@ use alexnet_tensor::rel_l2;
 use alexnet_tensor::rng::Rng;
 use anyhow::Result;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Timed repetitions per kernel (the median is printed).
 const REPS: usize = 7;
@@ -23,18 +22,9 @@ const SHAPES: [(&str, usize, usize, usize, usize); 2] = [
     ("lrn2/pool2", 128, 256, 27, 27),
 ];
 
-/// Median seconds of `f` over [`REPS`] runs, the device synchronised around each.
+/// Median seconds of `f` over [`REPS`] runs after one warm-up (and kernel load).
 fn time(gpu: &Gpu, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?; // warm-up (and kernel load)
-    let mut t = Vec::with_capacity(REPS);
-    for _ in 0..REPS {
-        gpu.synchronize()?;
-        let t0 = Instant::now();
-        f()?;
-        gpu.synchronize()?;
-        t.push(t0.elapsed().as_secs_f64());
-    }
-    Ok(median(t))
+    median_secs(gpu, 1, REPS, |_| f())
 }
 
 fn row(what: &str, shape: &str, secs: f64, bytes: usize) {

@@ -174,6 +174,22 @@ extern "C" __global__ void maxpool_fwd(const float* x, float* y, int* arg, PoolG
     }
 }
 
+// dx[plane, h, w] of the gather form below: the sum of dy over the windows (i, j) in
+// [i_lo, i_hi] x [j_lo, j_hi] whose argmax is (h, w), in row-major window order.
+__device__ __forceinline__ float maxpool_gather(const float* dy, const int* arg, PoolGeom g,
+                                                u32 plane, u32 h, u32 w, u32 i_lo, u32 i_hi,
+                                                u32 j_lo, u32 j_hi) {
+    int me = (int)(h * g.w + w);
+    u32 base = plane * g.ho * g.wo;
+    float acc = 0.0f;
+    for (u32 i = i_lo; i <= i_hi; ++i)
+        for (u32 j = j_lo; j <= j_hi; ++j) {
+            u32 o = base + i * g.wo + j;
+            if (arg[o] == me) acc += dy[o];
+        }
+    return acc;
+}
+
 // Gather form (deterministic): dx[plane, h, w] = sum of dy over the windows that cover (h, w)
 // and whose argmax is (h, w), in row-major window order. dy, arg: (planes, HO, WO) -> dx:
 // (planes, H, W) (overwritten). Every division is a FastDiv: with plain divisions (the
@@ -185,23 +201,16 @@ extern "C" __global__ void maxpool_bwd(const float* dy, const int* arg, float* d
         u32 w = t - r * g.w;
         u32 plane = fdiv(r, g.div_h);
         u32 h = r - plane * g.h;
-        int me = (int)(h * g.w + w);
         u32 i_lo = h >= g.k ? fdiv(h - g.k, g.div_stride) + 1 : 0;
         u32 i_hi = fdiv(h, g.div_stride); if (i_hi > g.ho - 1) i_hi = g.ho - 1;
         u32 j_lo = w >= g.k ? fdiv(w - g.k, g.div_stride) + 1 : 0;
         u32 j_hi = fdiv(w, g.div_stride); if (j_hi > g.wo - 1) j_hi = g.wo - 1;
-        u32 base = plane * g.ho * g.wo;
-        float acc = 0.0f;
-        for (u32 i = i_lo; i <= i_hi; ++i)
-            for (u32 j = j_lo; j <= j_hi; ++j) {
-                u32 o = base + i * g.wo + j;
-                if (arg[o] == me) acc += dy[o];
-            }
-        dx[t] = acc;
+        dx[t] = maxpool_gather(dy, arg, g, plane, h, w, i_lo, i_hi, j_lo, j_hi);
     }
 }
 
-// maxpool_bwd with plain integer division (the reference gpu-check compares against).
+// maxpool_bwd with plain integer division for the index decomposition and window ranges (the
+// reference gpu-check compares against).
 extern "C" __global__ void maxpool_bwd_ref(const float* dy, const int* arg, float* dx,
                                            PoolGeom g) {
     u32 total = g.planes * g.h * g.w;
@@ -210,17 +219,10 @@ extern "C" __global__ void maxpool_bwd_ref(const float* dy, const int* arg, floa
         u32 r = t / g.w;
         u32 h = r % g.h;
         u32 plane = r / g.h;
-        int me = (int)(h * g.w + w);
         u32 i_lo = h >= g.k ? (h - g.k) / g.stride + 1 : 0;
         u32 i_hi = h / g.stride; if (i_hi > g.ho - 1) i_hi = g.ho - 1;
         u32 j_lo = w >= g.k ? (w - g.k) / g.stride + 1 : 0;
         u32 j_hi = w / g.stride; if (j_hi > g.wo - 1) j_hi = g.wo - 1;
-        float acc = 0.0f;
-        for (u32 i = i_lo; i <= i_hi; ++i)
-            for (u32 j = j_lo; j <= j_hi; ++j) {
-                u32 o = (plane * g.ho + i) * g.wo + j;
-                if (arg[o] == me) acc += dy[o];
-            }
-        dx[t] = acc;
+        dx[t] = maxpool_gather(dy, arg, g, plane, h, w, i_lo, i_hi, j_lo, j_hi);
     }
 }

@@ -66,7 +66,7 @@ impl CudaError {
         }
     }
 
-    /// A shape error.
+    /// Maps a cuDNN error of `op` (the convolution shape and call).
     pub(crate) fn cudnn(
         op: impl Into<String>,
     ) -> impl FnOnce(cudarc::cudnn::result::CudnnError) -> Self {
@@ -77,6 +77,7 @@ impl CudaError {
         }
     }
 
+    /// A shape error.
     pub(crate) fn shape(op: &'static str, detail: impl Into<String>) -> Self {
         CudaError::Shape {
             op,

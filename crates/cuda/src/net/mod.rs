@@ -18,7 +18,6 @@ use crate::ops::augment::{AugmentParams, AugmentSample};
 use crate::ops::conv::ConvWorkspace;
 use alexnet_tensor::spec::Plan;
 use cudarc::driver::{CudaSlice, PinnedHostSlice};
-use rayon::prelude::*;
 use stages::{build_stages, Stage};
 use std::sync::Arc;
 
@@ -350,8 +349,8 @@ impl GpuNet {
         if x.len() == per * self.batch {
             // A full batch goes through the page-locked staging buffer (a parallel host copy,
             // then DMA at full bus speed); partial batches copy from pageable memory.
-            let pin = staging(&self.gpu, &mut self.pinned_in, x.len())?;
-            par_copy(x, pin)?;
+            let pin = staging::pinned(&self.gpu, &mut self.pinned_in, x.len())?;
+            staging::par_copy(x, pin)?;
             s.memcpy_htod(pin, &mut dst)
         } else {
             s.memcpy_htod(x, &mut dst)
@@ -433,27 +432,26 @@ impl GpuNet {
     /// that the last upload left on the device (the last `n` of a [`GpuNet::forward_backward`]
     /// or [`GpuNet::forward_backward_u8`]).
     pub fn forward_backward_resident(&mut self, dropout_seed: u64) -> Result<f32, CudaError> {
-        let n = self.resident;
-        if n == 0 {
-            return Err(CudaError::invalid(
-                "forward_backward_resident",
-                "no batch on the device yet (upload one with forward_backward)",
-            ));
-        }
+        let n = self.resident("forward_backward_resident")?;
         self.train_pass(n, dropout_seed)
     }
 
     /// Compute only (benchmarks): an inference forward of the resident input (see
     /// [`GpuNet::forward_backward_resident`]); the logits stay on the device.
     pub fn forward_resident(&mut self) -> Result<(), CudaError> {
-        let n = self.resident;
-        if n == 0 {
-            return Err(CudaError::invalid(
-                "forward_resident",
-                "no batch on the device yet (upload one with forward_backward)",
-            ));
-        }
+        let n = self.resident("forward_resident")?;
         self.run_forward(n, false, 0)
+    }
+
+    /// Samples of the resident batch, or an error naming `op` when there is none.
+    fn resident(&self, op: &'static str) -> Result<usize, CudaError> {
+        match self.resident {
+            0 => Err(CudaError::invalid(
+                op,
+                "no batch on the device yet (upload one with forward_backward)",
+            )),
+            n => Ok(n),
+        }
     }
 
     /// One SGD step (the paper's rule) over the whole flat buffer in one launch.
@@ -602,44 +600,4 @@ impl GpuNet {
     pub fn buffers_mut(&mut self) -> (&mut CudaSlice<f32>, &mut CudaSlice<f32>) {
         (&mut self.params, &mut self.grads)
     }
-}
-
-/// The page-locked staging buffer in `slot`, (re)allocated to exactly `len` elements.
-fn staging<'a, T: cudarc::driver::DeviceRepr>(
-    gpu: &Gpu,
-    slot: &'a mut Option<PinnedHostSlice<T>>,
-    len: usize,
-) -> Result<&'a mut PinnedHostSlice<T>, CudaError> {
-    if slot.as_ref().is_none_or(|p| p.len() != len) {
-        *slot = None;
-        // SAFETY: the buffer is fully written by `par_copy` before any copy reads it.
-        let p = unsafe { gpu.ctx.alloc_pinned::<T>(len) }.map_err(CudaError::driver(format!(
-            "alloc {len} pinned host elements"
-        )))?;
-        *slot = Some(p);
-    }
-    slot.as_mut()
-        .ok_or_else(|| CudaError::invalid("staging", "pinned buffer missing"))
-}
-
-/// Copies `src` into the pinned buffer (same length) in parallel chunks; waits for the buffer's
-/// previous device copy first.
-fn par_copy<T: Copy + Send + Sync + cudarc::driver::ValidAsZeroBits>(
-    src: &[T],
-    dst: &mut PinnedHostSlice<T>,
-) -> Result<(), CudaError> {
-    let d = dst
-        .as_mut_slice()
-        .map_err(CudaError::driver("wait for the staging buffer"))?;
-    if d.len() != src.len() {
-        return Err(CudaError::shape(
-            "staging copy",
-            format!("{} elements into {}", src.len(), d.len()),
-        ));
-    }
-    const CHUNK: usize = 1 << 20;
-    d.par_chunks_mut(CHUNK)
-        .zip(src.par_chunks(CHUNK))
-        .for_each(|(a, b)| a.copy_from_slice(b));
-    Ok(())
 }

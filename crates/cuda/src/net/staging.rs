@@ -1,6 +1,7 @@
 //! Double-buffered uploads of u8 training batches on a copy stream, so that the upload of the
 //! next batch overlaps the compute of the current one (the loader's pinned-memory overlap in
-//! PyTorch terms).
+//! PyTorch terms), and the page-locked staging helpers ([`pinned`], [`par_copy`]) that the f32
+//! input uploads use too.
 //!
 //! Each of the two slots holds a page-locked host buffer and a device buffer. [`Stager::stage`]
 //! copies the batch into the slot's page-locked buffer on the host (waiting, through the
@@ -10,10 +11,10 @@
 //! anything reads the slot. All crate buffers run with cudarc's event tracking off (one compute
 //! stream), so these two events are the whole cross-stream synchronisation.
 
-use super::par_copy;
 use crate::error::CudaError;
 use crate::gpu::Gpu;
 use cudarc::driver::{sys, CudaEvent, CudaSlice, CudaStream, PinnedHostSlice};
+use rayon::prelude::*;
 use std::sync::Arc;
 
 /// A batch staged by [`crate::GpuNet::stage_u8`]: its slot and the stage call it came from.
@@ -83,17 +84,7 @@ impl Stager {
         self.generation += 1;
         let len = images.len();
         let slot = &mut self.slots[k];
-        if slot.pinned.as_ref().is_none_or(|p| p.len() != len) {
-            slot.pinned = None;
-            // SAFETY: the buffer is fully written by `par_copy` before any copy reads it.
-            let p = unsafe { gpu.ctx.alloc_pinned::<u8>(len) }
-                .map_err(CudaError::driver(format!("alloc {len} pinned bytes")))?;
-            slot.pinned = Some(p);
-        }
-        let pin = slot
-            .pinned
-            .as_mut()
-            .ok_or_else(|| CudaError::invalid("stage batch", "pinned buffer missing"))?;
+        let pin = pinned(gpu, &mut slot.pinned, len)?;
         // Waits (the pinned buffer's own event) for this slot's previous upload.
         par_copy(images, pin)?;
         // The device buffer may still be read by compute queued earlier: the copy stream waits.
@@ -167,4 +158,44 @@ impl Drop for Stager {
             let _ = c.synchronize();
         }
     }
+}
+
+/// The page-locked staging buffer in `slot`, (re)allocated to exactly `len` elements.
+pub(super) fn pinned<'a, T: cudarc::driver::DeviceRepr>(
+    gpu: &Gpu,
+    slot: &'a mut Option<PinnedHostSlice<T>>,
+    len: usize,
+) -> Result<&'a mut PinnedHostSlice<T>, CudaError> {
+    if slot.as_ref().is_none_or(|p| p.len() != len) {
+        *slot = None;
+        // SAFETY: the buffer is fully written by `par_copy` before any copy reads it.
+        let p = unsafe { gpu.ctx.alloc_pinned::<T>(len) }.map_err(CudaError::driver(format!(
+            "alloc {len} pinned host elements"
+        )))?;
+        *slot = Some(p);
+    }
+    slot.as_mut()
+        .ok_or_else(|| CudaError::invalid("staging", "pinned buffer missing"))
+}
+
+/// Copies `src` into the pinned buffer (same length) in parallel chunks; waits for the buffer's
+/// previous device copy first.
+pub(super) fn par_copy<T: Copy + Send + Sync + cudarc::driver::ValidAsZeroBits>(
+    src: &[T],
+    dst: &mut PinnedHostSlice<T>,
+) -> Result<(), CudaError> {
+    let d = dst
+        .as_mut_slice()
+        .map_err(CudaError::driver("wait for the staging buffer"))?;
+    if d.len() != src.len() {
+        return Err(CudaError::shape(
+            "staging copy",
+            format!("{} elements into {}", src.len(), d.len()),
+        ));
+    }
+    const CHUNK: usize = 1 << 20;
+    d.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(a, b)| a.copy_from_slice(b));
+    Ok(())
 }

@@ -7,9 +7,10 @@
 //! scaling). With [`LoaderConfig::raw`] the loader stops before the crop: it hands over the
 //! batch's S x S u8 records with each sample's [`Draw`], for a device that augments itself (the
 //! CUDA trainer uploads the u8 records and crops, flips, lights and normalises on the GPU, which
-//! [`crate::augment::patch_to_chw`] defines). Every random draw of a sample depends only on (seed, epoch, position in the epoch),
-//! so starting at `start_batch` reproduces the same batches. Batches are built with rayon on a
-//! producer thread that keeps up to `prefetch` ready batches in a bounded channel.
+//! [`crate::augment::patch_to_chw`] defines). Every random draw of a sample depends only on
+//! (seed, epoch, position in the epoch), so starting at `start_batch` reproduces the same
+//! batches. Batches are built with rayon on a producer thread that keeps up to `prefetch` ready
+//! batches in a bounded channel.
 
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
@@ -305,6 +306,16 @@ pub enum View {
     /// Ten patches per sample, in this order: top-left, top-right, bottom-left, bottom-right,
     /// center, then the same five mirrored horizontally.
     TenCrop,
+}
+
+impl View {
+    /// Patches per sample: 1 for `Center`, 10 for `TenCrop`.
+    pub fn count(self) -> usize {
+        match self {
+            View::Center => 1,
+            View::TenCrop => 10,
+        }
+    }
 }
 
 /// The patches of `view` for an S x S record, in the documented order.

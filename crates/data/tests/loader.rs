@@ -281,3 +281,11 @@ fn raw_batches_rebuild_the_f32_batches() {
     }
     assert!(flips > 0 && flips < 12, "{flips} of 12 samples flipped");
 }
+
+#[test]
+fn view_count_is_the_number_of_patches() {
+    for view in [View::Center, View::TenCrop] {
+        assert_eq!(view.count(), view_patches(256, 224, view).len(), "{view:?}");
+    }
+    assert_eq!((View::Center.count(), View::TenCrop.count()), (1, 10));
+}

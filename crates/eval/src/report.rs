@@ -249,18 +249,10 @@ pub fn eval_view(
     batch: usize,
     pb: &ProgressBar,
 ) -> Result<(Vec<f32>, Vec<u32>)> {
-    let views = view_count(view) as u64;
+    let views = view.count() as u64;
     predict_split(backend, ds, Split::Val, crop, view, batch, Some(n), |k| {
         pb.inc(k as u64 * views)
     })
-}
-
-/// 1 for the center crop, 10 for the 10 patches.
-pub fn view_count(view: View) -> usize {
-    match view {
-        View::Center => 1,
-        View::TenCrop => 10,
-    }
 }
 
 fn describe_source(ds: &Dataset) -> String {

@@ -24,10 +24,7 @@ pub fn predict_split(
     let n = limit.map_or(dataset.split(split).len(), |l| {
         l.min(dataset.split(split).len())
     });
-    let views = match view {
-        View::Center => 1,
-        View::TenCrop => 10,
-    };
+    let views = view.count();
     let per_pass = (batch / views).max(1);
     let mut probs = Vec::with_capacity(n * classes);
     let mut labels = Vec::with_capacity(n);

@@ -208,35 +208,53 @@ pub fn conv2d_forward<T: Float>(
     s.check(x.len(), w.len(), b.len(), y.len())?;
     let (og, kd, hw) = (s.og(), s.kdim(), s.ho() * s.wo());
     let chunk = s.chunk();
-    y.par_chunks_mut(chunk * s.o * hw)
+    let per_part = s.n.div_ceil(chunk).div_ceil(GRAD_PARTS).max(1) * chunk;
+    // Parts of consecutive chunks, each with its own im2col / GEMM-output scratch (allocated
+    // once per part, not per chunk: a fresh buffer costs a memset or page faults).
+    y.par_chunks_mut(per_part * s.o * hw)
         .enumerate()
-        .try_for_each(|(ci, yc)| {
-            let n0 = ci * chunk;
-            let nb = yc.len() / (s.o * hw);
-            let mut col = vec![T::zero(); kd * nb * hw];
-            let mut out = vec![T::zero(); og * nb * hw];
-            for g in 0..s.groups {
-                im2col(x, s, n0, nb, g, &mut col);
-                // out (O/g, nb*HW) = w_g (O/g, K) x col (K, nb*HW)
-                gemm(
-                    false,
-                    false,
-                    og,
-                    nb * hw,
-                    kd,
-                    T::one(),
-                    &w[g * og * kd..][..og * kd],
-                    &col,
-                    T::zero(),
-                    &mut out,
-                )?;
-                for oo in 0..og {
-                    let bias = b[g * og + oo];
-                    for sn in 0..nb {
-                        let dst = &mut yc[(sn * s.o + g * og + oo) * hw..][..hw];
-                        let src = &out[oo * nb * hw + sn * hw..][..hw];
-                        for (d, &v) in dst.iter_mut().zip(src) {
-                            *d = v + bias;
+        .try_for_each(|(pi, yp)| {
+            let nbp = yp.len() / (s.o * hw);
+            let mut col = vec![T::zero(); kd * chunk.min(nbp) * hw];
+            let mut out = vec![T::zero(); if chunk > 1 { og * chunk * hw } else { 0 }];
+            for (ci, yc) in yp.chunks_mut(chunk * s.o * hw).enumerate() {
+                let n0 = pi * per_part + ci * chunk;
+                let nb = yc.len() / (s.o * hw);
+                let col = &mut col[..kd * nb * hw];
+                for g in 0..s.groups {
+                    im2col(x, s, n0, nb, g, col);
+                    let wg = &w[g * og * kd..][..og * kd];
+                    if nb == 1 {
+                        // One sample: the GEMM's (O/g, HW) output is this group's slice of y.
+                        let yg = &mut yc[g * og * hw..][..og * hw];
+                        for (oo, row) in yg.chunks_mut(hw).enumerate() {
+                            row.fill(b[g * og + oo]);
+                        }
+                        gemm(false, false, og, hw, kd, T::one(), wg, col, T::one(), yg)?;
+                        continue;
+                    }
+                    let out = &mut out[..og * nb * hw];
+                    // out (O/g, nb*HW) = w_g (O/g, K) x col (K, nb*HW)
+                    gemm(
+                        false,
+                        false,
+                        og,
+                        nb * hw,
+                        kd,
+                        T::one(),
+                        wg,
+                        col,
+                        T::zero(),
+                        out,
+                    )?;
+                    for oo in 0..og {
+                        let bias = b[g * og + oo];
+                        for sn in 0..nb {
+                            let dst = &mut yc[(sn * s.o + g * og + oo) * hw..][..hw];
+                            let src = &out[oo * nb * hw + sn * hw..][..hw];
+                            for (d, &v) in dst.iter_mut().zip(src) {
+                                *d = v + bias;
+                            }
                         }
                     }
                 }
@@ -297,7 +315,7 @@ pub fn conv2d_backward_opt<T: Float>(
             let mut pdw = vec![T::zero(); w.len()];
             let mut pdb = vec![T::zero(); s.o];
             let mut col = vec![T::zero(); kd * chunk * hw];
-            let mut dyg = vec![T::zero(); og * chunk * hw];
+            let mut dyg = vec![T::zero(); if chunk > 1 { og * chunk * hw } else { 0 }];
             if let Some(d) = dxp.as_deref_mut() {
                 d.fill(T::zero());
             }
@@ -307,15 +325,23 @@ pub fn conv2d_backward_opt<T: Float>(
                 let nb = chunk.min(p1 - n0);
                 let cols = nb * hw;
                 for g in 0..s.groups {
-                    // dyg (O/g, nb*HW): this group's output gradient, samples side by side.
+                    // dyg (O/g, nb*HW): this group's output gradient, samples side by side
+                    // (for one sample, that is a slice of dy as it is).
                     for oo in 0..og {
                         for sn in 0..nb {
                             let src = &dy[((n0 + sn) * s.o + g * og + oo) * hw..][..hw];
-                            dyg[oo * cols + sn * hw..][..hw].copy_from_slice(src);
+                            if nb > 1 {
+                                dyg[oo * cols + sn * hw..][..hw].copy_from_slice(src);
+                            }
                             let acc = src.iter().fold(T::zero(), |a, &v| a + v);
                             pdb[g * og + oo] = pdb[g * og + oo] + acc;
                         }
                     }
+                    let dyg: &[T] = if nb == 1 {
+                        &dy[(n0 * s.o + g * og) * hw..][..og * hw]
+                    } else {
+                        &dyg[..og * cols]
+                    };
                     im2col(x, s, n0, nb, g, &mut col[..kd * cols]);
                     // dw_g (O/g, K) += dyg (O/g, cols) x col^T (cols, K)
                     gemm(
@@ -325,7 +351,7 @@ pub fn conv2d_backward_opt<T: Float>(
                         kd,
                         cols,
                         T::one(),
-                        &dyg[..og * cols],
+                        dyg,
                         &col[..kd * cols],
                         T::one(),
                         &mut pdw[g * og * kd..][..og * kd],
@@ -343,7 +369,7 @@ pub fn conv2d_backward_opt<T: Float>(
                         og,
                         T::one(),
                         &w[g * og * kd..][..og * kd],
-                        &dyg[..og * cols],
+                        dyg,
                         T::zero(),
                         &mut col[..kd * cols],
                     )?;

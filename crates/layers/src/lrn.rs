@@ -108,33 +108,38 @@ pub fn lrn_backward<T: Float>(
     let half = p.size / 2;
     let (beta, tq) = (T::of(p.beta), p.beta == 0.75);
     let coef = T::of(2.0 * p.alpha * p.beta);
-    dx.par_chunks_mut(c * hw).enumerate().for_each(|(ni, dxn)| {
-        let base = ni * c * hw;
-        let (xn, yn, sn, dyn_) = (
-            &x[base..base + c * hw],
-            &y[base..base + c * hw],
-            &scale[base..base + c * hw],
-            &dy[base..base + c * hw],
-        );
-        // r[j] = dy[j] * y[j] / s[j]
-        let r: Vec<T> = (0..c * hw).map(|i| dyn_[i] * yn[i] / sn[i]).collect();
-        let mut acc = vec![T::zero(); hw];
-        for ci in 0..c {
-            let lo = ci.saturating_sub(half);
-            let hi = (ci + half).min(c - 1);
-            acc.iter_mut().for_each(|e| *e = T::zero());
-            for j in lo..=hi {
-                for (a, &v) in acc.iter_mut().zip(&r[j * hw..(j + 1) * hw]) {
-                    *a = *a + v;
+    // Per-sample scratch: r (C*HW) and the window sum (HW), allocated once per rayon job.
+    let scratch = || (vec![T::zero(); c * hw], vec![T::zero(); hw]);
+    dx.par_chunks_mut(c * hw)
+        .enumerate()
+        .for_each_init(scratch, |(r, acc), (ni, dxn)| {
+            let base = ni * c * hw;
+            let (xn, yn, sn, dyn_) = (
+                &x[base..base + c * hw],
+                &y[base..base + c * hw],
+                &scale[base..base + c * hw],
+                &dy[base..base + c * hw],
+            );
+            // r[j] = dy[j] * y[j] / s[j]
+            for (((ri, &g), &yi), &si) in r.iter_mut().zip(dyn_).zip(yn).zip(sn) {
+                *ri = g * yi / si;
+            }
+            for ci in 0..c {
+                let lo = ci.saturating_sub(half);
+                let hi = (ci + half).min(c - 1);
+                acc.iter_mut().for_each(|e| *e = T::zero());
+                for j in lo..=hi {
+                    for (a, &v) in acc.iter_mut().zip(&r[j * hw..(j + 1) * hw]) {
+                        *a = *a + v;
+                    }
+                }
+                let o = ci * hw;
+                let d = &mut dxn[o..o + hw];
+                mul_pow_neg_beta(d, &dyn_[o..o + hw], &sn[o..o + hw], beta, tq);
+                for ((di, &xi), &ai) in d.iter_mut().zip(&xn[o..o + hw]).zip(acc.iter()) {
+                    *di = *di - coef * xi * ai;
                 }
             }
-            let o = ci * hw;
-            let d = &mut dxn[o..o + hw];
-            mul_pow_neg_beta(d, &dyn_[o..o + hw], &sn[o..o + hw], beta, tq);
-            for ((di, &xi), &ai) in d.iter_mut().zip(&xn[o..o + hw]).zip(&acc) {
-                *di = *di - coef * xi * ai;
-            }
-        }
-    });
+        });
     Ok(())
 }

@@ -50,6 +50,9 @@ pub struct Model<T: Float> {
     input: Vec<T>,
     acts: Vec<Vec<T>>,
     aux: Vec<Aux<T>>,
+    /// The backward pass's two gradient buffers (layer output / input), kept between steps so
+    /// that a step does not page in fresh memory for every layer's gradient.
+    grad_bufs: (Vec<T>, Vec<T>),
     train: bool,
     /// Seconds spent per layer (forward, backward) since profiling was switched on.
     profile: Option<Vec<(f64, f64)>>,
@@ -97,6 +100,7 @@ impl<T: Float> Model<T> {
             input: Vec::new(),
             acts: vec![Vec::new(); layers],
             aux: vec![Aux::None; layers],
+            grad_bufs: (Vec::new(), Vec::new()),
             train: false,
             profile: None,
         }
@@ -314,8 +318,9 @@ impl<T: Float> Model<T> {
             n * self.classes(),
             || format!("({n},{})", self.classes()),
         )?;
-        let mut g = dlogits.to_vec();
-        let mut gin: Vec<T> = Vec::new();
+        let (mut g, mut gin) = std::mem::take(&mut self.grad_bufs);
+        g.clear();
+        g.extend_from_slice(dlogits);
         for li in (0..self.plan.layers.len()).rev() {
             let t0 = self.profile.is_some().then(std::time::Instant::now);
             let layer = &self.plan.layers[li];
@@ -406,7 +411,9 @@ impl<T: Float> Model<T> {
                 p[li].1 += t0.elapsed().as_secs_f64();
             }
         }
-        Ok(if want_dx { Some(g) } else { None })
+        let dx = want_dx.then(|| g.clone());
+        self.grad_bufs = (g, gin);
+        Ok(dx)
     }
 
     /// One SGD step with the paper's rule, in one pass over the whole flat buffer. Weight decay

@@ -50,32 +50,74 @@ pub fn maxpool_forward<T: Float>(
     check_len("maxpool", "x", x.len(), s.planes * s.h * s.w, d)?;
     check_len("maxpool", "y", y.len(), s.planes * ho * wo, d)?;
     check_len("maxpool", "arg", arg.len(), s.planes * ho * wo, d)?;
+    let (w, k, st) = (s.w, s.k, s.stride);
+    // Separable: for each output row, first the maximum over the window's k rows for every
+    // column (`cv`, with its plane index in `ci`), then over k columns. Keeping the smaller
+    // plane index on equal values makes both passes pick the first maximum in row-major
+    // window order, exactly as a direct k x k scan does. Both passes are elementwise
+    // (max + index blend by mask), so they vectorise: for the column pass the row maxima are
+    // first split into `stride` phases (phase p holds columns p, p + stride, ...), so window
+    // column v of output j is element j + v / stride of phase v % stride.
+    let pw = w.div_ceil(st);
     y.par_chunks_mut(ho * wo)
         .zip(arg.par_chunks_mut(ho * wo))
         .enumerate()
-        .for_each(|(pi, (yp, ap))| {
-            let xp = &x[pi * s.h * s.w..(pi + 1) * s.h * s.w];
-            for i in 0..ho {
-                for j in 0..wo {
-                    let first = i * s.stride * s.w + j * s.stride;
-                    let mut best = xp[first];
-                    let mut bi = first;
-                    for u in 0..s.k {
-                        let row = first + u * s.w;
-                        for (v, &val) in xp[row..row + s.k].iter().enumerate() {
-                            // Branch-free select: which element is the maximum is
-                            // unpredictable, so a branch here mispredicts about half the time.
-                            let gt = val > best;
-                            best = if gt { val } else { best };
-                            bi = if gt { row + v } else { bi };
+        .for_each_init(
+            || {
+                let z = (vec![T::zero(); w], vec![0u32; w]);
+                (z.clone(), (vec![T::zero(); st * pw], vec![0u32; st * pw]))
+            },
+            |((cv, ci), (pv, pa)), (pi, (yp, ap))| {
+                let xp = &x[pi * s.h * w..(pi + 1) * s.h * w];
+                for i in 0..ho {
+                    let r0 = i * st;
+                    cv.copy_from_slice(&xp[r0 * w..(r0 + 1) * w]);
+                    // Plane indices fit u32: check_len bounds the planes' size by the buffers.
+                    let base = (r0 * w) as u32;
+                    ci.iter_mut()
+                        .enumerate()
+                        .for_each(|(c, a)| *a = base + c as u32);
+                    for u in 1..k {
+                        let row = &xp[(r0 + u) * w..(r0 + u + 1) * w];
+                        let base = ((r0 + u) * w) as u32;
+                        for (c, ((m, a), &v)) in
+                            cv.iter_mut().zip(ci.iter_mut()).zip(row).enumerate()
+                        {
+                            blend(m, a, v, base + c as u32, v > *m);
                         }
                     }
-                    yp[i * wo + j] = best;
-                    ap[i * wo + j] = bi as u32;
+                    for p in 0..st {
+                        for t in 0..(w - p).div_ceil(st) {
+                            pv[p * pw + t] = cv[p + st * t];
+                            pa[p * pw + t] = ci[p + st * t];
+                        }
+                    }
+                    let (yr, ar) = (&mut yp[i * wo..(i + 1) * wo], &mut ap[i * wo..(i + 1) * wo]);
+                    yr.copy_from_slice(&pv[..wo]);
+                    ar.copy_from_slice(&pa[..wo]);
+                    for v in 1..k {
+                        let o = (v % st) * pw + v / st;
+                        for ((yo, ao), (&m, &a)) in yr
+                            .iter_mut()
+                            .zip(ar.iter_mut())
+                            .zip(pv[o..o + wo].iter().zip(&pa[o..o + wo]))
+                        {
+                            blend(yo, ao, m, a, (m > *yo) | ((m == *yo) & (a < *ao)));
+                        }
+                    }
                 }
-            }
-        });
+            },
+        );
     Ok(())
+}
+
+/// `(m, a) = (max(m, v), if take { i } else { a })` without a branch or a conditional store
+/// (which element wins is unpredictable); `take` implies `v >= m`.
+#[inline(always)]
+fn blend<T: Float>(m: &mut T, a: &mut u32, v: T, i: u32, take: bool) {
+    let mask = 0u32.wrapping_sub(u32::from(take));
+    *a ^= (*a ^ i) & mask;
+    *m = m.max(v);
 }
 
 /// Backward: each dy is added to its window's argmax position; dx is overwritten.
@@ -104,4 +146,64 @@ pub fn maxpool_backward<T: Float>(
             }
         });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The direct k x k scan: first maximum in row-major window order.
+    fn direct(x: &[f32], s: &PoolShape) -> (Vec<f32>, Vec<u32>) {
+        let (ho, wo) = (s.ho(), s.wo());
+        let (mut y, mut a) = (vec![], vec![]);
+        for p in 0..s.planes {
+            let xp = &x[p * s.h * s.w..][..s.h * s.w];
+            for i in 0..ho {
+                for j in 0..wo {
+                    let mut bi = i * s.stride * s.w + j * s.stride;
+                    for u in 0..s.k {
+                        for v in 0..s.k {
+                            let idx = (i * s.stride + u) * s.w + j * s.stride + v;
+                            if xp[idx] > xp[bi] {
+                                bi = idx;
+                            }
+                        }
+                    }
+                    y.push(xp[bi]);
+                    a.push(bi as u32);
+                }
+            }
+        }
+        (y, a)
+    }
+
+    #[test]
+    fn separable_passes_pick_the_same_argmax_as_a_direct_scan_even_with_ties() {
+        let mut state = 12345u64;
+        for &(h, w, k, stride) in &[(13, 13, 3, 2), (8, 11, 2, 2), (9, 7, 3, 1), (10, 10, 3, 3)] {
+            // Values from {0, 1, 2}: most windows hold ties, as post-ReLU zeros do.
+            let planes = 5;
+            let x: Vec<f32> = (0..planes * h * w)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((state >> 33) % 3) as f32
+                })
+                .collect();
+            let s = PoolShape {
+                planes,
+                h,
+                w,
+                k,
+                stride,
+            };
+            let n = planes * s.ho() * s.wo();
+            let (mut y, mut a) = (vec![0.0; n], vec![0u32; n]);
+            maxpool_forward(&x, &mut y, &mut a, &s).unwrap();
+            let (ry, ra) = direct(&x, &s);
+            assert_eq!(y, ry, "{h}x{w} k{k} s{stride}");
+            assert_eq!(a, ra, "{h}x{w} k{k} s{stride}");
+        }
+    }
 }

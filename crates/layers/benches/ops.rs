@@ -1,8 +1,8 @@
 //! Criterion benchmarks of the CPU layers on the small preset's shapes at batch 128 (the
-//! default flow's training step): `cargo bench -p alexnet-layers` (or `-- maxpool` for one
-//! group). Inputs are pseudo-random and post-ReLU-like (about half exact zeros), since the
-//! max-pool and ReLU loops are data-dependent. Whole-network throughput is
-//! `cargo xtask bench --device cpu`.
+//! default flow's training step), plus the paper net's conv3 at batch 32:
+//! `cargo bench -p alexnet-layers --bench ops [-- NAME]`. Inputs are pseudo-random and
+//! post-ReLU-like (about half exact zeros), since the max-pool and ReLU loops are
+//! data-dependent. Whole-network throughput is `cargo xtask bench --device cpu`.
 use alexnet_layers::conv::{conv2d_backward, conv2d_forward, ConvShape};
 use alexnet_layers::lrn::{lrn_backward, lrn_forward, LrnParams};
 use alexnet_layers::pool::{maxpool_backward, maxpool_forward, PoolShape};
@@ -102,6 +102,21 @@ fn convs(cr: &mut Criterion) {
                 h: 13,
                 w: 13,
                 o: 96,
+                k: 3,
+                stride: 1,
+                pad: 1,
+                groups: 1,
+            },
+        ),
+        // The paper's conv3 at batch 32 (the paper preset's CPU benchmark batch).
+        (
+            "paper_conv3",
+            ConvShape {
+                n: 32,
+                c: 256,
+                h: 13,
+                w: 13,
+                o: 384,
                 k: 3,
                 stride: 1,
                 pad: 1,

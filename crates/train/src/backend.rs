@@ -164,7 +164,7 @@ impl Backend {
     /// Hands the device what its augmentation needs from the dataset: the S x S mean image.
     pub fn set_augment_stats(&mut self, stats: &Stats, s: usize) -> Result<()> {
         match self {
-            Backend::Cpu(_) => bail!("the CPU backend takes augmented f32 batches"),
+            Backend::Cpu(_) => Err(cpu_takes_f32()),
             Backend::Cuda(g) => Ok(g.set_mean_image(&stats.mean, s, s)?),
         }
     }
@@ -173,7 +173,7 @@ impl Backend {
     /// [`Backend::train_step_staged`] (CUDA only).
     pub fn stage_u8(&mut self, records: &[u8]) -> Result<Staged> {
         match self {
-            Backend::Cpu(_) => bail!("the CPU backend takes augmented f32 batches"),
+            Backend::Cpu(_) => Err(cpu_takes_f32()),
             Backend::Cuda(g) => Ok(g.stage_u8(records)?),
         }
     }
@@ -198,7 +198,7 @@ impl Backend {
         next: Option<&[u8]>,
     ) -> Result<(f32, Option<Staged>)> {
         let Backend::Cuda(g) = self else {
-            bail!("the CPU backend takes augmented f32 batches");
+            return Err(cpu_takes_f32());
         };
         let samples: Vec<AugmentSample> = draws
             .iter()
@@ -230,5 +230,30 @@ impl Backend {
             Backend::Cpu(m) => m.forward(x, n, Mode::Eval)?.to_vec(),
             Backend::Cuda(g) => g.forward(x, false, 0)?,
         })
+    }
+}
+
+/// The raw-batch (device augmentation) entry points called on the CPU backend: a caller bug
+/// (see [`Backend::augments_on_device`]), reported as an error rather than a panic.
+fn cpu_takes_f32() -> anyhow::Error {
+    anyhow::anyhow!(
+        "the CPU backend takes augmented f32 batches (raw u8 batches are for --device cuda)"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_batch_entry_points_are_errors_on_the_cpu() {
+        let plan = crate::presets::load_preset("small")
+            .unwrap()
+            .plan(10)
+            .unwrap();
+        let mut b = Backend::new(&plan, DeviceChoice::Cpu, 4, "f32").unwrap();
+        assert!(!b.augments_on_device());
+        let e = b.stage_u8(&[0; 12]).expect_err("CPU stage_u8 must fail");
+        assert!(e.to_string().contains("--device cuda"), "{e}");
     }
 }

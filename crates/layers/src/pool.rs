@@ -86,7 +86,8 @@ pub fn maxpool_forward<T: Float>(
                             blend(m, a, v, base + c as u32, v > *m);
                         }
                     }
-                    for p in 0..st {
+                    // (A stride wider than the plane leaves phases past w empty.)
+                    for p in 0..st.min(w) {
                         for t in 0..(w - p).div_ceil(st) {
                             pv[p * pw + t] = cv[p + st * t];
                             pa[p * pw + t] = ci[p + st * t];
@@ -180,7 +181,13 @@ mod tests {
     #[test]
     fn separable_passes_pick_the_same_argmax_as_a_direct_scan_even_with_ties() {
         let mut state = 12345u64;
-        for &(h, w, k, stride) in &[(13, 13, 3, 2), (8, 11, 2, 2), (9, 7, 3, 1), (10, 10, 3, 3)] {
+        for &(h, w, k, stride) in &[
+            (13, 13, 3, 2),
+            (8, 11, 2, 2),
+            (9, 7, 3, 1),
+            (10, 10, 3, 3),
+            (5, 3, 2, 5),
+        ] {
             // Values from {0, 1, 2}: most windows hold ties, as post-ReLU zeros do.
             let planes = 5;
             let x: Vec<f32> = (0..planes * h * w)

@@ -22,8 +22,9 @@ pub struct BenchResult {
     pub layers: Option<Vec<(String, f64, f64)>>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
+/// The median of `v` (the upper one for an even length); `v` is not empty.
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 

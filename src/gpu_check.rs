@@ -51,7 +51,7 @@ pub use bench::{bench_cuda, CudaBench};
 use bench::{bench_table, ImagePool};
 use model::{model_checks, CpuReference};
 
-use crate::bench::BenchResult;
+use crate::bench::{median, BenchResult};
 use crate::parity::{fixture_files, CaseResult};
 use crate::presets::load_preset;
 use alexnet_cuda::ops::gemm::{gemm, MatDesc};
@@ -391,11 +391,6 @@ fn augment_check(gpu: &Arc<Gpu>, t: &mut Tally) -> Result<()> {
         F32_BOUND,
     );
     Ok(())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Median seconds of `runs` calls of `f` after `warmup` untimed ones, the device synchronised

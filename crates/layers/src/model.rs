@@ -411,7 +411,8 @@ impl<T: Float> Model<T> {
                 p[li].1 += t0.elapsed().as_secs_f64();
             }
         }
-        let dx = want_dx.then(|| g.clone());
+        // The input gradient is handed over (not copied); the next backward reallocates it.
+        let dx = want_dx.then(|| std::mem::take(&mut g));
         self.grad_bufs = (g, gin);
         Ok(dx)
     }

@@ -64,8 +64,8 @@ pub fn maxpool_forward<T: Float>(
         .enumerate()
         .for_each_init(
             || {
-                let z = (vec![T::zero(); w], vec![0u32; w]);
-                (z.clone(), (vec![T::zero(); st * pw], vec![0u32; st * pw]))
+                let row = (vec![T::zero(); w], vec![0u32; w]);
+                (row, (vec![T::zero(); st * pw], vec![0u32; st * pw]))
             },
             |((cv, ci), (pv, pa)), (pi, (yp, ap))| {
                 let xp = &x[pi * s.h * w..(pi + 1) * s.h * w];

@@ -41,9 +41,17 @@ fn one_line(what: &str, e: impl std::fmt::Display) -> String {
 /// The header's size is acceptable: not zero, within [`MAX_SIDE`] per side and [`MAX_ALLOC`]
 /// for the decoder's buffers (up to 4 bytes per pixel for CMYK).
 fn check_dimensions(w: u32, h: u32) -> Result<(), String> {
-    if w > MAX_SIDE || h > MAX_SIDE || u64::from(w) * u64::from(h) * 4 > MAX_ALLOC {
+    if w > MAX_SIDE || h > MAX_SIDE {
         return Err(format!(
             "decompression bomb: header claims {w}x{h} (limit {MAX_SIDE} per side)"
+        ));
+    }
+    let bytes = u64::from(w) * u64::from(h) * 4;
+    if bytes > MAX_ALLOC {
+        return Err(format!(
+            "decompression bomb: header claims {w}x{h} ({} MiB to decode, limit {} MiB)",
+            bytes >> 20,
+            MAX_ALLOC >> 20
         ));
     }
     if w == 0 || h == 0 {
@@ -213,6 +221,13 @@ mod tests {
         let e = decode_rgb(&bomb).err().expect("bomb must fail");
         assert!(
             e.starts_with("decompression bomb: header claims 60000x60000"),
+            "{e}"
+        );
+        // Within the per-side limit but over the decoder's allocation limit.
+        bomb[sof + 5..sof + 9].copy_from_slice(&[0x3E, 0x80, 0x3E, 0x80]);
+        let e = decode_rgb(&bomb).err().expect("16000x16000 must fail");
+        assert!(
+            e.contains("16000x16000 (976 MiB to decode, limit 768 MiB)"),
             "{e}"
         );
         assert_eq!(decode_rgb(&[]).err().unwrap(), "empty file");

@@ -312,6 +312,8 @@ pub fn conv2d_backward_opt<T: Float>(
         .into_par_iter()
         .enumerate()
         .map(|(pi, mut dxp)| {
+            // This part's dw, stored per group transposed, (K, O/g): the GEMM below is 1.3-2x
+            // faster writing dw^T = col x dyg^T than dw = dyg x col^T (gemm crate, AVX-512).
             let mut pdw = vec![T::zero(); w.len()];
             let mut pdb = vec![T::zero(); s.o];
             let mut col = vec![T::zero(); kd * chunk * hw];
@@ -343,16 +345,16 @@ pub fn conv2d_backward_opt<T: Float>(
                         &dyg[..og * cols]
                     };
                     im2col(x, s, n0, nb, g, &mut col[..kd * cols]);
-                    // dw_g (O/g, K) += dyg (O/g, cols) x col^T (cols, K)
+                    // dw_g^T (K, O/g) += col (K, cols) x dyg^T (cols, O/g)
                     gemm(
                         false,
                         true,
-                        og,
                         kd,
+                        og,
                         cols,
                         T::one(),
-                        dyg,
                         &col[..kd * cols],
+                        dyg,
                         T::one(),
                         &mut pdw[g * og * kd..][..og * kd],
                     )?;
@@ -382,7 +384,13 @@ pub fn conv2d_backward_opt<T: Float>(
     dw.iter_mut().for_each(|e| *e = T::zero());
     db.iter_mut().for_each(|e| *e = T::zero());
     for (pdw, pdb) in &parts {
-        dw.iter_mut().zip(pdw).for_each(|(a, &b)| *a = *a + b);
+        for (dwg, pg) in dw.chunks_mut(og * kd).zip(pdw.chunks(og * kd)) {
+            for (o, row) in dwg.chunks_mut(kd).enumerate() {
+                for (r, a) in row.iter_mut().enumerate() {
+                    *a = *a + pg[r * og + o];
+                }
+            }
+        }
         db.iter_mut().zip(pdb).for_each(|(a, &b)| *a = *a + b);
     }
     Ok(())

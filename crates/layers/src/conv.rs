@@ -108,41 +108,43 @@ fn valid_cols(wo: usize, w: usize, stride: usize, v: usize, pad: usize) -> (usiz
     (j0.min(wo), j1.clamp(j0.min(wo), wo))
 }
 
-/// im2col of samples `x[n0..n0+nb]`, group `g`: col (K, nb*Ho*Wo) with K = C/g*k*k,
-/// row `(c', u, v)`, column `(sample, i, j)`.
-fn im2col<T: Float>(x: &[T], s: &ConvShape, n0: usize, nb: usize, g: usize, col: &mut [T]) {
-    let (ho, wo) = (s.ho(), s.wo());
-    let hw = ho * wo;
-    let cols = nb * hw;
-    let (k, st, pad) = (s.k, s.stride, s.pad);
-    for cc in 0..s.cg() {
-        let ch = g * s.cg() + cc;
-        for u in 0..k {
-            for v in 0..k {
-                let row = (cc * k + u) * k + v;
-                let dst = &mut col[row * cols..(row + 1) * cols];
-                let (j0, j1) = valid_cols(wo, s.w, st, v, pad);
-                for sn in 0..nb {
-                    let plane = &x[((n0 + sn) * s.c + ch) * s.h * s.w..][..s.h * s.w];
-                    for i in 0..ho {
-                        let d = &mut dst[sn * hw + i * wo..sn * hw + (i + 1) * wo];
-                        let hi = i * st + u;
-                        if hi < pad || hi >= s.h + pad || j0 >= j1 {
-                            d.fill(T::zero());
-                            continue;
-                        }
-                        let src = &plane[(hi - pad) * s.w..(hi - pad + 1) * s.w];
-                        d[..j0].fill(T::zero());
-                        d[j1..].fill(T::zero());
-                        // Input column of output column j: j*st + v - pad (>= 0 for j >= j0).
-                        let first = j0 * st + v - pad;
-                        if st == 1 {
-                            d[j0..j1].copy_from_slice(&src[first..first + (j1 - j0)]);
-                        } else {
-                            for (e, &sv) in
-                                d[j0..j1].iter_mut().zip(src[first..].iter().step_by(st))
-                            {
-                                *e = sv;
+alexnet_tensor::multiversion! {
+    /// im2col of samples `x[n0..n0+nb]`, group `g`: col (K, nb*Ho*Wo) with K = C/g*k*k,
+    /// row `(c', u, v)`, column `(sample, i, j)`.
+    fn im2col<T: Float>(x: &[T], s: &ConvShape, n0: usize, nb: usize, g: usize, col: &mut [T]) {
+        let (ho, wo) = (s.ho(), s.wo());
+        let hw = ho * wo;
+        let cols = nb * hw;
+        let (k, st, pad) = (s.k, s.stride, s.pad);
+        for cc in 0..s.cg() {
+            let ch = g * s.cg() + cc;
+            for u in 0..k {
+                for v in 0..k {
+                    let row = (cc * k + u) * k + v;
+                    let dst = &mut col[row * cols..(row + 1) * cols];
+                    let (j0, j1) = valid_cols(wo, s.w, st, v, pad);
+                    for sn in 0..nb {
+                        let plane = &x[((n0 + sn) * s.c + ch) * s.h * s.w..][..s.h * s.w];
+                        for i in 0..ho {
+                            let d = &mut dst[sn * hw + i * wo..sn * hw + (i + 1) * wo];
+                            let hi = i * st + u;
+                            if hi < pad || hi >= s.h + pad || j0 >= j1 {
+                                d.fill(T::zero());
+                                continue;
+                            }
+                            let src = &plane[(hi - pad) * s.w..(hi - pad + 1) * s.w];
+                            d[..j0].fill(T::zero());
+                            d[j1..].fill(T::zero());
+                            // Input column of output column j: j*st + v - pad (>= 0 for j >= j0).
+                            let first = j0 * st + v - pad;
+                            if st == 1 {
+                                d[j0..j1].copy_from_slice(&src[first..first + (j1 - j0)]);
+                            } else {
+                                for (e, &sv) in
+                                    d[j0..j1].iter_mut().zip(src[first..].iter().step_by(st))
+                                {
+                                    *e = sv;
+                                }
                             }
                         }
                     }
@@ -152,40 +154,42 @@ fn im2col<T: Float>(x: &[T], s: &ConvShape, n0: usize, nb: usize, g: usize, col:
     }
 }
 
-/// col2im: adds col (K, nb*Ho*Wo) of group `g` back into `dx` for samples n0..n0+nb
-/// (`dx` here is the chunk's slice starting at sample n0).
-fn col2im<T: Float>(col: &[T], s: &ConvShape, nb: usize, g: usize, dx: &mut [T]) {
-    let (ho, wo) = (s.ho(), s.wo());
-    let hw = ho * wo;
-    let cols = nb * hw;
-    let (k, st, pad) = (s.k, s.stride, s.pad);
-    for cc in 0..s.cg() {
-        let ch = g * s.cg() + cc;
-        for u in 0..k {
-            for v in 0..k {
-                let row = (cc * k + u) * k + v;
-                let srcrow = &col[row * cols..(row + 1) * cols];
-                let (j0, j1) = valid_cols(wo, s.w, st, v, pad);
-                if j0 >= j1 {
-                    continue;
-                }
-                let first = j0 * st + v - pad;
-                for sn in 0..nb {
-                    let plane = &mut dx[(sn * s.c + ch) * s.h * s.w..][..s.h * s.w];
-                    for i in 0..ho {
-                        let hi = i * st + u;
-                        if hi < pad || hi >= s.h + pad {
-                            continue;
-                        }
-                        let dst = &mut plane[(hi - pad) * s.w..(hi - pad + 1) * s.w];
-                        let src = &srcrow[sn * hw + i * wo + j0..sn * hw + i * wo + j1];
-                        if st == 1 {
-                            for (d, &e) in dst[first..first + src.len()].iter_mut().zip(src) {
-                                *d = *d + e;
+alexnet_tensor::multiversion! {
+    /// col2im: adds col (K, nb*Ho*Wo) of group `g` back into `dx` for samples n0..n0+nb
+    /// (`dx` here is the chunk's slice starting at sample n0).
+    fn col2im<T: Float>(col: &[T], s: &ConvShape, nb: usize, g: usize, dx: &mut [T]) {
+        let (ho, wo) = (s.ho(), s.wo());
+        let hw = ho * wo;
+        let cols = nb * hw;
+        let (k, st, pad) = (s.k, s.stride, s.pad);
+        for cc in 0..s.cg() {
+            let ch = g * s.cg() + cc;
+            for u in 0..k {
+                for v in 0..k {
+                    let row = (cc * k + u) * k + v;
+                    let srcrow = &col[row * cols..(row + 1) * cols];
+                    let (j0, j1) = valid_cols(wo, s.w, st, v, pad);
+                    if j0 >= j1 {
+                        continue;
+                    }
+                    let first = j0 * st + v - pad;
+                    for sn in 0..nb {
+                        let plane = &mut dx[(sn * s.c + ch) * s.h * s.w..][..s.h * s.w];
+                        for i in 0..ho {
+                            let hi = i * st + u;
+                            if hi < pad || hi >= s.h + pad {
+                                continue;
                             }
-                        } else {
-                            for (d, &e) in dst[first..].iter_mut().step_by(st).zip(src) {
-                                *d = *d + e;
+                            let dst = &mut plane[(hi - pad) * s.w..(hi - pad + 1) * s.w];
+                            let src = &srcrow[sn * hw + i * wo + j0..sn * hw + i * wo + j1];
+                            if st == 1 {
+                                for (d, &e) in dst[first..first + src.len()].iter_mut().zip(src) {
+                                    *d = *d + e;
+                                }
+                            } else {
+                                for (d, &e) in dst[first..].iter_mut().step_by(st).zip(src) {
+                                    *d = *d + e;
+                                }
                             }
                         }
                     }
@@ -247,20 +251,47 @@ pub fn conv2d_forward<T: Float>(
                         T::zero(),
                         out,
                     )?;
-                    for oo in 0..og {
-                        let bias = b[g * og + oo];
-                        for sn in 0..nb {
-                            let dst = &mut yc[(sn * s.o + g * og + oo) * hw..][..hw];
-                            let src = &out[oo * nb * hw + sn * hw..][..hw];
-                            for (d, &v) in dst.iter_mut().zip(src) {
-                                *d = v + bias;
-                            }
-                        }
-                    }
+                    scatter_bias(out, yc, &b[g * og..(g + 1) * og], [nb, s.o, g * og, hw]);
                 }
             }
             Ok::<(), LayerError>(())
         })
+}
+
+alexnet_tensor::multiversion! {
+    /// out (O/g, nb*HW), one group's GEMM output -> its channels of y (nb, O, HW) plus the
+    /// bias `bg` (O/g); `dims` = [nb, O, first channel of the group, HW].
+    fn scatter_bias<T: Float>(out: &[T], y: &mut [T], bg: &[T], dims: [usize; 4]) {
+        let [nb, o, g0, hw] = dims;
+        for (oo, &bias) in bg.iter().enumerate() {
+            for sn in 0..nb {
+                let dst = &mut y[(sn * o + g0 + oo) * hw..][..hw];
+                let src = &out[(oo * nb + sn) * hw..][..hw];
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    *d = v + bias;
+                }
+            }
+        }
+    }
+}
+
+alexnet_tensor::multiversion! {
+    /// dy (nb, O, HW) -> dyg (O/g, nb*HW), one group's output gradient with the samples side by
+    /// side (not copied for nb = 1, where dy's slice is used as it is), and adds each row's
+    /// sum to `pdbg` (O/g); `dims` = [nb, O, first channel of the group, HW].
+    fn gather_dy<T: Float>(dy: &[T], dyg: &mut [T], pdbg: &mut [T], dims: [usize; 4]) {
+        let [nb, o, g0, hw] = dims;
+        for (oo, db) in pdbg.iter_mut().enumerate() {
+            for sn in 0..nb {
+                let src = &dy[(sn * o + g0 + oo) * hw..][..hw];
+                if nb > 1 {
+                    dyg[(oo * nb + sn) * hw..][..hw].copy_from_slice(src);
+                }
+                let acc = src.iter().fold(T::zero(), |a, &v| a + v);
+                *db = *db + acc;
+            }
+        }
+    }
 }
 
 /// Backward: given dy (N,O,Ho,Wo), writes dx (N,C,H,W), dw (O,C/g,k,k) and db (O)
@@ -329,16 +360,9 @@ pub fn conv2d_backward_opt<T: Float>(
                 for g in 0..s.groups {
                     // dyg (O/g, nb*HW): this group's output gradient, samples side by side
                     // (for one sample, that is a slice of dy as it is).
-                    for oo in 0..og {
-                        for sn in 0..nb {
-                            let src = &dy[((n0 + sn) * s.o + g * og + oo) * hw..][..hw];
-                            if nb > 1 {
-                                dyg[oo * cols + sn * hw..][..hw].copy_from_slice(src);
-                            }
-                            let acc = src.iter().fold(T::zero(), |a, &v| a + v);
-                            pdb[g * og + oo] = pdb[g * og + oo] + acc;
-                        }
-                    }
+                    let dyc = &dy[n0 * s.o * hw..(n0 + nb) * s.o * hw];
+                    let pdbg = &mut pdb[g * og..(g + 1) * og];
+                    gather_dy(dyc, &mut dyg, pdbg, [nb, s.o, g * og, hw]);
                     let dyg: &[T] = if nb == 1 {
                         &dy[(n0 * s.o + g * og) * hw..][..og * hw]
                     } else {

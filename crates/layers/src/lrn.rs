@@ -34,7 +34,7 @@ fn check(p: &LrnParams, n: usize, c: usize, hw: usize, lens: &[usize]) -> Result
 
 /// `out[i] = v[i] * s[i]^-beta`. The paper's beta = 0.75 is computed with two square roots and a
 /// division (exact enough, and it vectorises); the branch is outside the loops.
-#[inline]
+#[inline(always)]
 fn mul_pow_neg_beta<T: Float>(out: &mut [T], v: &[T], s: &[T], beta: T, three_quarters: bool) {
     if three_quarters {
         for ((o, &vi), &si) in out.iter_mut().zip(v).zip(s) {
@@ -67,20 +67,7 @@ pub fn lrn_forward<T: Float>(
         .enumerate()
         .for_each(|(ni, (yn, sn))| {
             let xn = &x[ni * c * hw..(ni + 1) * c * hw];
-            for ci in 0..c {
-                let lo = ci.saturating_sub(half);
-                let hi = (ci + half).min(c - 1);
-                let s = &mut sn[ci * hw..(ci + 1) * hw];
-                s.iter_mut().for_each(|e| *e = T::zero());
-                for j in lo..=hi {
-                    for (e, &v) in s.iter_mut().zip(&xn[j * hw..(j + 1) * hw]) {
-                        *e = *e + v * v;
-                    }
-                }
-                s.iter_mut().for_each(|e| *e = k + alpha * *e);
-                let yc = &mut yn[ci * hw..(ci + 1) * hw];
-                mul_pow_neg_beta(yc, &xn[ci * hw..(ci + 1) * hw], s, beta, tq);
-            }
+            lrn_forward_sample(xn, yn, sn, [c, hw, half], [alpha, beta, k], tq);
         });
     Ok(())
 }
@@ -114,32 +101,81 @@ pub fn lrn_backward<T: Float>(
         .enumerate()
         .for_each_init(scratch, |(r, acc), (ni, dxn)| {
             let base = ni * c * hw;
-            let (xn, yn, sn, dyn_) = (
+            let xyd = [
                 &x[base..base + c * hw],
                 &y[base..base + c * hw],
                 &scale[base..base + c * hw],
                 &dy[base..base + c * hw],
-            );
-            // r[j] = dy[j] * y[j] / s[j]
-            for (((ri, &g), &yi), &si) in r.iter_mut().zip(dyn_).zip(yn).zip(sn) {
-                *ri = g * yi / si;
-            }
-            for ci in 0..c {
-                let lo = ci.saturating_sub(half);
-                let hi = (ci + half).min(c - 1);
-                acc.iter_mut().for_each(|e| *e = T::zero());
-                for j in lo..=hi {
-                    for (a, &v) in acc.iter_mut().zip(&r[j * hw..(j + 1) * hw]) {
-                        *a = *a + v;
-                    }
-                }
-                let o = ci * hw;
-                let d = &mut dxn[o..o + hw];
-                mul_pow_neg_beta(d, &dyn_[o..o + hw], &sn[o..o + hw], beta, tq);
-                for ((di, &xi), &ai) in d.iter_mut().zip(&xn[o..o + hw]).zip(acc.iter()) {
-                    *di = *di - coef * xi * ai;
-                }
-            }
+            ];
+            lrn_backward_sample(xyd, dxn, r, acc, [c, hw, half], [beta, coef], tq);
         });
     Ok(())
+}
+
+alexnet_tensor::multiversion! {
+    /// One sample of [`lrn_forward`]: xn, yn, sn (C*HW); `dims` = [C, HW, size / 2],
+    /// `abk` = [alpha, beta, k].
+    fn lrn_forward_sample<T: Float>(
+        xn: &[T],
+        yn: &mut [T],
+        sn: &mut [T],
+        dims: [usize; 3],
+        abk: [T; 3],
+        tq: bool,
+    ) {
+        let [c, hw, half] = dims;
+        let [alpha, beta, k] = abk;
+        for ci in 0..c {
+            let lo = ci.saturating_sub(half);
+            let hi = (ci + half).min(c - 1);
+            let s = &mut sn[ci * hw..(ci + 1) * hw];
+            s.iter_mut().for_each(|e| *e = T::zero());
+            for j in lo..=hi {
+                for (e, &v) in s.iter_mut().zip(&xn[j * hw..(j + 1) * hw]) {
+                    *e = *e + v * v;
+                }
+            }
+            s.iter_mut().for_each(|e| *e = k + alpha * *e);
+            let yc = &mut yn[ci * hw..(ci + 1) * hw];
+            mul_pow_neg_beta(yc, &xn[ci * hw..(ci + 1) * hw], s, beta, tq);
+        }
+    }
+}
+
+alexnet_tensor::multiversion! {
+    /// One sample of [`lrn_backward`]: `xyd` = [x, y, scale, dy] (C*HW each), r (C*HW) and
+    /// acc (HW) scratch; `dims` = [C, HW, size / 2], `bc` = [beta, 2 alpha beta].
+    fn lrn_backward_sample<T: Float>(
+        xyd: [&[T]; 4],
+        dxn: &mut [T],
+        r: &mut [T],
+        acc: &mut [T],
+        dims: [usize; 3],
+        bc: [T; 2],
+        tq: bool,
+    ) {
+        let [c, hw, half] = dims;
+        let [xn, yn, sn, dyn_] = xyd;
+        let [beta, coef] = bc;
+        // r[j] = dy[j] * y[j] / s[j]
+        for (((ri, &g), &yi), &si) in r.iter_mut().zip(dyn_).zip(yn).zip(sn) {
+            *ri = g * yi / si;
+        }
+        for ci in 0..c {
+            let lo = ci.saturating_sub(half);
+            let hi = (ci + half).min(c - 1);
+            acc.iter_mut().for_each(|e| *e = T::zero());
+            for j in lo..=hi {
+                for (a, &v) in acc.iter_mut().zip(&r[j * hw..(j + 1) * hw]) {
+                    *a = *a + v;
+                }
+            }
+            let o = ci * hw;
+            let d = &mut dxn[o..o + hw];
+            mul_pow_neg_beta(d, &dyn_[o..o + hw], &sn[o..o + hw], beta, tq);
+            for ((di, &xi), &ai) in d.iter_mut().zip(&xn[o..o + hw]).zip(acc.iter()) {
+                *di = *di - coef * xi * ai;
+            }
+        }
+    }
 }

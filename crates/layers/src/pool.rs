@@ -69,47 +69,67 @@ pub fn maxpool_forward<T: Float>(
             },
             |((cv, ci), (pv, pa)), (pi, (yp, ap))| {
                 let xp = &x[pi * s.h * w..(pi + 1) * s.h * w];
-                for i in 0..ho {
-                    let r0 = i * st;
-                    cv.copy_from_slice(&xp[r0 * w..(r0 + 1) * w]);
-                    // Plane indices fit u32: check_len bounds the planes' size by the buffers.
-                    let base = (r0 * w) as u32;
-                    ci.iter_mut()
-                        .enumerate()
-                        .for_each(|(c, a)| *a = base + c as u32);
-                    for u in 1..k {
-                        let row = &xp[(r0 + u) * w..(r0 + u + 1) * w];
-                        let base = ((r0 + u) * w) as u32;
-                        for (c, ((m, a), &v)) in
-                            cv.iter_mut().zip(ci.iter_mut()).zip(row).enumerate()
-                        {
-                            blend(m, a, v, base + c as u32, v > *m);
-                        }
-                    }
-                    // (A stride wider than the plane leaves phases past w empty.)
-                    for p in 0..st.min(w) {
-                        for t in 0..(w - p).div_ceil(st) {
-                            pv[p * pw + t] = cv[p + st * t];
-                            pa[p * pw + t] = ci[p + st * t];
-                        }
-                    }
-                    let (yr, ar) = (&mut yp[i * wo..(i + 1) * wo], &mut ap[i * wo..(i + 1) * wo]);
-                    yr.copy_from_slice(&pv[..wo]);
-                    ar.copy_from_slice(&pa[..wo]);
-                    for v in 1..k {
-                        let o = (v % st) * pw + v / st;
-                        for ((yo, ao), (&m, &a)) in yr
-                            .iter_mut()
-                            .zip(ar.iter_mut())
-                            .zip(pv[o..o + wo].iter().zip(&pa[o..o + wo]))
-                        {
-                            blend(yo, ao, m, a, (m > *yo) | ((m == *yo) & (a < *ao)));
-                        }
-                    }
-                }
+                pool_plane(xp, yp, ap, [cv, pv], [ci, pa], [w, k, st, ho, wo]);
             },
         );
     Ok(())
+}
+
+alexnet_tensor::multiversion! {
+    /// One plane of [`maxpool_forward`]: xp (H*W) -> yp, ap (Ho*Wo); `vals` = [cv (W),
+    /// pv (stride * ceil(W / stride))] and `idx` the matching index scratch; `dims` = [W, k,
+    /// stride, Ho, Wo].
+    fn pool_plane<T: Float>(
+        xp: &[T],
+        yp: &mut [T],
+        ap: &mut [u32],
+        vals: [&mut [T]; 2],
+        idx: [&mut [u32]; 2],
+        dims: [usize; 5],
+    ) {
+        let [cv, pv] = vals;
+        let [ci, pa] = idx;
+        let [w, k, st, ho, wo] = dims;
+        let pw = w.div_ceil(st);
+        for i in 0..ho {
+            let r0 = i * st;
+            cv.copy_from_slice(&xp[r0 * w..(r0 + 1) * w]);
+            // Plane indices fit u32: check_len bounds the planes' size by the buffers.
+            let base = (r0 * w) as u32;
+            ci.iter_mut()
+                .enumerate()
+                .for_each(|(c, a)| *a = base + c as u32);
+            for u in 1..k {
+                let row = &xp[(r0 + u) * w..(r0 + u + 1) * w];
+                let base = ((r0 + u) * w) as u32;
+                for (c, ((m, a), &v)) in
+                    cv.iter_mut().zip(ci.iter_mut()).zip(row).enumerate()
+                {
+                    blend(m, a, v, base + c as u32, v > *m);
+                }
+            }
+            // (A stride wider than the plane leaves phases past w empty.)
+            for p in 0..st.min(w) {
+                for t in 0..(w - p).div_ceil(st) {
+                    pv[p * pw + t] = cv[p + st * t];
+                    pa[p * pw + t] = ci[p + st * t];
+                }
+            }
+            let (yr, ar) = (&mut yp[i * wo..(i + 1) * wo], &mut ap[i * wo..(i + 1) * wo]);
+            yr.copy_from_slice(&pv[..wo]);
+            ar.copy_from_slice(&pa[..wo]);
+            for v in 1..k {
+                let o = (v % st) * pw + v / st;
+                for ((yo, ao), (&m, &a)) in yr
+                    .iter_mut()
+                    .zip(ar.iter_mut())
+                    .zip(pv[o..o + wo].iter().zip(&pa[o..o + wo]))
+                {
+                    blend(yo, ao, m, a, (m > *yo) | ((m == *yo) & (a < *ao)));
+                }
+            }
+        }
+    }
 }
 
 /// `(m, a) = (max(m, v), if take { i } else { a })` without a branch or a conditional store

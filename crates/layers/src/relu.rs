@@ -13,11 +13,7 @@ pub fn relu_forward<T: Float>(x: &[T], y: &mut [T]) -> Result<(), LayerError> {
     })?;
     y.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
-        .for_each(|(yc, xc)| {
-            for (o, &i) in yc.iter_mut().zip(xc) {
-                *o = if i > T::zero() { i } else { T::zero() };
-            }
-        });
+        .for_each(|(yc, xc)| relu_chunk(xc, yc));
     Ok(())
 }
 
@@ -28,10 +24,22 @@ pub fn relu_backward<T: Float>(y: &[T], dy: &[T], dx: &mut [T]) -> Result<(), La
     check_len("relu", "dx", dx.len(), y.len(), shape)?;
     dx.par_chunks_mut(CHUNK)
         .zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
-        .for_each(|(dxc, (yc, dyc))| {
-            for ((d, &o), &g) in dxc.iter_mut().zip(yc).zip(dyc) {
-                *d = if o > T::zero() { g } else { T::zero() };
-            }
-        });
+        .for_each(|(dxc, (yc, dyc))| relu_grad_chunk(yc, dyc, dxc));
     Ok(())
+}
+
+alexnet_tensor::multiversion! {
+    fn relu_chunk<T: Float>(x: &[T], y: &mut [T]) {
+        for (o, &i) in y.iter_mut().zip(x) {
+            *o = if i > T::zero() { i } else { T::zero() };
+        }
+    }
+}
+
+alexnet_tensor::multiversion! {
+    fn relu_grad_chunk<T: Float>(y: &[T], dy: &[T], dx: &mut [T]) {
+        for ((d, &o), &g) in dx.iter_mut().zip(y).zip(dy) {
+            *d = if o > T::zero() { g } else { T::zero() };
+        }
+    }
 }

@@ -6,12 +6,14 @@
 //!   flat parameter layout (names, shapes, offsets) that both devices and the checkpoints use.
 //! - [`fixture`]: the reader for the parity fixtures (safetensors + JSON params).
 //! - [`rng`]: a small, serialisable, deterministic RNG (xoshiro256**).
+//! - [`simd`]: run-time dispatch of the layers' element-wise loops to AVX-512 / AVX2 code.
 
 pub mod error;
 pub mod fixture;
 pub mod gemm;
 pub mod io;
 pub mod rng;
+pub mod simd;
 pub mod spec;
 mod tensor;
 

@@ -108,6 +108,71 @@ fn valid_cols(wo: usize, w: usize, stride: usize, v: usize, pad: usize) -> (usiz
     (j0.min(wo), j1.clamp(j0.min(wo), wo))
 }
 
+/// Stride 1 with "same" padding (2 pad = k - 1): output planes are as large as input planes, so
+/// a kernel tap (u, v) maps output pixel m to input pixel m + (u - pad) W + (v - pad) over the
+/// whole plane, not just within a row.
+fn same_plane(s: &ConvShape) -> bool {
+    s.stride == 1 && 2 * s.pad + 1 == s.k
+}
+
+/// The valid output rows [i0, i1) and columns [j0, j1) of tap (u, v) for [`same_plane`]
+/// shapes, and the input offset of output pixel 0 (negative values allowed).
+#[inline(always)]
+fn shifted_ranges(s: &ConvShape, u: usize, v: usize) -> ([usize; 4], isize) {
+    let (du, dv) = (u as isize - s.pad as isize, v as isize - s.pad as isize);
+    let (h, w) = (s.h as isize, s.w as isize);
+    let (i0, i1) = ((-du).max(0), (h - du).min(h));
+    let (j0, j1) = ((-dv).max(0), (w - dv).min(w));
+    let r = [i0, i1.max(i0), j0, j1.max(j0)].map(|e| e as usize);
+    (r, du * w + dv)
+}
+
+/// One im2col row of one sample for [`same_plane`] shapes: dst (H*W) gets the input plane
+/// shifted by tap (u, v), zeros where the tap falls in the padding. One contiguous copy for all
+/// valid rows; the columns that wrapped around from the neighbouring row are then zeroed.
+#[inline(always)]
+fn shifted_copy<T: Float>(plane: &[T], dst: &mut [T], s: &ConvShape, u: usize, v: usize) {
+    let w = s.w;
+    let ([i0, i1, j0, j1], off) = shifted_ranges(s, u, v);
+    if i0 >= i1 || j0 >= j1 {
+        dst.iter_mut().for_each(|e| *e = T::zero());
+        return;
+    }
+    let (m0, m1) = (i0 * w + j0, (i1 - 1) * w + j1);
+    // m0 + off >= 0: it is the input pixel (i0 + du, j0 + dv), inside the plane.
+    let src0 = (m0 as isize + off) as usize;
+    dst[..m0].iter_mut().for_each(|e| *e = T::zero());
+    dst[m0..m1].copy_from_slice(&plane[src0..src0 + (m1 - m0)]);
+    dst[m1..].iter_mut().for_each(|e| *e = T::zero());
+    for i in i0..i1 - 1 {
+        dst[i * w + j1..(i + 1) * w + j0]
+            .iter_mut()
+            .for_each(|e| *e = T::zero());
+    }
+}
+
+/// The transpose of [`shifted_copy`]: adds one im2col row of one sample into the input-gradient
+/// plane. The wrapped-around columns of `src` are zeroed first (src is scratch), so the valid
+/// rows are one contiguous add.
+#[inline(always)]
+fn shifted_add<T: Float>(src: &mut [T], plane: &mut [T], s: &ConvShape, u: usize, v: usize) {
+    let w = s.w;
+    let ([i0, i1, j0, j1], off) = shifted_ranges(s, u, v);
+    if i0 >= i1 || j0 >= j1 {
+        return;
+    }
+    for i in i0..i1 - 1 {
+        src[i * w + j1..(i + 1) * w + j0]
+            .iter_mut()
+            .for_each(|e| *e = T::zero());
+    }
+    let (m0, m1) = (i0 * w + j0, (i1 - 1) * w + j1);
+    let dst0 = (m0 as isize + off) as usize;
+    for (d, &e) in plane[dst0..dst0 + (m1 - m0)].iter_mut().zip(&src[m0..m1]) {
+        *d = *d + e;
+    }
+}
+
 alexnet_tensor::multiversion! {
     /// im2col of samples `x[n0..n0+nb]`, group `g`: col (K, nb*Ho*Wo) with K = C/g*k*k,
     /// row `(c', u, v)`, column `(sample, i, j)`.
@@ -116,6 +181,7 @@ alexnet_tensor::multiversion! {
         let hw = ho * wo;
         let cols = nb * hw;
         let (k, st, pad) = (s.k, s.stride, s.pad);
+        let same = same_plane(s);
         for cc in 0..s.cg() {
             let ch = g * s.cg() + cc;
             for u in 0..k {
@@ -123,6 +189,13 @@ alexnet_tensor::multiversion! {
                     let row = (cc * k + u) * k + v;
                     let dst = &mut col[row * cols..(row + 1) * cols];
                     let (j0, j1) = valid_cols(wo, s.w, st, v, pad);
+                    if same {
+                        for sn in 0..nb {
+                            let plane = &x[((n0 + sn) * s.c + ch) * hw..][..hw];
+                            shifted_copy(plane, &mut dst[sn * hw..(sn + 1) * hw], s, u, v);
+                        }
+                        continue;
+                    }
                     for sn in 0..nb {
                         let plane = &x[((n0 + sn) * s.c + ch) * s.h * s.w..][..s.h * s.w];
                         for i in 0..ho {
@@ -157,16 +230,25 @@ alexnet_tensor::multiversion! {
 alexnet_tensor::multiversion! {
     /// col2im: adds col (K, nb*Ho*Wo) of group `g` back into `dx` for samples n0..n0+nb
     /// (`dx` here is the chunk's slice starting at sample n0).
-    fn col2im<T: Float>(col: &[T], s: &ConvShape, nb: usize, g: usize, dx: &mut [T]) {
+    fn col2im<T: Float>(col: &mut [T], s: &ConvShape, nb: usize, g: usize, dx: &mut [T]) {
         let (ho, wo) = (s.ho(), s.wo());
         let hw = ho * wo;
         let cols = nb * hw;
         let (k, st, pad) = (s.k, s.stride, s.pad);
+        let same = same_plane(s);
         for cc in 0..s.cg() {
             let ch = g * s.cg() + cc;
             for u in 0..k {
                 for v in 0..k {
                     let row = (cc * k + u) * k + v;
+                    if same {
+                        let srcrow = &mut col[row * cols..(row + 1) * cols];
+                        for sn in 0..nb {
+                            let plane = &mut dx[(sn * s.c + ch) * hw..][..hw];
+                            shifted_add(&mut srcrow[sn * hw..(sn + 1) * hw], plane, s, u, v);
+                        }
+                        continue;
+                    }
                     let srcrow = &col[row * cols..(row + 1) * cols];
                     let (j0, j1) = valid_cols(wo, s.w, st, v, pad);
                     if j0 >= j1 {
@@ -399,7 +481,7 @@ pub fn conv2d_backward_opt<T: Float>(
                         T::zero(),
                         &mut col[..kd * cols],
                     )?;
-                    col2im(&col[..kd * cols], s, nb, g, dxc);
+                    col2im(&mut col[..kd * cols], s, nb, g, dxc);
                 }
             }
             Ok((pdw, pdb))
@@ -418,4 +500,90 @@ pub fn conv2d_backward_opt<T: Float>(
         db.iter_mut().zip(pdb).for_each(|(a, &b)| *a = *a + b);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// im2col by its definition: col[(c', u, v), (sample, i, j)] = xpad[sample, g C/g + c',
+    /// i s + u, j s + v].
+    fn im2col_direct(x: &[f64], s: &ConvShape, n0: usize, nb: usize, g: usize) -> Vec<f64> {
+        let (ho, wo, k) = (s.ho(), s.wo(), s.k);
+        let mut col = vec![];
+        for cc in 0..s.cg() {
+            for u in 0..k {
+                for v in 0..k {
+                    for sn in 0..nb {
+                        for i in 0..ho {
+                            for j in 0..wo {
+                                let (hi, wi) = (i * s.stride + u, j * s.stride + v);
+                                let inside = hi >= s.pad
+                                    && hi < s.h + s.pad
+                                    && wi >= s.pad
+                                    && wi < s.w + s.pad;
+                                let ch = g * s.cg() + cc;
+                                col.push(if inside {
+                                    x[(((n0 + sn) * s.c + ch) * s.h + hi - s.pad) * s.w + wi
+                                        - s.pad]
+                                } else {
+                                    0.0
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        col
+    }
+
+    #[test]
+    fn im2col_and_col2im_match_the_definition_and_are_adjoint() {
+        // "Same" stride-1 shapes (the whole-plane shifted copy), including non-square planes,
+        // k = 1 and planes smaller than the kernel, and two shapes of the row-by-row path.
+        let shapes = [
+            (5, 7, 3, 1, 1),
+            (6, 4, 5, 2, 1),
+            (3, 3, 7, 3, 1),
+            (4, 5, 1, 0, 1),
+            (2, 9, 5, 2, 1),
+            (7, 6, 3, 0, 1),
+            (9, 8, 3, 1, 2),
+        ];
+        for &(h, w, k, pad, stride) in &shapes {
+            let s = ConvShape {
+                n: 3,
+                c: 4,
+                h,
+                w,
+                o: 2,
+                k,
+                stride,
+                pad,
+                groups: 2,
+            };
+            let x: Vec<f64> = (0..s.n * s.c * h * w)
+                .map(|i| (i as f64 * 0.37).sin())
+                .collect();
+            let (n0, nb, g) = (1, 2, 1);
+            let rows = s.kdim() * nb * s.ho() * s.wo();
+            let mut col = vec![f64::NAN; rows];
+            im2col(&x, &s, n0, nb, g, &mut col);
+            let want = im2col_direct(&x, &s, n0, nb, g);
+            assert_eq!(col, want, "im2col {h}x{w} k{k} p{pad} s{stride}");
+            // <im2col(x), c> == <x, col2im(c)> for the chunk's samples.
+            let c: Vec<f64> = (0..rows).map(|i| (i as f64 * 0.71).cos()).collect();
+            let mut dx = vec![0.0; nb * s.c * h * w];
+            col2im(&mut c.clone(), &s, nb, g, &mut dx);
+            let lhs: f64 = col.iter().zip(&c).map(|(a, b)| a * b).sum();
+            let xs = &x[n0 * s.c * h * w..(n0 + nb) * s.c * h * w];
+            let rhs: f64 = xs.iter().zip(&dx).map(|(a, b)| a * b).sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-9 * lhs.abs().max(1.0),
+                "col2im {h}x{w} k{k}"
+            );
+            assert!(dx.iter().any(|&v| v != 0.0));
+        }
+    }
 }

@@ -145,9 +145,20 @@ fn shifted_copy<T: Float>(plane: &[T], dst: &mut [T], s: &ConvShape, u: usize, v
     dst[m0..m1].copy_from_slice(&plane[src0..src0 + (m1 - m0)]);
     dst[m1..].iter_mut().for_each(|e| *e = T::zero());
     for i in i0..i1 - 1 {
-        dst[i * w + j1..(i + 1) * w + j0]
-            .iter_mut()
-            .for_each(|e| *e = T::zero());
+        zero_short(&mut dst[i * w + j1..(i + 1) * w + j0]);
+    }
+}
+
+/// Zeroes a segment of |v - pad| <= pad elements (the wrapped columns between two rows). The
+/// first two are explicit stores: a plain loop would become a `memset` call, which for one or
+/// two elements per row costs more than the row's copy.
+#[inline(always)]
+fn zero_short<T: Float>(seg: &mut [T]) {
+    match seg {
+        [] => {}
+        [a] => *a = T::zero(),
+        [a, b] => (*a, *b) = (T::zero(), T::zero()),
+        _ => seg.iter_mut().for_each(|e| *e = T::zero()),
     }
 }
 
@@ -162,9 +173,7 @@ fn shifted_add<T: Float>(src: &mut [T], plane: &mut [T], s: &ConvShape, u: usize
         return;
     }
     for i in i0..i1 - 1 {
-        src[i * w + j1..(i + 1) * w + j0]
-            .iter_mut()
-            .for_each(|e| *e = T::zero());
+        zero_short(&mut src[i * w + j1..(i + 1) * w + j0]);
     }
     let (m0, m1) = (i0 * w + j0, (i1 - 1) * w + j1);
     let dst0 = (m0 as isize + off) as usize;

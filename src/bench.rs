@@ -73,7 +73,7 @@ pub fn bench_cpu(
     let mut infer = Vec::new();
     for step in 0..warmup + steps {
         let t = Instant::now();
-        model.forward(&x, batch, Mode::Eval)?;
+        model.forward(&x, batch, Mode::Infer)?;
         if step >= warmup {
             infer.push(t.elapsed().as_secs_f64());
         }

@@ -24,6 +24,12 @@ fn check(p: &LrnParams, n: usize, c: usize, hw: usize, lens: &[usize]) -> Result
             detail: "size must be > 0".into(),
         });
     }
+    if c == 0 || hw == 0 {
+        return Err(LayerError::Param {
+            op: "lrn",
+            detail: format!("empty planes: (N,C,HW)=({n},{c},{hw})"),
+        });
+    }
     for &l in lens {
         check_len("lrn", "buffer", l, n * c * hw, || {
             format!("(N,C,HW)=({n},{c},{hw})")
@@ -72,6 +78,30 @@ pub fn lrn_forward<T: Float>(
     Ok(())
 }
 
+/// Forward without keeping s, for inference: y exactly as [`lrn_forward`] computes it, without
+/// writing the (N,C,H,W) scale buffer.
+pub fn lrn_forward_values<T: Float>(
+    x: &[T],
+    y: &mut [T],
+    n: usize,
+    c: usize,
+    hw: usize,
+    p: &LrnParams,
+) -> Result<(), LayerError> {
+    check(p, n, c, hw, &[x.len(), y.len()])?;
+    let half = p.size / 2;
+    let (alpha, beta, k) = (T::of(p.alpha), T::of(p.beta), T::of(p.k));
+    let tq = p.beta == 0.75;
+    y.par_chunks_mut(c * hw).enumerate().for_each_init(
+        || vec![T::zero(); hw],
+        |sc, (ni, yn)| {
+            let xn = &x[ni * c * hw..(ni + 1) * c * hw];
+            lrn_forward_sample(xn, yn, sc, [c, hw, half], [alpha, beta, k], tq);
+        },
+    );
+    Ok(())
+}
+
 /// Backward: `dx[i] = dy[i] * s[i]^-beta - 2 alpha beta x[i] sum_{j in W(i)} dy[j] y[j] / s[j]`.
 #[allow(clippy::too_many_arguments)]
 pub fn lrn_backward<T: Float>(
@@ -113,7 +143,8 @@ pub fn lrn_backward<T: Float>(
 }
 
 alexnet_tensor::multiversion! {
-    /// One sample of [`lrn_forward`]: xn, yn, sn (C*HW); `dims` = [C, HW, size / 2],
+    /// One sample of [`lrn_forward`]: xn, yn (C*HW), sn (C*HW, or HW scratch when s is not
+    /// kept); `dims` = [C, HW, size / 2],
     /// `abk` = [alpha, beta, k].
     fn lrn_forward_sample<T: Float>(
         xn: &[T],
@@ -128,7 +159,12 @@ alexnet_tensor::multiversion! {
         for ci in 0..c {
             let lo = ci.saturating_sub(half);
             let hi = (ci + half).min(c - 1);
-            let s = &mut sn[ci * hw..(ci + 1) * hw];
+            // sn holds every channel's s (kept for the backward) or one channel's (inference).
+            let s = if sn.len() == c * hw {
+                &mut sn[ci * hw..(ci + 1) * hw]
+            } else {
+                &mut sn[..hw]
+            };
             s.iter_mut().for_each(|e| *e = T::zero());
             for j in lo..=hi {
                 for (e, &v) in s.iter_mut().zip(&xn[j * hw..(j + 1) * hw]) {

@@ -9,8 +9,8 @@ use crate::dropout::{dropout_backward, dropout_forward};
 use crate::error::{check_len, LayerError};
 use crate::linear::{linear_backward, linear_forward};
 use crate::loss::softmax_cross_entropy;
-use crate::lrn::{lrn_backward, lrn_forward, LrnParams};
-use crate::pool::{maxpool_backward, maxpool_forward, PoolShape};
+use crate::lrn::{lrn_backward, lrn_forward, lrn_forward_values, LrnParams};
+use crate::pool::{maxpool_backward, maxpool_forward, maxpool_forward_values, PoolShape};
 use crate::relu::{relu_backward, relu_forward};
 use alexnet_tensor::gemm::Float;
 use alexnet_tensor::rng::Rng;
@@ -19,8 +19,14 @@ use alexnet_tensor::spec::{Op, Plan};
 /// Training (dropout active, with this seed for the step) or evaluation (dropout = identity).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    Train { seed: u64 },
+    Train {
+        seed: u64,
+    },
     Eval,
+    /// Evaluation that keeps nothing for a backward pass (no max-pool argmax, no LRN scale):
+    /// the same logits as `Eval`, bit for bit, at less cost; a `backward` after it fails
+    /// (for a network with max-pool or LRN) instead of using stale state.
+    Infer,
 }
 
 /// Per-layer state saved by the forward pass for the backward pass.
@@ -226,13 +232,18 @@ impl<T: Float> Model<T> {
                         k: *k as f64,
                     };
                     let (ch, hw) = (layer.in_shape[0], layer.in_shape[1] * layer.in_shape[2]);
-                    let mut scale = match std::mem::take(aux) {
-                        Aux::Scale(v) => v,
-                        _ => Vec::new(),
-                    };
-                    scale.resize(out_len, T::zero());
-                    lrn_forward(xin, out, &mut scale, n, ch, hw, &p)?;
-                    *aux = Aux::Scale(scale);
+                    if mode == Mode::Infer {
+                        lrn_forward_values(xin, out, n, ch, hw, &p)?;
+                        *aux = Aux::None;
+                    } else {
+                        let mut scale = match std::mem::take(aux) {
+                            Aux::Scale(v) => v,
+                            _ => Vec::new(),
+                        };
+                        scale.resize(out_len, T::zero());
+                        lrn_forward(xin, out, &mut scale, n, ch, hw, &p)?;
+                        *aux = Aux::Scale(scale);
+                    }
                 }
                 Op::MaxPool { k, stride } => {
                     let s = PoolShape {
@@ -242,13 +253,18 @@ impl<T: Float> Model<T> {
                         k: *k,
                         stride: *stride,
                     };
-                    let mut arg = match std::mem::take(aux) {
-                        Aux::Arg(v) => v,
-                        _ => Vec::new(),
-                    };
-                    arg.resize(out_len, 0);
-                    maxpool_forward(xin, out, &mut arg, &s)?;
-                    *aux = Aux::Arg(arg);
+                    if mode == Mode::Infer {
+                        maxpool_forward_values(xin, out, &s)?;
+                        *aux = Aux::None;
+                    } else {
+                        let mut arg = match std::mem::take(aux) {
+                            Aux::Arg(v) => v,
+                            _ => Vec::new(),
+                        };
+                        arg.resize(out_len, 0);
+                        maxpool_forward(xin, out, &mut arg, &s)?;
+                        *aux = Aux::Arg(arg);
+                    }
                 }
                 Op::Dropout { p } => match mode {
                     Mode::Train { seed } => {
@@ -262,7 +278,7 @@ impl<T: Float> Model<T> {
                         dropout_forward(xin, out, &mut mask, *p as f64, layer_seed)?;
                         *aux = Aux::Mask(mask);
                     }
-                    Mode::Eval => {
+                    Mode::Eval | Mode::Infer => {
                         out.copy_from_slice(xin);
                         *aux = Aux::None;
                     }
@@ -435,7 +451,9 @@ impl<T: Float> Model<T> {
 fn stale(name: &str) -> LayerError {
     LayerError::Param {
         op: "model.backward",
-        detail: format!("{name}: no saved forward state"),
+        detail: format!(
+            "{name}: no saved forward state (backward needs a forward in Train or Eval mode)"
+        ),
     }
 }
 

@@ -34,6 +34,20 @@ impl PoolShape {
         }
         Ok(())
     }
+    fn desc(&self) -> String {
+        let s = self;
+        format!("{} planes {}x{} k{} s{}", s.planes, s.h, s.w, s.k, s.stride)
+    }
+    /// Checks the geometry and the x / y lengths of a forward pass; returns (Ho, Wo).
+    fn check_forward(&self, x: usize, y: usize) -> Result<(usize, usize), LayerError> {
+        self.check()?;
+        let (ho, wo) = (self.ho(), self.wo());
+        check_len("maxpool", "x", x, self.planes * self.h * self.w, || {
+            self.desc()
+        })?;
+        check_len("maxpool", "y", y, self.planes * ho * wo, || self.desc())?;
+        Ok((ho, wo))
+    }
 }
 
 /// Forward. x: (planes, H, W) -> y: (planes, Ho, Wo); `arg` gets each window's argmax (index
@@ -44,12 +58,8 @@ pub fn maxpool_forward<T: Float>(
     arg: &mut [u32],
     s: &PoolShape,
 ) -> Result<(), LayerError> {
-    s.check()?;
-    let (ho, wo) = (s.ho(), s.wo());
-    let d = || format!("{} planes {}x{} k{} s{}", s.planes, s.h, s.w, s.k, s.stride);
-    check_len("maxpool", "x", x.len(), s.planes * s.h * s.w, d)?;
-    check_len("maxpool", "y", y.len(), s.planes * ho * wo, d)?;
-    check_len("maxpool", "arg", arg.len(), s.planes * ho * wo, d)?;
+    let (ho, wo) = s.check_forward(x.len(), y.len())?;
+    check_len("maxpool", "arg", arg.len(), s.planes * ho * wo, || s.desc())?;
     let (w, k, st) = (s.w, s.k, s.stride);
     // Separable: for each output row, first the maximum over the window's k rows for every
     // column (`cv`, with its plane index in `ci`), then over k columns. Keeping the smaller
@@ -73,6 +83,58 @@ pub fn maxpool_forward<T: Float>(
             },
         );
     Ok(())
+}
+
+/// Forward without the argmax, for inference (nothing to go back through): y exactly as
+/// [`maxpool_forward`] computes it (the same maxima in the same order), at less cost.
+pub fn maxpool_forward_values<T: Float>(
+    x: &[T],
+    y: &mut [T],
+    s: &PoolShape,
+) -> Result<(), LayerError> {
+    let (ho, wo) = s.check_forward(x.len(), y.len())?;
+    let (w, k, st) = (s.w, s.k, s.stride);
+    let pw = w.div_ceil(st);
+    y.par_chunks_mut(ho * wo).enumerate().for_each_init(
+        || (vec![T::zero(); w], vec![T::zero(); st * pw]),
+        |(cv, pv), (pi, yp)| {
+            let xp = &x[pi * s.h * w..(pi + 1) * s.h * w];
+            pool_plane_values(xp, yp, [cv, pv], [w, k, st, ho, wo]);
+        },
+    );
+    Ok(())
+}
+
+alexnet_tensor::multiversion! {
+    /// [`pool_plane`] without the indices.
+    fn pool_plane_values<T: Float>(xp: &[T], yp: &mut [T], vals: [&mut [T]; 2], dims: [usize; 5]) {
+        let [cv, pv] = vals;
+        let [w, k, st, ho, wo] = dims;
+        let pw = w.div_ceil(st);
+        for i in 0..ho {
+            let r0 = i * st;
+            cv.copy_from_slice(&xp[r0 * w..(r0 + 1) * w]);
+            for u in 1..k {
+                let row = &xp[(r0 + u) * w..(r0 + u + 1) * w];
+                for (m, &v) in cv.iter_mut().zip(row) {
+                    *m = m.max(v);
+                }
+            }
+            for p in 0..st.min(w) {
+                for t in 0..(w - p).div_ceil(st) {
+                    pv[p * pw + t] = cv[p + st * t];
+                }
+            }
+            let yr = &mut yp[i * wo..(i + 1) * wo];
+            yr.copy_from_slice(&pv[..wo]);
+            for v in 1..k {
+                let o = (v % st) * pw + v / st;
+                for (yo, &m) in yr.iter_mut().zip(&pv[o..o + wo]) {
+                    *yo = yo.max(m);
+                }
+            }
+        }
+    }
 }
 
 alexnet_tensor::multiversion! {
@@ -150,7 +212,7 @@ pub fn maxpool_backward<T: Float>(
 ) -> Result<(), LayerError> {
     s.check()?;
     let hw_out = s.ho() * s.wo();
-    let d = || format!("{} planes {}x{} k{} s{}", s.planes, s.h, s.w, s.k, s.stride);
+    let d = || s.desc();
     check_len("maxpool", "dy", dy.len(), s.planes * hw_out, d)?;
     check_len("maxpool", "arg", arg.len(), s.planes * hw_out, d)?;
     check_len("maxpool", "dx", dx.len(), s.planes * s.h * s.w, d)?;
@@ -231,6 +293,9 @@ mod tests {
             let (ry, ra) = direct(&x, &s);
             assert_eq!(y, ry, "{h}x{w} k{k} s{stride}");
             assert_eq!(a, ra, "{h}x{w} k{k} s{stride}");
+            let mut yv = vec![f32::NAN; n];
+            maxpool_forward_values(&x, &mut yv, &s).unwrap();
+            assert_eq!(yv, ry, "values only: {h}x{w} k{k} s{stride}");
         }
     }
 }

@@ -430,3 +430,31 @@ fn sgd_reduces_the_loss_and_eval_is_deterministic() {
     let last = eval_loss(&mut model);
     assert!(last < 0.3 * first, "loss {first} -> {last}");
 }
+
+#[test]
+fn infer_mode_gives_eval_logits_and_refuses_backward() {
+    // The paper-topology tiny plan has LRN and max-pool, whose forward state Infer skips.
+    let plan = tiny_plan(32);
+    assert!(plan
+        .layers
+        .iter()
+        .any(|l| matches!(l.op, alexnet_tensor::spec::Op::Lrn { .. })));
+    let mut model: Model<f32> = Model::new(plan);
+    model.init(3);
+    let x: Vec<f32> = randn(4 * 3 * 11 * 11, 23, 1.0)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let eval = model.forward(&x, 4, Mode::Eval).unwrap().to_vec();
+    let infer = model.forward(&x, 4, Mode::Infer).unwrap().to_vec();
+    assert!(eval
+        .iter()
+        .zip(&infer)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(eval.iter().any(|&v| v != 0.0));
+    let err = model.backward(&vec![0.1; eval.len()], false).unwrap_err();
+    assert!(err.to_string().contains("no saved forward state"), "{err}");
+    // A training forward afterwards restores what backward needs.
+    model.forward(&x, 4, Mode::Train { seed: 1 }).unwrap();
+    assert!(model.backward(&vec![0.1; eval.len()], false).is_ok());
+}

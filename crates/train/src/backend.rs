@@ -227,7 +227,7 @@ impl Backend {
     /// Inference logits (n, classes) with dropout off.
     pub fn predict(&mut self, x: &[f32], n: usize) -> Result<Vec<f32>> {
         Ok(match self {
-            Backend::Cpu(m) => m.forward(x, n, Mode::Eval)?.to_vec(),
+            Backend::Cpu(m) => m.forward(x, n, Mode::Infer)?.to_vec(),
             Backend::Cuda(g) => g.forward(x, false, 0)?,
         })
     }

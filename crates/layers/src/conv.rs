@@ -300,6 +300,19 @@ pub fn conv2d_forward<T: Float>(
     y: &mut [T],
     s: &ConvShape,
 ) -> Result<(), LayerError> {
+    conv2d_forward_act(x, w, b, y, s, false)
+}
+
+/// [`conv2d_forward`], with `relu` applying ReLU to the output as it is written (for inference,
+/// where the pre-activation output is not needed): the same bits as a separate ReLU pass.
+pub fn conv2d_forward_act<T: Float>(
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    y: &mut [T],
+    s: &ConvShape,
+    relu: bool,
+) -> Result<(), LayerError> {
     s.check(x.len(), w.len(), b.len(), y.len())?;
     let (og, kd, hw) = (s.og(), s.kdim(), s.ho() * s.wo());
     let chunk = s.chunk();
@@ -326,6 +339,9 @@ pub fn conv2d_forward<T: Float>(
                             row.fill(b[g * og + oo]);
                         }
                         gemm(false, false, og, hw, kd, T::one(), wg, col, T::one(), yg)?;
+                        if relu {
+                            relu_in_place(yg);
+                        }
                         continue;
                     }
                     let out = &mut out[..og * nb * hw];
@@ -342,7 +358,8 @@ pub fn conv2d_forward<T: Float>(
                         T::zero(),
                         out,
                     )?;
-                    scatter_bias(out, yc, &b[g * og..(g + 1) * og], [nb, s.o, g * og, hw]);
+                    let bg = &b[g * og..(g + 1) * og];
+                    scatter_bias(out, yc, bg, [nb, s.o, g * og, hw], relu);
                 }
             }
             Ok::<(), LayerError>(())
@@ -351,17 +368,34 @@ pub fn conv2d_forward<T: Float>(
 
 alexnet_tensor::multiversion! {
     /// out (O/g, nb*HW), one group's GEMM output -> its channels of y (nb, O, HW) plus the
-    /// bias `bg` (O/g); `dims` = [nb, O, first channel of the group, HW].
-    fn scatter_bias<T: Float>(out: &[T], y: &mut [T], bg: &[T], dims: [usize; 4]) {
+    /// bias `bg` (O/g), then ReLU if `relu`; `dims` = [nb, O, first channel of the group, HW].
+    fn scatter_bias<T: Float>(out: &[T], y: &mut [T], bg: &[T], dims: [usize; 4], relu: bool) {
         let [nb, o, g0, hw] = dims;
         for (oo, &bias) in bg.iter().enumerate() {
             for sn in 0..nb {
                 let dst = &mut y[(sn * o + g0 + oo) * hw..][..hw];
                 let src = &out[(oo * nb + sn) * hw..][..hw];
-                for (d, &v) in dst.iter_mut().zip(src) {
-                    *d = v + bias;
+                if relu {
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        let e = v + bias;
+                        // As relu_forward: max(e, 0) with NaN and -0 mapped to +0.
+                        *d = if e > T::zero() { e } else { T::zero() };
+                    }
+                } else {
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d = v + bias;
+                    }
                 }
             }
+        }
+    }
+}
+
+alexnet_tensor::multiversion! {
+    /// ReLU in place, as relu_forward computes it.
+    fn relu_in_place<T: Float>(y: &mut [T]) {
+        for e in y.iter_mut() {
+            *e = if *e > T::zero() { *e } else { T::zero() };
         }
     }
 }
@@ -593,6 +627,38 @@ mod tests {
                 "col2im {h}x{w} k{k}"
             );
             assert!(dx.iter().any(|&v| v != 0.0));
+        }
+    }
+
+    #[test]
+    fn fused_relu_matches_a_separate_relu_pass() {
+        // 50x50 outputs: one sample per chunk (the GEMM writes y directly); 6x6: several.
+        for (h, k, pad) in [(50, 3, 1), (6, 3, 1)] {
+            let s = ConvShape {
+                n: 3,
+                c: 4,
+                h,
+                w: h,
+                o: 6,
+                k,
+                stride: 1,
+                pad,
+                groups: 2,
+            };
+            let x: Vec<f32> = (0..s.n * s.c * h * h)
+                .map(|i| (i as f32 * 0.37).sin())
+                .collect();
+            let w: Vec<f32> = (0..s.o * 2 * k * k)
+                .map(|i| (i as f32 * 0.11).cos())
+                .collect();
+            let b = [0.1, -0.2, 0.0, 0.3, -0.1, 0.05];
+            let len = s.n * s.o * s.ho() * s.wo();
+            let (mut y, mut yr) = (vec![0.0; len], vec![0.0; len]);
+            conv2d_forward(&x, &w, &b, &mut y, &s).unwrap();
+            conv2d_forward_act(&x, &w, &b, &mut yr, &s, true).unwrap();
+            let want: Vec<f32> = y.iter().map(|&v| if v > 0.0 { v } else { 0.0 }).collect();
+            assert_eq!(yr, want, "{h}x{h}");
+            assert!(y.iter().any(|&v| v < 0.0) && yr.iter().any(|&v| v > 0.0));
         }
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! Generic over the element type: f32 for training, f64 for finite-difference gradient checks.
 
-use crate::conv::{conv2d_backward_opt, conv2d_forward, ConvShape};
+use crate::conv::{conv2d_backward_opt, conv2d_forward_act, ConvShape};
 use crate::dropout::{dropout_backward, dropout_forward};
 use crate::error::{check_len, LayerError};
 use crate::linear::{linear_backward, linear_forward};
@@ -23,9 +23,11 @@ pub enum Mode {
         seed: u64,
     },
     Eval,
-    /// Evaluation that keeps nothing for a backward pass (no max-pool argmax, no LRN scale):
-    /// the same logits as `Eval`, bit for bit, at less cost; a `backward` after it fails
-    /// (for a network with max-pool or LRN) instead of using stale state.
+    /// Evaluation that keeps nothing for a backward pass (no max-pool argmax, no LRN scale;
+    /// a ReLU after a convolution is applied as the convolution writes its output, so the
+    /// convolution's own activation is left empty): the same logits as `Eval`, bit for bit, at
+    /// less cost; a `backward` after it fails (for a network with max-pool or LRN) instead of
+    /// using stale state.
     Infer,
 }
 
@@ -191,7 +193,13 @@ impl<T: Float> Model<T> {
         self.train = matches!(mode, Mode::Train { .. });
         self.input.clear();
         self.input.extend_from_slice(x);
+        // Inference fuses each ReLU into the convolution before it (nothing needs the
+        // pre-activation output then): the conv's activation is left empty.
+        let mut fused_relu = false;
         for li in 0..self.plan.layers.len() {
+            if std::mem::take(&mut fused_relu) {
+                continue;
+            }
             let t0 = self.profile.is_some().then(std::time::Instant::now);
             let (before, rest) = self.acts.split_at_mut(li);
             let xin: &[T] = if li == 0 {
@@ -210,12 +218,24 @@ impl<T: Float> Model<T> {
                     // Invariant: the plan gives every conv layer a (weight, bias) pair.
                     let (wi, bi) = layer.params.expect("conv has params");
                     let (we, be) = (&self.plan.params[wi], &self.plan.params[bi]);
-                    conv2d_forward(
+                    let next_is_relu =
+                        matches!(self.plan.layers.get(li + 1).map(|l| &l.op), Some(Op::Relu));
+                    fused_relu = mode == Mode::Infer && next_is_relu;
+                    let y = if fused_relu {
+                        out.clear();
+                        let relu_out = &mut rest[1];
+                        relu_out.resize(out_len, T::zero());
+                        relu_out
+                    } else {
+                        out
+                    };
+                    conv2d_forward_act(
                         xin,
                         &self.params[we.offset..we.offset + we.len],
                         &self.params[be.offset..be.offset + be.len],
-                        out,
+                        y,
                         &s,
+                        fused_relu,
                     )?;
                 }
                 Op::Relu => relu_forward(xin, out)?,

@@ -452,6 +452,9 @@ fn infer_mode_gives_eval_logits_and_refuses_backward() {
         .zip(&infer)
         .all(|(a, b)| a.to_bits() == b.to_bits()));
     assert!(eval.iter().any(|&v| v != 0.0));
+    // The ReLU was fused into conv1 (its own activation left empty), relu1 is filled.
+    assert!(model.activation("conv1").unwrap().is_empty());
+    assert!(model.activation("relu1").unwrap().iter().any(|&v| v > 0.0));
     let err = model.backward(&vec![0.1; eval.len()], false).unwrap_err();
     assert!(err.to_string().contains("no saved forward state"), "{err}");
     // A training forward afterwards restores what backward needs.

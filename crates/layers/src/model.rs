@@ -19,9 +19,10 @@ use alexnet_tensor::spec::{Op, Plan};
 /// Training (dropout active, with this seed for the step) or evaluation (dropout = identity).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    Train {
-        seed: u64,
-    },
+    /// Training: dropout with this step's seed; a ReLU after a convolution is applied as the
+    /// convolution writes its output (see [`Model::activation`]).
+    Train { seed: u64 },
+    /// Evaluation that keeps every layer's output (for comparisons layer by layer).
     Eval,
     /// Evaluation that keeps nothing for a backward pass (no max-pool argmax, no LRN scale;
     /// a ReLU after a convolution is applied as the convolution writes its output, so the
@@ -172,7 +173,9 @@ impl<T: Float> Model<T> {
             .map(|e| &self.grads[e.offset..e.offset + e.len])
     }
 
-    /// Output of the named layer from the last forward pass: (N, per-sample shape).
+    /// Output of the named layer from the last forward pass: (N, per-sample shape). Empty for
+    /// a convolution followed by ReLU after a `Train` or `Infer` forward (the two are fused;
+    /// the ReLU's activation holds the result); every layer's is kept by `Eval`.
     pub fn activation(&self, name: &str) -> Option<&[T]> {
         let i = self.plan.layers.iter().position(|l| l.name == name)?;
         Some(&self.acts[i])
@@ -193,8 +196,10 @@ impl<T: Float> Model<T> {
         self.train = matches!(mode, Mode::Train { .. });
         self.input.clear();
         self.input.extend_from_slice(x);
-        // Inference fuses each ReLU into the convolution before it (nothing needs the
-        // pre-activation output then): the conv's activation is left empty.
+        // Training and inference fuse each ReLU into the convolution before it: no backward
+        // pass reads a convolution's output (its backward needs its input, the ReLU's its
+        // own output), so the conv's activation is left empty. `Eval` keeps every layer's
+        // output, for comparisons layer by layer (parity fixtures' `act.*`).
         let mut fused_relu = false;
         for li in 0..self.plan.layers.len() {
             if std::mem::take(&mut fused_relu) {
@@ -220,7 +225,7 @@ impl<T: Float> Model<T> {
                     let (we, be) = (&self.plan.params[wi], &self.plan.params[bi]);
                     let next_is_relu =
                         matches!(self.plan.layers.get(li + 1).map(|l| &l.op), Some(Op::Relu));
-                    fused_relu = mode == Mode::Infer && next_is_relu;
+                    fused_relu = mode != Mode::Eval && next_is_relu;
                     let y = if fused_relu {
                         out.clear();
                         let relu_out = &mut rest[1];

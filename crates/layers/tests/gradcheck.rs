@@ -457,7 +457,13 @@ fn infer_mode_gives_eval_logits_and_refuses_backward() {
     assert!(model.activation("relu1").unwrap().iter().any(|&v| v > 0.0));
     let err = model.backward(&vec![0.1; eval.len()], false).unwrap_err();
     assert!(err.to_string().contains("no saved forward state"), "{err}");
-    // A training forward afterwards restores what backward needs.
+    // A training forward afterwards restores what backward needs. Its conv1 ReLU is fused too
+    // (relu1 comes before any dropout, so it equals the Eval forward's bit for bit).
+    model.forward(&x, 4, Mode::Eval).unwrap();
+    let relu1 = model.activation("relu1").unwrap().to_vec();
+    assert!(!model.activation("conv1").unwrap().is_empty());
     model.forward(&x, 4, Mode::Train { seed: 1 }).unwrap();
+    assert!(model.activation("conv1").unwrap().is_empty());
+    assert_eq!(model.activation("relu1").unwrap(), &relu1[..]);
     assert!(model.backward(&vec![0.1; eval.len()], false).is_ok());
 }

@@ -28,8 +28,8 @@ pub enum Level {
 /// 0 = not probed yet, else `Level as u8 + 1`.
 static LEVEL: AtomicU8 = AtomicU8::new(0);
 
-/// The level [`multiversion!`] functions dispatch to on this CPU. `ALEXNET_SIMD=baseline|v3|v4` caps it
-/// (to compare levels; a cap above what the CPU has is ignored).
+/// The level [`multiversion!`] functions dispatch to on this CPU. `ALEXNET_SIMD=baseline` or
+/// `v3` caps it (to compare levels); any other value, or none, means the widest the CPU has.
 pub fn level() -> Level {
     match LEVEL.load(Ordering::Relaxed) {
         1 => Level::Baseline,

@@ -241,6 +241,28 @@ pub fn gpu_check(fixture_dir: &Path) -> Result<bool> {
             }
         }
     }
+    if impls.contains(&ConvImpl::Cudnn) {
+        // The strided fixtures run in space-to-depth form above; here the direct cuDNN form.
+        gpu.set_conv_impl(ConvImpl::Cudnn)?;
+        let s2d = gpu.space_to_depth();
+        gpu.set_space_to_depth(!s2d);
+        println!(
+            "-- conv2d fixtures (f32, convolutions: cudnn, space-to-depth {})",
+            if s2d { "off" } else { "on" }
+        );
+        for path in &files {
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+            if !stem.is_some_and(|s| s.starts_with("conv2d")) {
+                continue;
+            }
+            if let Some(mut r) = fixture_case(&gpu, path, Precision::F32) {
+                r.case = format!("{} (s2d {})", r.case, if s2d { "off" } else { "on" });
+                println!("{}", r.line());
+                tally.record(r.passed());
+            }
+        }
+        gpu.set_space_to_depth(s2d);
+    }
     gpu.set_conv_impl(default_impl)?;
     for p in [Precision::Tf32, Precision::Bf16] {
         println!(

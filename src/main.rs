@@ -91,7 +91,9 @@ struct BenchArgs {
     #[arg(long)]
     profile: bool,
     /// CUDA: convolution implementation, auto, cudnn or im2col (default auto: cuDNN for TF32,
-    /// im2col + cuBLAS for f32 and bf16; ALEXNET_CONV overrides)
+    /// im2col + cuBLAS for f32 and bf16 except bf16's conv1, which runs on cuDNN in
+    /// space-to-depth form in TF32; ALEXNET_CONV overrides; ALEXNET_CONV_S2D=off keeps cuDNN's
+    /// conv1 direct)
     #[arg(long)]
     conv: Option<String>,
     /// CUDA: how cuDNN picks algorithms, heuristic (default; resume stays bit-identical) or

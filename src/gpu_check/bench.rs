@@ -33,7 +33,7 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
         gpu.name()
     );
     println!(
-        "{:<6} {:<15} {:>6} {:>12} {:>12} {:>12} {:>9} {:>10} {:>9}",
+        "{:<6} {:<22} {:>6} {:>12} {:>12} {:>12} {:>9} {:>10} {:>9}",
         "prec",
         "conv",
         "batch",
@@ -44,11 +44,10 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
         "GEMM peak",
         "of limit"
     );
-    let searches = [AlgoSearch::Heuristic, AlgoSearch::Timed];
     if impls.contains(&ConvImpl::Cudnn) {
         gpu.set_conv_impl(ConvImpl::Cudnn)?;
         let plan = load_preset("paper")?.plan(1000)?;
-        for a in searches {
+        for a in [AlgoSearch::Heuristic, AlgoSearch::Timed] {
             gpu.set_algo_search(a);
             for p in [Precision::F32, Precision::Tf32] {
                 let net = GpuNet::new(gpu.clone(), &plan, 128, p)?;
@@ -68,38 +67,37 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
     }
     let mut ok = true;
     let mut peaks: Vec<(Precision, f64)> = Vec::new();
-    let mut rows: Vec<(Precision, ConvImpl, AlgoSearch, usize)> = Vec::new();
+    // (precision, convolutions, algorithm search, batch, space-to-depth): the default (auto)
+    // first, then cuDNN with the space-to-depth form of conv1 (the default) and, for
+    // comparison, without it, then im2col.
+    let mut rows: Vec<(Precision, ConvImpl, AlgoSearch, usize, bool)> = Vec::new();
+    let cudnn = impls.contains(&ConvImpl::Cudnn);
+    let (h, t) = (AlgoSearch::Heuristic, AlgoSearch::Timed);
     for p in [Precision::F32, Precision::Tf32] {
-        for &ci in impls {
-            if ci == ConvImpl::Cudnn {
-                for a in searches {
-                    rows.push((p, ci, a, 128));
-                }
-            } else {
-                rows.push((p, ci, AlgoSearch::Heuristic, 128));
+        if cudnn {
+            rows.push((p, ConvImpl::Cudnn, h, 128, true));
+            rows.push((p, ConvImpl::Cudnn, t, 128, true));
+            rows.push((p, ConvImpl::Cudnn, h, 128, false));
+            if p == Precision::Tf32 {
+                rows.push((p, ConvImpl::Cudnn, t, 128, false));
             }
         }
+        rows.push((p, ConvImpl::Im2col, h, 128, true));
     }
-    // bf16 convolutions always run as im2col + bf16 GEMMs (see alexnet_cuda::ops::conv).
-    rows.push((
-        Precision::Bf16,
-        ConvImpl::Im2col,
-        AlgoSearch::Heuristic,
-        128,
-    ));
-    rows.push((
-        Precision::Bf16,
-        ConvImpl::Im2col,
-        AlgoSearch::Heuristic,
-        256,
-    ));
-    for (p, ci, a, batch) in rows {
+    if cudnn {
+        rows.push((Precision::Bf16, ConvImpl::Auto, h, 128, true));
+        rows.push((Precision::Bf16, ConvImpl::Auto, h, 256, true));
+    }
+    rows.push((Precision::Bf16, ConvImpl::Im2col, h, 128, true));
+    let s2d_default = gpu.space_to_depth();
+    for (p, ci, a, batch, s2d) in rows {
         gpu.set_conv_impl(ci)?;
         gpu.set_algo_search(a);
-        let conv_name = if ci == ConvImpl::Cudnn {
-            format!("{} {}", ci.name(), a.name())
-        } else {
-            ci.name().to_string()
+        gpu.set_space_to_depth(s2d);
+        let conv_name = match (ci, s2d) {
+            (ConvImpl::Cudnn, true) => format!("{} {}", ci.name(), a.name()),
+            (ConvImpl::Cudnn, false) => format!("{} {} no-s2d", ci.name(), a.name()),
+            _ => ci.name().to_string(),
         };
         let peak = match peaks.iter().find(|(q, _)| *q == p) {
             Some(&(_, v)) => Some(v),
@@ -136,7 +134,7 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
                     None => ("?".into(), "?".into()),
                 };
                 println!(
-                    "{:<6} {conv_name:<15} {batch:>6} {train:>12.0} {:>12.0} {:>12.0} \
+                    "{:<6} {conv_name:<22} {batch:>6} {train:>12.0} {:>12.0} {:>12.0} \
                      {achieved:>9.1} {peak_s:>10} {frac_s:>9}",
                     precision_name(p),
                     sy.train_img_per_s,
@@ -146,16 +144,18 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
             (Err(e), _) | (_, Err(e)) => {
                 ok = false;
                 println!(
-                    "{:<6} {conv_name:<15} {batch:>6} error: {e:#}",
+                    "{:<6} {conv_name:<22} {batch:>6} error: {e:#}",
                     precision_name(p)
                 );
             }
         }
     }
+    gpu.set_space_to_depth(s2d_default);
     println!(
         "limit: {:.2} GFLOP per trained image; TFLOP/s = train img/s x {:.2e}; GEMM peak = \
          measured {PEAK_GEMM}^3 GEMM through our cuBLAS path (bf16 including the operand casts); \
-         bf16 convolutions run as im2col + bf16 cuBLAS GEMMs",
+         auto: cuDNN for TF32, im2col + cuBLAS for f32 and bf16 except bf16's conv1 (cuDNN \
+         in space-to-depth form, TF32); no-s2d: conv1 without the space-to-depth form",
         FLOP_PER_TRAINED_IMAGE / 1e9,
         FLOP_PER_TRAINED_IMAGE
     );

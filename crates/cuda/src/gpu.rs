@@ -52,14 +52,17 @@ impl Precision {
     }
 }
 
-/// How convolutions run. bf16 always uses im2col + cuBLAS on bf16 operands (cuDNN's bf16 NCHW
-/// kernels measured far slower; see `ops::conv`).
+/// How convolutions run. bf16 uses im2col + cuBLAS on bf16 operands (cuDNN's bf16 NCHW
+/// kernels measured far slower; see `ops::conv`), except as [`ConvImpl::Auto`] says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ConvImpl {
-    /// Whichever was measured faster for the precision on an H200 (paper net, batch 128):
-    /// cuDNN for TF32 (9,944 vs 6,712 img/s training), im2col for strict f32 (4,745 vs 3,812:
-    /// strict f32 keeps cuDNN to its GEMM-formulated algorithms, see `ops::conv_cudnn`). The
-    /// default where libcudnn loads.
+    /// Whichever was measured faster on an H200 (paper net, batch 128): cuDNN for TF32 (9,944
+    /// vs 6,712 img/s training), im2col for strict f32 (5,195 vs 4,060: strict f32 keeps cuDNN
+    /// to its GEMM-formulated algorithms, see `ops::conv_cudnn`; cuDNN's conv1 in
+    /// space-to-depth form was no faster either, 4.4 vs 4.2 ms) and bf16, except that bf16's
+    /// strided convolutions in space-to-depth form (the paper's conv1, see
+    /// `ops::space_to_depth`) run on cuDNN in TF32, which rounds less than bf16 (7,549 vs
+    /// 6,881 img/s). The default where libcudnn loads.
     Auto,
     /// cuDNN (forward, backward data, backward filter) for f32 and TF32.
     Cudnn,
@@ -90,12 +93,16 @@ impl ConvImpl {
         }
     }
 
-    /// True when convolutions at precision `p` run on cuDNN.
-    pub fn uses_cudnn(self, p: Precision) -> bool {
-        match self {
-            ConvImpl::Auto => p == Precision::Tf32,
-            ConvImpl::Cudnn => p != Precision::Bf16,
-            ConvImpl::Im2col => false,
+    /// The precision at which cuDNN runs a convolution at precision `p`, or `None` when it runs
+    /// as im2col + cuBLAS. `s2d`: the convolution runs in space-to-depth form on cuDNN.
+    pub fn cudnn_precision(self, p: Precision, s2d: bool) -> Option<Precision> {
+        match (self, p) {
+            (ConvImpl::Auto, Precision::Tf32) => Some(Precision::Tf32),
+            (ConvImpl::Auto, Precision::Bf16) => s2d.then_some(Precision::Tf32),
+            (ConvImpl::Auto, Precision::F32)
+            | (ConvImpl::Cudnn, Precision::Bf16)
+            | (ConvImpl::Im2col, _) => None,
+            (ConvImpl::Cudnn, p) => Some(p),
         }
     }
 }
@@ -138,6 +145,10 @@ impl AlgoSearch {
 
 /// Environment variable that overrides the default [`AlgoSearch`] (`heuristic` or `timed`).
 pub const ALGO_ENV: &str = "ALEXNET_CUDNN_ALGO";
+
+/// Environment variable that turns the space-to-depth form of strided cuDNN convolutions
+/// (`ops::space_to_depth`) `off` (default `on`).
+pub const S2D_ENV: &str = "ALEXNET_CONV_S2D";
 
 /// Threads per block of the element-wise kernels.
 pub const BLOCK: u32 = 256;
@@ -207,6 +218,19 @@ fn default_algo_search() -> Result<AlgoSearch, CudaError> {
     }
 }
 
+/// True unless [`S2D_ENV`] says `off`; any value other than `on`/`off` is an error.
+fn default_space_to_depth() -> Result<bool, CudaError> {
+    match std::env::var(S2D_ENV) {
+        Ok(v) if v == "off" => Ok(false),
+        Ok(v) if v == "on" || v.is_empty() => Ok(true),
+        Ok(v) => Err(CudaError::invalid(
+            S2D_ENV,
+            format!("{v:?}: expected on or off"),
+        )),
+        Err(_) => Ok(true),
+    }
+}
+
 /// [`ConvImpl::Auto`] where libcudnn loads, else im2col; [`CONV_ENV`] overrides.
 fn default_conv_impl() -> Result<ConvImpl, CudaError> {
     match std::env::var(CONV_ENV) {
@@ -246,6 +270,8 @@ pub struct Gpu {
     cudnn: Mutex<Option<crate::ops::conv_cudnn::CudnnState>>,
     /// [`AlgoSearch::Timed`] when true.
     algo_timed: AtomicBool,
+    /// Strided cuDNN convolutions in space-to-depth form (`ops::space_to_depth`).
+    space_to_depth: AtomicBool,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -304,6 +330,7 @@ impl Gpu {
                 conv_impl: AtomicU8::new(default_conv_impl()? as u8),
                 cudnn: Mutex::new(None),
                 algo_timed: AtomicBool::new(default_algo_search()? == AlgoSearch::Timed),
+                space_to_depth: AtomicBool::new(default_space_to_depth()?),
             })
         })
     }
@@ -341,6 +368,17 @@ impl Gpu {
     pub fn set_algo_search(&self, a: AlgoSearch) {
         self.algo_timed
             .store(a == AlgoSearch::Timed, Ordering::Relaxed);
+    }
+
+    /// Whether strided cuDNN convolutions run in space-to-depth form where it pays
+    /// (`ops::space_to_depth::s2d_shape`; default on, [`S2D_ENV`]`=off` turns it off).
+    pub fn space_to_depth(&self) -> bool {
+        self.space_to_depth.load(Ordering::Relaxed)
+    }
+
+    /// Turns the space-to-depth form on or off (plans are cached per shape, so both coexist).
+    pub fn set_space_to_depth(&self, on: bool) {
+        self.space_to_depth.store(on, Ordering::Relaxed);
     }
 
     /// Runs `f` on the cuDNN state (created on first use) with its mutex held.

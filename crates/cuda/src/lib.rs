@@ -25,7 +25,7 @@ pub mod parity;
 pub use error::CudaError;
 pub use gpu::{
     cublas_available, cudnn_available, device_count, driver_available, AlgoSearch, ConvImpl, Gpu,
-    Precision, ALGO_ENV, CONV_ENV,
+    Precision, ALGO_ENV, CONV_ENV, S2D_ENV,
 };
 pub use kernels::{check_kernels, nvrtc_available};
 pub use net::{GpuNet, Staged};

@@ -33,10 +33,14 @@ fn kernel_inventory() {
         .iter()
         .flat_map(|f| f.kernel_names())
         .collect();
-    assert_eq!(names.len(), 24, "{names:?}");
+    assert_eq!(names.len(), 28, "{names:?}");
     for n in [
         "im2col",
         "col2im",
+        "s2d_input",
+        "s2d_input_grad",
+        "s2d_weight",
+        "s2d_weight_grad",
         "lrn_bwd_prep",
         "lrn_bwd_finish",
         "channel_sum",
@@ -170,6 +174,27 @@ fn precision_parsing() {
     assert_eq!(Precision::parse("bf16").unwrap(), Precision::Bf16);
     assert!(Precision::parse("fp8").is_err());
     assert!(Precision::F32.tolerance() <= 1e-4);
+}
+
+#[test]
+fn convolution_implementation_per_precision_and_shape() {
+    use alexnet_cuda::ConvImpl::{Auto, Cudnn, Im2col};
+    use Precision::{Bf16, Tf32, F32};
+    // (implementation, precision, conv in space-to-depth form) -> cuDNN's precision or im2col.
+    for (ci, p, s2d, want) in [
+        (Auto, Tf32, false, Some(Tf32)),
+        (Auto, Tf32, true, Some(Tf32)),
+        (Auto, F32, false, None),
+        (Auto, F32, true, None),
+        (Auto, Bf16, false, None),
+        (Auto, Bf16, true, Some(Tf32)),
+        (Cudnn, F32, true, Some(F32)),
+        (Cudnn, Tf32, false, Some(Tf32)),
+        (Cudnn, Bf16, true, None),
+        (Im2col, Tf32, true, None),
+    ] {
+        assert_eq!(ci.cudnn_precision(p, s2d), want, "{ci:?} {p:?} s2d {s2d}");
+    }
 }
 
 #[test]

@@ -181,6 +181,48 @@ impl<T: Float> Model<T> {
         Some(&self.acts[i])
     }
 
+    /// The argmax of the named max-pool layer from the last `Train` or `Eval` forward (index
+    /// within the plane per output, the first maximum on ties); `None` for other layers or after
+    /// an `Infer` forward.
+    pub fn pool_argmax(&self, name: &str) -> Option<&[u32]> {
+        let i = self.plan.layers.iter().position(|l| l.name == name)?;
+        match &self.aux[i] {
+            Aux::Arg(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Replaces the argmax of the named max-pool layer before [`Model::loss_backward`], so the
+    /// backward pass routes gradients through another device's max-pool decisions (used to
+    /// compare a GPU's gradients where a near-tie in a pool window was decided differently).
+    pub fn set_pool_argmax(&mut self, name: &str, arg: &[u32]) -> Result<(), LayerError> {
+        let not_pool = || LayerError::Param {
+            op: "set_pool_argmax",
+            detail: format!("{name:?} is not a max-pool layer of the last forward"),
+        };
+        let i = self
+            .plan
+            .layers
+            .iter()
+            .position(|l| l.name == name)
+            .ok_or_else(not_pool)?;
+        let plane: usize = self.plan.layers[i].in_shape.iter().skip(1).product();
+        let Aux::Arg(cur) = &mut self.aux[i] else {
+            return Err(not_pool());
+        };
+        check_len("set_pool_argmax", "arg", arg.len(), cur.len(), || {
+            name.to_string()
+        })?;
+        if let Some(bad) = arg.iter().find(|&&a| a as usize >= plane) {
+            return Err(LayerError::Param {
+                op: "set_pool_argmax",
+                detail: format!("{name}: index {bad} outside the {plane}-element input plane"),
+            });
+        }
+        cur.copy_from_slice(arg);
+        Ok(())
+    }
+
     /// Number of classes (logits per sample).
     pub fn classes(&self) -> usize {
         self.plan.num_classes

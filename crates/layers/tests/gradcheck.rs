@@ -467,3 +467,45 @@ fn infer_mode_gives_eval_logits_and_refuses_backward() {
     assert_eq!(model.activation("relu1").unwrap(), &relu1[..]);
     assert!(model.backward(&vec![0.1; eval.len()], false).is_ok());
 }
+
+#[test]
+fn pool_argmax_override_routes_the_gradient_and_checks_its_input() {
+    let plan = tiny_plan(6);
+    let mut model: Model<f64> = Model::new(plan);
+    model.init(5);
+    let n = 2;
+    let x = randn(n * 3 * 11 * 11, 29, 1.0);
+    let labels = [0u32, 2];
+    let mode = Mode::Train { seed: 7 };
+    model.forward(&x, n, mode).unwrap();
+    let arg = model.pool_argmax("pool1").unwrap().to_vec();
+    // pool1 input 4 x 6 x 6 (conv1 stride 2 of 11x11), output 4 x 2 x 2 per sample.
+    assert_eq!(arg.len(), n * 4 * 2 * 2);
+    model.loss_backward(&labels).unwrap();
+    let base = model.grads.clone();
+    // The same decisions give the same gradients, bit for bit.
+    model.forward(&x, n, mode).unwrap();
+    model.set_pool_argmax("pool1", &arg).unwrap();
+    model.loss_backward(&labels).unwrap();
+    assert_eq!(model.grads, base);
+    // Another decision in one window moves conv1's gradient (and nothing above pool1).
+    let mut moved = arg.clone();
+    moved[0] = if arg[0] == 0 { 1 } else { 0 };
+    model.forward(&x, n, mode).unwrap();
+    model.set_pool_argmax("pool1", &moved).unwrap();
+    model.loss_backward(&labels).unwrap();
+    let g1 = model.grad("conv1.weight").unwrap().to_vec();
+    let mut m0 = model.clone();
+    m0.grads.copy_from_slice(&base);
+    assert_ne!(g1, m0.grad("conv1.weight").unwrap());
+    assert_eq!(model.grad("conv2.weight"), m0.grad("conv2.weight"));
+    // Bad input: not a pool, wrong length, an index outside the plane.
+    let e = model.set_pool_argmax("conv1", &arg).unwrap_err();
+    assert!(e.to_string().contains("not a max-pool"), "{e}");
+    let e = model.set_pool_argmax("pool1", &arg[1..]).unwrap_err();
+    assert!(e.to_string().contains("elements"), "{e}");
+    let mut bad = arg.clone();
+    bad[3] = 36;
+    let e = model.set_pool_argmax("pool1", &bad).unwrap_err();
+    assert!(e.to_string().contains("outside the 36-element"), "{e}");
+}

@@ -302,6 +302,38 @@ impl GpuNet {
         self.gpu.download(&self.acts[idx].slice(0..len))
     }
 
+    /// The argmax of max-pool layer `name` in the last forward (index within the plane per
+    /// output, (n, C, HO, WO) row-major, the first maximum on ties as on the CPU).
+    pub fn download_pool_argmax(&self, name: &str) -> Result<Vec<u32>, CudaError> {
+        let (arg, out) = self
+            .stages
+            .iter()
+            .find_map(|s| match s {
+                Stage::Pool {
+                    names, arg, out, ..
+                }
+                | Stage::LrnPool {
+                    names, arg, out, ..
+                } if names.iter().any(|n| n == name) => Some((*arg, *out)),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                CudaError::invalid(
+                    "download_pool_argmax",
+                    format!("{name:?} is not a max-pool layer"),
+                )
+            })?;
+        let len = self.act_len[out] * self.last_n;
+        let v: Vec<i32> = self.gpu.download(&self.args[arg].slice(0..len))?;
+        v.into_iter()
+            .map(|a| {
+                u32::try_from(a).map_err(|_| {
+                    CudaError::invalid("download_pool_argmax", format!("{name}: index {a}"))
+                })
+            })
+            .collect()
+    }
+
     /// The first `n` samples of the input buffer (n, C, H, W), e.g. what [`GpuNet::augment_input`]
     /// built (for checking it against the CPU loader).
     pub fn download_input(&self, n: usize) -> Result<Vec<f32>, CudaError> {

@@ -1,6 +1,6 @@
 //! Convolution (cross-correlation, zero padding, groups). Runs on cuDNN
-//! ([`super::conv_cudnn`]) when [`Gpu::conv_impl`] says so for the precision (by default TF32
-//! only, where it was measured faster); otherwise as im2col and cuBLAS GEMMs, processed in
+//! ([`super::conv_cudnn`]) when [`Gpu::conv_impl`] says so for the precision and shape (by
+//! default TF32, and bf16's strided conv1 in space-to-depth form, in TF32); otherwise as im2col and cuBLAS GEMMs, processed in
 //! chunks of samples so the column buffer stays bounded. Forward fuses bias (+ReLU) into the
 //! CNHW -> NCHW epilogue; backward fuses the ReLU mask into the NCHW -> CNHW transpose.
 
@@ -90,7 +90,7 @@ pub struct ConvGeom {
 unsafe impl DeviceRepr for ConvGeom {}
 
 impl ConvGeom {
-    fn of(s: &ConvShape, nb: usize) -> Result<ConvGeom, CudaError> {
+    pub(crate) fn of(s: &ConvShape, nb: usize) -> Result<ConvGeom, CudaError> {
         let u = |what, v| u32_of("conv2d", what, v);
         // The kernels index with 32-bit arithmetic.
         super::idx32(
@@ -174,11 +174,14 @@ fn col2im(
         .map(|_| ())
 }
 
-/// Whether cuDNN runs this convolution ([`crate::ConvImpl::uses_cudnn`]). bf16 always stays on
-/// im2col and bf16 cuBLAS GEMMs: cuDNN's bf16 kernels in NCHW (its heuristics' picks) measured
-/// 5-20x slower for conv3-5's backward on an H200 (19 ms vs ~1 ms for conv3 at batch 128).
-fn uses_cudnn(gpu: &Gpu, prec: Precision) -> bool {
-    gpu.conv_impl().uses_cudnn(prec)
+/// The precision at which cuDNN runs this convolution, or `None` for im2col
+/// ([`crate::ConvImpl::cudnn_precision`]). bf16 stays on im2col and bf16 cuBLAS GEMMs except for
+/// the space-to-depth convolutions: cuDNN's bf16 kernels in NCHW (its heuristics' picks)
+/// measured 5-20x slower for conv3-5's backward on an H200 (19 ms vs ~1 ms for conv3 at
+/// batch 128).
+fn cudnn_precision(gpu: &Gpu, prec: Precision, s: &ConvShape) -> Option<Precision> {
+    let s2d = gpu.space_to_depth() && super::space_to_depth::s2d_shape(s).is_some();
+    gpu.conv_impl().cudnn_precision(prec, s2d)
 }
 
 fn check_io(s: &ConvShape, x: usize, w: usize, b: usize, y: usize) -> Result<(), CudaError> {
@@ -204,8 +207,8 @@ pub fn conv_forward(
     ws: &mut ConvWorkspace,
 ) -> Result<(), CudaError> {
     check_io(s, x.len(), w.len(), b.len(), y.len())?;
-    if uses_cudnn(gpu, prec) {
-        return super::conv_cudnn::forward(gpu, prec, s, x, w, b, y, relu);
+    if let Some(p) = cudnn_precision(gpu, prec, s) {
+        return super::conv_cudnn::forward(gpu, p, s, x, w, b, y, relu);
     }
     let (hw, kd, og) = (s.ho() * s.wo(), s.kdim(), s.o / s.groups);
     let nb_max = s.chunk(ws.col.len(), ws.tmp.len());
@@ -290,8 +293,8 @@ pub fn conv_backward(
     if let Some(d) = dx.as_deref() {
         check_len("conv2d backward", "dx", d.len(), s.n * chw)?;
     }
-    if uses_cudnn(gpu, prec) {
-        return super::conv_cudnn::backward(gpu, prec, s, x, w, y, dy, dx, dw, db);
+    if let Some(p) = cudnn_precision(gpu, prec, s) {
+        return super::conv_cudnn::backward(gpu, p, s, x, w, y, dy, dx, dw, db);
     }
     check_len(
         "conv2d",

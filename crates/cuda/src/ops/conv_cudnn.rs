@@ -18,6 +18,7 @@
 use super::check_len;
 use super::conv::ConvShape;
 use super::elementwise::{bias_act, channel_sum, relu_mask_to};
+use super::space_to_depth::{self, s2d_shape};
 use crate::error::{no_panic, CudaError};
 use crate::gpu::{AlgoSearch, Gpu, Precision};
 use cudarc::cudnn::{result, sys};
@@ -62,6 +63,19 @@ pub(crate) struct CudnnState {
     workspace: Option<CudaSlice<u8>>,
     /// dy * ReLU mask, for the backward of a fused conv + ReLU.
     masked: Option<CudaSlice<f32>>,
+    /// Operands of the space-to-depth form (see [`S2dScratch`]).
+    s2d: S2dScratch,
+}
+
+/// The regrouped operands of a convolution in space-to-depth form (`ops::space_to_depth`):
+/// input, input gradient, weights and weight gradient. Taken out of the state while in use, so
+/// the convolution itself can lock the state again.
+#[derive(Default)]
+struct S2dScratch {
+    x: Option<CudaSlice<f32>>,
+    dx: Option<CudaSlice<f32>>,
+    w: Option<CudaSlice<f32>>,
+    dw: Option<CudaSlice<f32>>,
 }
 
 // SAFETY: the raw cuDNN handle and descriptors are only used while the owning `Gpu`'s mutex is
@@ -107,6 +121,7 @@ impl CudnnState {
                 plans: HashMap::new(),
                 workspace: None,
                 masked: None,
+                s2d: S2dScratch::default(),
             })
         })
     }
@@ -328,10 +343,112 @@ fn vpm(p: u64) -> *mut c_void {
     p as usize as *mut c_void
 }
 
+/// The shape `s` runs as: its space-to-depth form where that applies and is on.
+fn s2d_for(gpu: &Gpu, s: &ConvShape) -> Option<ConvShape> {
+    gpu.space_to_depth().then(|| s2d_shape(s)).flatten()
+}
+
+/// Runs `f` with the space-to-depth scratch taken out of the cuDNN state, and puts it back.
+fn with_s2d<R>(
+    gpu: &Gpu,
+    f: impl FnOnce(&mut S2dScratch) -> Result<R, CudaError>,
+) -> Result<R, CudaError> {
+    let mut sc = gpu.with_cudnn(|st| Ok(std::mem::take(&mut st.s2d)))?;
+    let r = f(&mut sc);
+    gpu.with_cudnn(|st| {
+        st.s2d = sc;
+        Ok(())
+    })?;
+    r
+}
+
 /// y = conv(x, w) + b (then ReLU when `relu`). x: (N,C,H,W), w: (O,C/g,k,k), b: (O),
-/// y: (N,O,HO,WO). Lengths are checked by the caller (`ops::conv`).
+/// y: (N,O,HO,WO). Lengths are checked by the caller (`ops::conv`). Strided convolutions run in
+/// space-to-depth form where [`s2d_for`] says so.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
+    gpu: &Gpu,
+    prec: Precision,
+    s: &ConvShape,
+    x: &CudaView<f32>,
+    w: &CudaView<f32>,
+    b: &CudaView<f32>,
+    y: &mut CudaViewMut<f32>,
+    relu: bool,
+) -> Result<(), CudaError> {
+    let Some(t) = s2d_for(gpu, s) else {
+        return forward_direct(gpu, prec, s, x, w, b, y, relu);
+    };
+    with_s2d(gpu, |sc| {
+        let xs = gpu.grow(&mut sc.x, t.n * t.c * t.h * t.w, "space-to-depth input")?;
+        let ws = gpu.grow(&mut sc.w, t.o * t.kdim(), "space-to-depth weights")?;
+        // x: (N,C,H,W) -> xs: (N,C*S*S,HS,WS); w: (O,C/g,K,K) -> ws: (O,C/g*S*S,KS,KS)
+        space_to_depth::input(gpu, s, x, &mut xs.as_view_mut())?;
+        space_to_depth::weight(gpu, s, w, &mut ws.as_view_mut())?;
+        forward_direct(gpu, prec, &t, &xs.as_view(), &ws.as_view(), b, y, relu)
+    })
+}
+
+/// Gradients of a convolution (+ReLU when `y` is given), as [`backward_direct`], in
+/// space-to-depth form where [`s2d_for`] says so.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward(
+    gpu: &Gpu,
+    prec: Precision,
+    s: &ConvShape,
+    x: &CudaView<f32>,
+    w: &CudaView<f32>,
+    y: Option<&CudaView<f32>>,
+    dy: &CudaView<f32>,
+    dx: Option<&mut CudaViewMut<f32>>,
+    dw: &mut CudaViewMut<f32>,
+    db: &mut CudaViewMut<f32>,
+) -> Result<(), CudaError> {
+    let Some(t) = s2d_for(gpu, s) else {
+        return backward_direct(gpu, prec, s, x, w, y, dy, dx, dw, db);
+    };
+    with_s2d(gpu, |sc| {
+        let nxs = t.n * t.c * t.h * t.w;
+        let xs = gpu.grow(&mut sc.x, nxs, "space-to-depth input")?;
+        let ws = gpu.grow(&mut sc.w, t.o * t.kdim(), "space-to-depth weights")?;
+        let dws = gpu.grow(&mut sc.dw, t.o * t.kdim(), "space-to-depth weight gradient")?;
+        // The forward's regrouped operands are not kept: regrouping again costs one pass.
+        space_to_depth::input(gpu, s, x, &mut xs.as_view_mut())?;
+        space_to_depth::weight(gpu, s, w, &mut ws.as_view_mut())?;
+        let (xs, ws) = (xs.as_view(), ws.as_view());
+        match dx {
+            Some(dx) => {
+                let dxs = gpu.grow(&mut sc.dx, nxs, "space-to-depth input gradient")?;
+                let mut dxs = dxs.as_view_mut();
+                let mut dwsv = dws.as_view_mut();
+                backward_direct(
+                    gpu,
+                    prec,
+                    &t,
+                    &xs,
+                    &ws,
+                    y,
+                    dy,
+                    Some(&mut dxs),
+                    &mut dwsv,
+                    db,
+                )?;
+                // dxs: (N,C*S*S,HS,WS) -> dx: (N,C,H,W)
+                space_to_depth::input_grad(gpu, s, &dxs.as_view(), dx)?;
+            }
+            None => {
+                let mut dwsv = dws.as_view_mut();
+                backward_direct(gpu, prec, &t, &xs, &ws, y, dy, None, &mut dwsv, db)?;
+            }
+        }
+        // dws: (O,C/g*S*S,KS,KS) -> dw: (O,C/g,K,K)
+        space_to_depth::weight_grad(gpu, s, &dws.as_view(), dw)
+    })
+}
+
+/// y = conv(x, w) + b (then ReLU when `relu`) as one cuDNN convolution of shape `s`.
+#[allow(clippy::too_many_arguments)]
+fn forward_direct(
     gpu: &Gpu,
     prec: Precision,
     s: &ConvShape,
@@ -384,7 +501,7 @@ pub(crate) fn forward(
 /// Gradients of a convolution (+ReLU when `y` is given: `y` is then the layer's ReLU output).
 /// dy: (N,O,HO,WO) -> dw (O,C/g,k,k) and db (O) overwritten; dx (N,C,H,W) overwritten if given.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn backward(
+fn backward_direct(
     gpu: &Gpu,
     prec: Precision,
     s: &ConvShape,
@@ -486,6 +603,7 @@ pub fn chosen_algorithms(
     s: &ConvShape,
     p: Precision,
 ) -> Result<(String, String, String), CudaError> {
+    let s = &s2d_for(gpu, s).unwrap_or(*s);
     gpu.with_cudnn(|st| {
         let plan = plan_for(&mut st.plans, st.handle, s, (p, gpu.algo_search()))?;
         Ok((

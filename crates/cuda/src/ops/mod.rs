@@ -13,6 +13,7 @@ pub mod gemm;
 pub mod loss;
 pub mod lrn;
 pub mod sgd;
+pub mod space_to_depth;
 
 use crate::error::CudaError;
 use cudarc::driver::{CudaView, CudaViewMut};

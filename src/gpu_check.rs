@@ -58,7 +58,7 @@ use alexnet_cuda::ops::gemm::{gemm, MatDesc};
 use alexnet_cuda::parity::{applicable, run_loaded};
 use alexnet_cuda::{
     cudnn_available, device_count, driver_available, AlgoSearch, AugmentSample, ConvImpl,
-    CudaError, Gpu, GpuNet, Precision, CONV_ENV,
+    ConvLayout, CudaError, Gpu, GpuNet, Precision, CONV_ENV, LAYOUT_ENV,
 };
 use alexnet_data::augment::{patch_to_chw, pca_delta, Patch};
 use alexnet_layers::{Mode, Model};
@@ -68,7 +68,7 @@ use alexnet_tensor::rng::Rng;
 use alexnet_tensor::spec::{Op, Plan};
 use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -223,8 +223,9 @@ pub fn gpu_check(fixture_dir: &Path) -> Result<bool> {
         vec![ConvImpl::Im2col]
     };
     println!(
-        "info: default convolutions: {} ({CONV_ENV} overrides)",
-        default_impl.name()
+        "info: default convolutions: {} ({CONV_ENV} overrides), cuDNN layout {} ({LAYOUT_ENV})",
+        default_impl.name(),
+        gpu.conv_layout().name()
     );
     let files = fixture_files(fixture_dir)?;
     for &ci in &impls {
@@ -242,26 +243,37 @@ pub fn gpu_check(fixture_dir: &Path) -> Result<bool> {
         }
     }
     if impls.contains(&ConvImpl::Cudnn) {
-        // The strided fixtures run in space-to-depth form above; here the direct cuDNN form.
+        // The conv fixtures on cuDNN once more in the forms the passes above did not take:
+        // the other space-to-depth setting (f32), then f32 and TF32 in the other layout (bf16
+        // runs on cuDNN in NHWC only, its default).
         gpu.set_conv_impl(ConvImpl::Cudnn)?;
-        let s2d = gpu.space_to_depth();
-        gpu.set_space_to_depth(!s2d);
-        println!(
-            "-- conv2d fixtures (f32, convolutions: cudnn, space-to-depth {})",
-            if s2d { "off" } else { "on" }
-        );
-        for path in &files {
-            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
-            if !stem.is_some_and(|s| s.starts_with("conv2d")) {
-                continue;
-            }
-            if let Some(mut r) = fixture_case(&gpu, path, Precision::F32) {
-                r.case = format!("{} (s2d {})", r.case, if s2d { "off" } else { "on" });
-                println!("{}", r.line());
-                tally.record(r.passed());
+        let (s2d, layout) = (gpu.space_to_depth(), gpu.conv_layout());
+        let other = if layout.nhwc_for(Precision::F32) {
+            ConvLayout::Nchw
+        } else {
+            ConvLayout::Nhwc
+        };
+        let on_off = |b: bool| if b { "on" } else { "off" };
+        let passes: [(bool, ConvLayout, &[Precision]); 2] = [
+            (!s2d, layout, &[Precision::F32]),
+            (s2d, other, &[Precision::F32, Precision::Tf32]),
+        ];
+        for (s2d_v, lay, precisions) in passes {
+            gpu.set_space_to_depth(s2d_v);
+            gpu.set_conv_layout(lay);
+            for &p in precisions {
+                let nhwc = if lay.nhwc_for(p) { "nhwc" } else { "nchw" };
+                let form = format!("space-to-depth {}, {nhwc}", on_off(s2d_v));
+                println!(
+                    "-- conv2d fixtures ({}, convolutions: cudnn, {form})",
+                    precision_name(p)
+                );
+                let tag = format!("{} ({form})", precision_name(p));
+                fixture_pass(&gpu, &files, &["conv2d"], p, &tag, &mut tally);
             }
         }
         gpu.set_space_to_depth(s2d);
+        gpu.set_conv_layout(layout);
     }
     gpu.set_conv_impl(default_impl)?;
     for p in [Precision::Tf32, Precision::Bf16] {
@@ -270,18 +282,8 @@ pub fn gpu_check(fixture_dir: &Path) -> Result<bool> {
             precision_name(p),
             p.tolerance()
         );
-        for path in &files {
-            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
-            if !stem.is_some_and(|s| s.starts_with("conv2d") || s.starts_with("linear")) {
-                continue;
-            }
-            if let Some(mut r) = fixture_case(&gpu, path, p) {
-                r.tolerance = p.tolerance();
-                r.case = format!("{} {}", r.case, precision_name(p));
-                println!("{}", r.line());
-                tally.record(r.passed());
-            }
-        }
+        let kinds = ["conv2d", "linear"];
+        fixture_pass(&gpu, &files, &kinds, p, precision_name(p), &mut tally);
     }
 
     if let Err(e) = lrn_kernels::lrn_kernels(&gpu, &mut tally) {
@@ -337,6 +339,30 @@ pub fn gpu_check(fixture_dir: &Path) -> Result<bool> {
 
 /// One fixture at precision `p`; `None` (after printing an "n/a" line) when the op has no CUDA
 /// path.
+/// The fixtures whose names start with one of `prefixes`, at precision `p` and its documented
+/// bound; `tag` is appended to each case's name.
+fn fixture_pass(
+    gpu: &Arc<Gpu>,
+    files: &[PathBuf],
+    prefixes: &[&str],
+    p: Precision,
+    tag: &str,
+    tally: &mut Tally,
+) {
+    for path in files {
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+        if !stem.is_some_and(|s| prefixes.iter().any(|q| s.starts_with(q))) {
+            continue;
+        }
+        if let Some(mut r) = fixture_case(gpu, path, p) {
+            r.tolerance = p.tolerance();
+            r.case = format!("{} {tag}", r.case);
+            println!("{}", r.line());
+            tally.record(r.passed());
+        }
+    }
+}
+
 fn fixture_case(gpu: &Arc<Gpu>, path: &Path, p: Precision) -> Option<CaseResult> {
     let stem = path
         .file_stem()

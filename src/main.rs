@@ -90,10 +90,10 @@ struct BenchArgs {
     /// Also print the time per layer (forward and backward) of a training step.
     #[arg(long)]
     profile: bool,
-    /// CUDA: convolution implementation, auto, cudnn or im2col (default auto: cuDNN for TF32,
-    /// im2col + cuBLAS for f32 and bf16 except bf16's conv1, which runs on cuDNN in
-    /// space-to-depth form in TF32; ALEXNET_CONV overrides; ALEXNET_CONV_S2D=off keeps cuDNN's
-    /// conv1 direct)
+    /// CUDA: convolution implementation, auto, cudnn or im2col (default auto: cuDNN for TF32
+    /// (NCHW) and bf16 (NHWC copies), im2col + cuBLAS for f32; ALEXNET_CONV overrides;
+    /// ALEXNET_CONV_LAYOUT=auto|nchw|nhwc picks cuDNN's layout, ALEXNET_CONV_S2D=off keeps
+    /// cuDNN's conv1 direct)
     #[arg(long)]
     conv: Option<String>,
     /// CUDA: how cuDNN picks algorithms, heuristic (default; resume stays bit-identical) or

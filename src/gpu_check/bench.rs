@@ -67,38 +67,52 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
     }
     let mut ok = true;
     let mut peaks: Vec<(Precision, f64)> = Vec::new();
-    // (precision, convolutions, algorithm search, batch, space-to-depth): the default (auto)
-    // first, then cuDNN with the space-to-depth form of conv1 (the default) and, for
-    // comparison, without it, then im2col.
-    let mut rows: Vec<(Precision, ConvImpl, AlgoSearch, usize, bool)> = Vec::new();
+    // (precision, convolutions, algorithm search, batch, space-to-depth, layout): the defaults
+    // (auto) beside cuDNN in NCHW and in NHWC, with the space-to-depth form of conv1 (the
+    // default) and once without it, and im2col. bf16 runs on cuDNN in NHWC only (its default);
+    // its NCHW row is im2col with conv1 on cuDNN in TF32.
+    let mut rows: Vec<(Precision, ConvImpl, AlgoSearch, usize, bool, ConvLayout)> = Vec::new();
     let cudnn = impls.contains(&ConvImpl::Cudnn);
     let (h, t) = (AlgoSearch::Heuristic, AlgoSearch::Timed);
-    for p in [Precision::F32, Precision::Tf32] {
-        if cudnn {
-            rows.push((p, ConvImpl::Cudnn, h, 128, true));
-            rows.push((p, ConvImpl::Cudnn, t, 128, true));
-            rows.push((p, ConvImpl::Cudnn, h, 128, false));
-            if p == Precision::Tf32 {
-                rows.push((p, ConvImpl::Cudnn, t, 128, false));
-            }
-        }
-        rows.push((p, ConvImpl::Im2col, h, 128, true));
-    }
+    let (f32_, tf32, bf16) = (Precision::F32, Precision::Tf32, Precision::Bf16);
+    let (auto, nchw, nhwc) = (ConvLayout::Auto, ConvLayout::Nchw, ConvLayout::Nhwc);
     if cudnn {
-        rows.push((Precision::Bf16, ConvImpl::Auto, h, 128, true));
-        rows.push((Precision::Bf16, ConvImpl::Auto, h, 256, true));
+        rows.push((f32_, ConvImpl::Cudnn, h, 128, true, nchw));
+        rows.push((f32_, ConvImpl::Cudnn, h, 128, true, nhwc));
     }
-    rows.push((Precision::Bf16, ConvImpl::Im2col, h, 128, true));
-    let s2d_default = gpu.space_to_depth();
-    for (p, ci, a, batch, s2d) in rows {
+    rows.push((f32_, ConvImpl::Im2col, h, 128, true, auto));
+    if cudnn {
+        for lay in [nchw, nhwc] {
+            rows.push((tf32, ConvImpl::Cudnn, h, 128, true, lay));
+            rows.push((tf32, ConvImpl::Cudnn, t, 128, true, lay));
+        }
+        rows.push((tf32, ConvImpl::Cudnn, h, 128, false, nchw));
+    }
+    rows.push((tf32, ConvImpl::Im2col, h, 128, true, auto));
+    if cudnn {
+        rows.push((bf16, ConvImpl::Auto, h, 128, true, auto));
+        rows.push((bf16, ConvImpl::Auto, t, 128, true, auto));
+        rows.push((bf16, ConvImpl::Auto, h, 256, true, auto));
+        rows.push((bf16, ConvImpl::Auto, h, 128, true, nchw));
+    }
+    rows.push((bf16, ConvImpl::Im2col, h, 128, true, auto));
+    let (s2d_default, layout_default) = (gpu.space_to_depth(), gpu.conv_layout());
+    for (p, ci, a, batch, s2d, layout) in rows {
         gpu.set_conv_impl(ci)?;
         gpu.set_algo_search(a);
         gpu.set_space_to_depth(s2d);
-        let conv_name = match (ci, s2d) {
-            (ConvImpl::Cudnn, true) => format!("{} {}", ci.name(), a.name()),
-            (ConvImpl::Cudnn, false) => format!("{} {} no-s2d", ci.name(), a.name()),
-            _ => ci.name().to_string(),
-        };
+        gpu.set_conv_layout(layout);
+        let nhwc = layout.nhwc_for(p);
+        let mut conv_name = ci.name().to_string();
+        if ci != ConvImpl::Im2col {
+            conv_name = format!("{conv_name} {}", a.name());
+        }
+        if !s2d {
+            conv_name.push_str(" no-s2d");
+        }
+        if ci != ConvImpl::Im2col {
+            conv_name.push_str(if nhwc { " nhwc" } else { " nchw" });
+        }
         let peak = match peaks.iter().find(|(q, _)| *q == p) {
             Some(&(_, v)) => Some(v),
             None => {
@@ -151,11 +165,13 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
         }
     }
     gpu.set_space_to_depth(s2d_default);
+    gpu.set_conv_layout(layout_default);
     println!(
         "limit: {:.2} GFLOP per trained image; TFLOP/s = train img/s x {:.2e}; GEMM peak = \
          measured {PEAK_GEMM}^3 GEMM through our cuBLAS path (bf16 including the operand casts); \
-         auto: cuDNN for TF32, im2col + cuBLAS for f32 and bf16 except bf16's conv1 (cuDNN \
-         in space-to-depth form, TF32); no-s2d: conv1 without the space-to-depth form",
+         auto: cuDNN for TF32 (NCHW) and bf16 (NHWC), im2col + cuBLAS for f32; bf16 auto \
+         nchw: im2col + bf16 GEMMs with conv1 on cuDNN in TF32; no-s2d: conv1 without the \
+         space-to-depth form; nhwc: cuDNN on NHWC copies (bf16 for bf16)",
         FLOP_PER_TRAINED_IMAGE / 1e9,
         FLOP_PER_TRAINED_IMAGE
     );

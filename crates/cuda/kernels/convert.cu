@@ -26,3 +26,76 @@ extern "C" __global__ void bf16_to_f32(const unsigned short* x, float* y, u64 n)
         y[i] = __uint_as_float(((unsigned int)x[i]) << 16);
     }
 }
+
+// NCHW (f32, the network's layout) <-> NHWC (f32 or bf16, the layout cuDNN's tensor-core kernels
+// work in) for the NHWC convolution path (ops::layout). Per sample, a (C, HW) <-> (HW, C)
+// transpose through a 32 x 33 shared tile, so that reads and writes are both coalesced.
+// Grid (ceil(HW / 32), ceil(C / 32), N), block (32, 8); c * hw < 2^31 (checked by the host).
+
+__device__ __forceinline__ void store_elem(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_elem(unsigned short* p, float v) {
+    *p = f32_to_bf16_bits(v);
+}
+__device__ __forceinline__ float load_elem(const float* p) { return *p; }
+__device__ __forceinline__ float load_elem(const unsigned short* p) {
+    return __uint_as_float(((unsigned int)*p) << 16);
+}
+
+// x: (N, C, HW) f32 -> y: (N, HW, C).
+template <typename T>
+__device__ __forceinline__ void to_nhwc(const float* x, T* y, unsigned c, unsigned hw) {
+    __shared__ float tile[32][33];
+    u64 base = (u64)blockIdx.z * c * hw;
+    unsigned p0 = blockIdx.x * 32, c0 = blockIdx.y * 32;
+    for (unsigned k = threadIdx.y; k < 32; k += 8) {
+        unsigned ch = c0 + k, p = p0 + threadIdx.x;
+        if (ch < c && p < hw) tile[k][threadIdx.x] = x[base + ch * hw + p];
+    }
+    __syncthreads();
+    for (unsigned k = threadIdx.y; k < 32; k += 8) {
+        unsigned p = p0 + k, ch = c0 + threadIdx.x;
+        if (ch < c && p < hw) store_elem(y + base + p * c + ch, tile[threadIdx.x][k]);
+    }
+}
+
+// y: (N, HW, C) -> x: (N, C, HW) f32, + b[c] when b is not null, then ReLU when relu != 0.
+template <typename T>
+__device__ __forceinline__ void from_nhwc(const T* y, const float* b, float* x, unsigned c,
+                                          unsigned hw, int relu) {
+    __shared__ float tile[32][33];
+    u64 base = (u64)blockIdx.z * c * hw;
+    unsigned p0 = blockIdx.x * 32, c0 = blockIdx.y * 32;
+    for (unsigned k = threadIdx.y; k < 32; k += 8) {
+        unsigned p = p0 + k, ch = c0 + threadIdx.x;
+        if (ch < c && p < hw) tile[k][threadIdx.x] = load_elem(y + base + p * c + ch);
+    }
+    __syncthreads();
+    for (unsigned k = threadIdx.y; k < 32; k += 8) {
+        unsigned ch = c0 + k, p = p0 + threadIdx.x;
+        if (ch < c && p < hw) {
+            float v = tile[threadIdx.x][k];
+            if (b != 0) v += b[ch];
+            if (relu && v < 0.0f) v = 0.0f;
+            x[base + ch * hw + p] = v;
+        }
+    }
+}
+
+extern "C" __global__ void nchw_to_nhwc_f32(const float* x, float* y, unsigned c, unsigned hw) {
+    to_nhwc(x, y, c, hw);
+}
+
+extern "C" __global__ void nchw_to_nhwc_bf16(const float* x, unsigned short* y, unsigned c,
+                                             unsigned hw) {
+    to_nhwc(x, y, c, hw);
+}
+
+extern "C" __global__ void nhwc_to_nchw_f32(const float* y, const float* b, float* x, unsigned c,
+                                            unsigned hw, int relu) {
+    from_nhwc(y, b, x, c, hw, relu);
+}
+
+extern "C" __global__ void nhwc_to_nchw_bf16(const unsigned short* y, const float* b, float* x,
+                                             unsigned c, unsigned hw, int relu) {
+    from_nhwc(y, b, x, c, hw, relu);
+}

@@ -19,8 +19,10 @@ pub enum Precision {
     F32,
     /// f32 storage, TF32 tensor-core GEMMs (`CUBLAS_COMPUTE_32F_FAST_TF32`).
     Tf32,
-    /// GEMM operands cast to bf16 right before each GEMM, f32 accumulation and f32 outputs;
-    /// master weights, activations, gradients and the optimizer stay f32.
+    /// bf16 operands with f32 accumulation: cuBLAS GEMMs take their operands cast to bf16 right
+    /// before each GEMM and give f32 outputs; cuDNN convolutions (in NHWC) take bf16 copies and
+    /// give bf16 outputs, turned back into f32 by the transpose. Master weights, activations,
+    /// gradients and the optimizer stay f32.
     Bf16,
 }
 
@@ -59,12 +61,13 @@ pub enum ConvImpl {
     /// Whichever was measured faster on an H200 (paper net, batch 128): cuDNN for TF32 (9,944
     /// vs 6,712 img/s training), im2col for strict f32 (5,195 vs 4,060: strict f32 keeps cuDNN
     /// to its GEMM-formulated algorithms, see `ops::conv_cudnn`; cuDNN's conv1 in
-    /// space-to-depth form was no faster either, 4.4 vs 4.2 ms) and bf16, except that bf16's
-    /// strided convolutions in space-to-depth form (the paper's conv1, see
-    /// `ops::space_to_depth`) run on cuDNN in TF32, which rounds less than bf16 (7,549 vs
-    /// 6,881 img/s). The default where libcudnn loads.
+    /// space-to-depth form was no faster either, 4.4 vs 4.2 ms), cuDNN for bf16 where its
+    /// convolutions run in NHWC ([`ConvLayout`], the default for bf16: 13,600 vs 7,598);
+    /// bf16 with NCHW convolutions runs im2col + bf16 GEMMs, except the strided convolutions in
+    /// space-to-depth form (the paper's conv1, see `ops::space_to_depth`), on cuDNN in TF32,
+    /// which rounds less than bf16 (7,549 vs 6,881 img/s). The default where libcudnn loads.
     Auto,
-    /// cuDNN (forward, backward data, backward filter) for f32 and TF32.
+    /// cuDNN (forward, backward data, backward filter) for f32 and TF32, and bf16 in NHWC.
     Cudnn,
     /// Our im2col / col2im kernels + cuBLAS GEMMs.
     Im2col,
@@ -94,9 +97,11 @@ impl ConvImpl {
     }
 
     /// The precision at which cuDNN runs a convolution at precision `p`, or `None` when it runs
-    /// as im2col + cuBLAS. `s2d`: the convolution runs in space-to-depth form on cuDNN.
-    pub fn cudnn_precision(self, p: Precision, s2d: bool) -> Option<Precision> {
+    /// as im2col + cuBLAS. `s2d`: the convolution runs in space-to-depth form on cuDNN; `nhwc`:
+    /// cuDNN convolutions run in NHWC, where they take bf16 operands too.
+    pub fn cudnn_precision(self, p: Precision, s2d: bool, nhwc: bool) -> Option<Precision> {
         match (self, p) {
+            (ConvImpl::Auto | ConvImpl::Cudnn, Precision::Bf16) if nhwc => Some(Precision::Bf16),
             (ConvImpl::Auto, Precision::Tf32) => Some(Precision::Tf32),
             (ConvImpl::Auto, Precision::Bf16) => s2d.then_some(Precision::Tf32),
             (ConvImpl::Auto, Precision::F32)
@@ -145,6 +150,58 @@ impl AlgoSearch {
 
 /// Environment variable that overrides the default [`AlgoSearch`] (`heuristic` or `timed`).
 pub const ALGO_ENV: &str = "ALEXNET_CUDNN_ALGO";
+
+/// Layout of the operands of cuDNN convolutions. The network keeps f32 NCHW activations; in
+/// NHWC the operands are transposed into NHWC scratch copies (`ops::layout`; f32, or bf16 at
+/// [`Precision::Bf16`], which then runs on cuDNN too) and the results back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvLayout {
+    /// What was measured faster on an H200 (paper net, batch 128, training img/s): NHWC for bf16
+    /// (13,600 vs 7,598 with NCHW's im2col + TF32 conv1; 17,138 at batch 256), NCHW for TF32
+    /// (12,671 vs 12,795 heuristic, but 14,020 vs 12,846 with timed algorithms) and f32 (whose
+    /// default convolutions are im2col anyway). The default.
+    Auto,
+    /// NCHW: cuDNN works on the network's buffers directly (f32 and TF32 only).
+    Nchw,
+    /// NHWC copies for every precision.
+    Nhwc,
+}
+
+impl ConvLayout {
+    /// Parses `auto`, `nchw` or `nhwc`.
+    pub fn parse(s: &str) -> Result<ConvLayout, CudaError> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" | "" => Ok(ConvLayout::Auto),
+            "nchw" => Ok(ConvLayout::Nchw),
+            "nhwc" => Ok(ConvLayout::Nhwc),
+            other => Err(CudaError::invalid(
+                LAYOUT_ENV,
+                format!("{other:?}: expected auto, nchw or nhwc"),
+            )),
+        }
+    }
+
+    /// `auto`, `nchw` or `nhwc`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvLayout::Auto => "auto",
+            ConvLayout::Nchw => "nchw",
+            ConvLayout::Nhwc => "nhwc",
+        }
+    }
+
+    /// Whether cuDNN convolutions at precision `p` run in NHWC.
+    pub fn nhwc_for(self, p: Precision) -> bool {
+        match self {
+            ConvLayout::Auto => p == Precision::Bf16,
+            ConvLayout::Nchw => false,
+            ConvLayout::Nhwc => true,
+        }
+    }
+}
+
+/// Environment variable that picks the [`ConvLayout`] (`auto`, `nchw` or `nhwc`).
+pub const LAYOUT_ENV: &str = "ALEXNET_CONV_LAYOUT";
 
 /// Environment variable that turns the space-to-depth form of strided cuDNN convolutions
 /// (`ops::space_to_depth`) `off` (default `on`).
@@ -231,6 +288,14 @@ fn default_space_to_depth() -> Result<bool, CudaError> {
     }
 }
 
+/// [`ConvLayout::Auto`] unless [`LAYOUT_ENV`] says otherwise.
+fn default_conv_layout() -> Result<ConvLayout, CudaError> {
+    match std::env::var(LAYOUT_ENV) {
+        Ok(v) => ConvLayout::parse(&v),
+        Err(_) => Ok(ConvLayout::Auto),
+    }
+}
+
 /// [`ConvImpl::Auto`] where libcudnn loads, else im2col; [`CONV_ENV`] overrides.
 fn default_conv_impl() -> Result<ConvImpl, CudaError> {
     match std::env::var(CONV_ENV) {
@@ -272,6 +337,8 @@ pub struct Gpu {
     algo_timed: AtomicBool,
     /// Strided cuDNN convolutions in space-to-depth form (`ops::space_to_depth`).
     space_to_depth: AtomicBool,
+    /// [`ConvLayout`] as u8 (0 auto, 1 NCHW, 2 NHWC).
+    conv_layout: AtomicU8,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -331,6 +398,7 @@ impl Gpu {
                 cudnn: Mutex::new(None),
                 algo_timed: AtomicBool::new(default_algo_search()? == AlgoSearch::Timed),
                 space_to_depth: AtomicBool::new(default_space_to_depth()?),
+                conv_layout: AtomicU8::new(default_conv_layout()? as u8),
             })
         })
     }
@@ -379,6 +447,25 @@ impl Gpu {
     /// Turns the space-to-depth form on or off (plans are cached per shape, so both coexist).
     pub fn set_space_to_depth(&self, on: bool) {
         self.space_to_depth.store(on, Ordering::Relaxed);
+    }
+
+    /// The layout of cuDNN convolutions ([`ConvLayout`]; [`LAYOUT_ENV`] sets the default).
+    pub fn conv_layout(&self) -> ConvLayout {
+        match self.conv_layout.load(Ordering::Relaxed) {
+            0 => ConvLayout::Auto,
+            1 => ConvLayout::Nchw,
+            _ => ConvLayout::Nhwc,
+        }
+    }
+
+    /// Switches the layout of cuDNN convolutions (plans are cached per layout).
+    pub fn set_conv_layout(&self, l: ConvLayout) {
+        self.conv_layout.store(l as u8, Ordering::Relaxed);
+    }
+
+    /// Whether cuDNN convolutions at precision `p` run in NHWC.
+    pub fn conv_nhwc_for(&self, p: Precision) -> bool {
+        self.conv_layout().nhwc_for(p)
     }
 
     /// Runs `f` on the cuDNN state (created on first use) with its mutex held.

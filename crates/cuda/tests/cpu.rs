@@ -33,7 +33,7 @@ fn kernel_inventory() {
         .iter()
         .flat_map(|f| f.kernel_names())
         .collect();
-    assert_eq!(names.len(), 28, "{names:?}");
+    assert_eq!(names.len(), 32, "{names:?}");
     for n in [
         "im2col",
         "col2im",
@@ -193,8 +193,29 @@ fn convolution_implementation_per_precision_and_shape() {
         (Cudnn, Bf16, true, None),
         (Im2col, Tf32, true, None),
     ] {
-        assert_eq!(ci.cudnn_precision(p, s2d), want, "{ci:?} {p:?} s2d {s2d}");
+        assert_eq!(
+            ci.cudnn_precision(p, s2d, false),
+            want,
+            "{ci:?} {p:?} s2d {s2d}"
+        );
     }
+    // In NHWC cuDNN takes bf16 operands: bf16 runs there wherever cuDNN is allowed.
+    assert_eq!(Auto.cudnn_precision(Bf16, false, true), Some(Bf16));
+    assert_eq!(Cudnn.cudnn_precision(Bf16, true, true), Some(Bf16));
+    assert_eq!(Im2col.cudnn_precision(Bf16, true, true), None);
+    assert_eq!(Auto.cudnn_precision(F32, true, true), None);
+    assert_eq!(Auto.cudnn_precision(Tf32, false, true), Some(Tf32));
+    // The layout: auto is NHWC for bf16 only.
+    use alexnet_cuda::ConvLayout;
+    for (l, want) in [
+        (ConvLayout::Auto, [false, false, true]),
+        (ConvLayout::Nchw, [false, false, false]),
+        (ConvLayout::Nhwc, [true, true, true]),
+    ] {
+        assert_eq!([F32, Tf32, Bf16].map(|p| l.nhwc_for(p)), want, "{l:?}");
+        assert_eq!(ConvLayout::parse(l.name()).unwrap(), l);
+    }
+    assert!(ConvLayout::parse("chwn").is_err());
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Convolution (cross-correlation, zero padding, groups). Runs on cuDNN
-//! ([`super::conv_cudnn`]) when [`Gpu::conv_impl`] says so for the precision and shape (by
-//! default TF32, and bf16's strided conv1 in space-to-depth form, in TF32); otherwise as im2col and cuBLAS GEMMs, processed in
+//! ([`super::conv_cudnn`]) when [`Gpu::conv_impl`] says so for the precision, shape and layout
+//! (by default TF32 and bf16); otherwise as im2col and cuBLAS GEMMs, processed in
 //! chunks of samples so the column buffer stays bounded. Forward fuses bias (+ReLU) into the
 //! CNHW -> NCHW epilogue; backward fuses the ReLU mask into the NCHW -> CNHW transpose.
 
@@ -175,13 +175,14 @@ fn col2im(
 }
 
 /// The precision at which cuDNN runs this convolution, or `None` for im2col
-/// ([`crate::ConvImpl::cudnn_precision`]). bf16 stays on im2col and bf16 cuBLAS GEMMs except for
-/// the space-to-depth convolutions: cuDNN's bf16 kernels in NCHW (its heuristics' picks)
-/// measured 5-20x slower for conv3-5's backward on an H200 (19 ms vs ~1 ms for conv3 at
-/// batch 128).
+/// ([`crate::ConvImpl::cudnn_precision`]). bf16 runs on cuDNN in NHWC only: its bf16 kernels in
+/// NCHW (its heuristics' picks) measured 5-20x slower for conv3-5's backward on an H200 (19 ms
+/// vs ~1 ms for conv3 at batch 128); with NCHW convolutions bf16 stays on im2col and bf16
+/// cuBLAS GEMMs except for the space-to-depth convolutions (TF32 on cuDNN).
 fn cudnn_precision(gpu: &Gpu, prec: Precision, s: &ConvShape) -> Option<Precision> {
     let s2d = gpu.space_to_depth() && super::space_to_depth::s2d_shape(s).is_some();
-    gpu.conv_impl().cudnn_precision(prec, s2d)
+    gpu.conv_impl()
+        .cudnn_precision(prec, s2d, gpu.conv_nhwc_for(prec))
 }
 
 fn check_io(s: &ConvShape, x: usize, w: usize, b: usize, y: usize) -> Result<(), CudaError> {

@@ -1,6 +1,12 @@
-//! Convolution through cuDNN (f32 and TF32; bf16 stays on im2col, see `ops::conv`): forward,
-//! backward data and backward filter with groups, NCHW. Bias (+ReLU) stays in our own epilogue kernel; the bias gradient is our own
-//! deterministic per-channel sum.
+//! Convolution through cuDNN: forward, backward data and backward filter with groups. Bias
+//! (+ReLU) stays in our own epilogue kernel; the bias gradient is our own deterministic
+//! per-channel sum.
+//!
+//! Layouts ([`crate::ConvLayout`], `ALEXNET_CONV_LAYOUT`): NCHW f32 (f32 and TF32 by default),
+//! or NHWC (bf16 by default): the operands are transposed into NHWC scratch buffers
+//! (`ops::layout`; f32, or bf16 at [`Precision::Bf16`]) and the results back, for cuDNN's
+//! tensor-core kernels, which work in NHWC (its bf16 kernels in NCHW were 5-20x slower). Strided convolutions run in space-to-depth
+//! form (`ops::space_to_depth`) where [`Gpu::space_to_depth`] says so, in either layout.
 //!
 //! Algorithms come by default from cuDNN's heuristics (`cudnnGet*Algorithm_v7`), not from timing
 //! runs: the choice is then a function of the shape and the card, so two processes pick the same
@@ -9,15 +15,16 @@
 //! every algorithm instead (`cudnnFind*`, PyTorch's `cudnn.benchmark`). Either way only algorithms
 //! that cuDNN reports as deterministic and that fit [`WORKSPACE_LIMIT`] are used. Strict f32
 //! sets `CUDNN_FMA_MATH` (no TF32 tensor cores) and keeps to the GEMM-formulated algorithms (no
-//! FFT or Winograd); TF32 allows tensor-op math and every deterministic algorithm.
+//! FFT or Winograd); TF32 and bf16 allow tensor-op math and every deterministic algorithm.
 //!
-//! Descriptors and algorithms are built once per (shape, precision) and cached; the workspace
-//! and the masked-gradient scratch grow on demand. Everything sits behind one mutex on the
-//! [`Gpu`], which also serialises the use of the cuDNN handle.
+//! Descriptors and algorithms are built once per (shape, precision, search, layout) and cached;
+//! the workspace and the scratch buffers grow on demand. The handle and plans sit behind one
+//! mutex on the [`Gpu`], held for each cuDNN call.
 
 use super::check_len;
 use super::conv::ConvShape;
 use super::elementwise::{bias_act, channel_sum, relu_mask_to};
+use super::layout::{from_nhwc, to_nhwc, NhwcElem};
 use super::space_to_depth::{self, s2d_shape};
 use crate::error::{no_panic, CudaError};
 use crate::gpu::{AlgoSearch, Gpu, Precision};
@@ -56,26 +63,51 @@ impl Drop for Plan {
     }
 }
 
+/// (shape, precision, algorithm search, NHWC): what a [`Plan`] is built for.
+type PlanKey = (ConvShape, Precision, AlgoSearch, bool);
+
 /// The cuDNN handle, the plan cache and the scratch buffers of one [`Gpu`].
 pub(crate) struct CudnnState {
     handle: sys::cudnnHandle_t,
-    plans: HashMap<(ConvShape, Precision, AlgoSearch), Plan>,
+    plans: HashMap<PlanKey, Plan>,
     workspace: Option<CudaSlice<u8>>,
-    /// dy * ReLU mask, for the backward of a fused conv + ReLU.
-    masked: Option<CudaSlice<f32>>,
-    /// Operands of the space-to-depth form (see [`S2dScratch`]).
+    /// Taken out of the state while a convolution runs (see [`with_scratch`]).
+    scratch: ConvScratch,
+}
+
+/// Scratch buffers of the convolutions, grown on demand.
+#[derive(Default)]
+struct ConvScratch {
     s2d: S2dScratch,
+    direct: DirectScratch,
 }
 
 /// The regrouped operands of a convolution in space-to-depth form (`ops::space_to_depth`):
-/// input, input gradient, weights and weight gradient. Taken out of the state while in use, so
-/// the convolution itself can lock the state again.
+/// input, input gradient, weights and weight gradient.
 #[derive(Default)]
 struct S2dScratch {
     x: Option<CudaSlice<f32>>,
     dx: Option<CudaSlice<f32>>,
     w: Option<CudaSlice<f32>>,
     dw: Option<CudaSlice<f32>>,
+}
+
+/// The masked output gradient (dy * ReLU mask, for a fused conv + ReLU) and the NHWC copies.
+#[derive(Default)]
+struct DirectScratch {
+    masked: Option<CudaSlice<f32>>,
+    nhwc: NhwcScratch,
+}
+
+/// The NHWC copies of x, w, y (then the output gradient), dw and dx. f32 buffers that hold
+/// bf16 in their first half at [`Precision::Bf16`].
+#[derive(Default)]
+struct NhwcScratch {
+    x: Option<CudaSlice<f32>>,
+    w: Option<CudaSlice<f32>>,
+    y: Option<CudaSlice<f32>>,
+    dw: Option<CudaSlice<f32>>,
+    dx: Option<CudaSlice<f32>>,
 }
 
 // SAFETY: the raw cuDNN handle and descriptors are only used while the owning `Gpu`'s mutex is
@@ -120,8 +152,7 @@ impl CudnnState {
                 handle,
                 plans: HashMap::new(),
                 workspace: None,
-                masked: None,
-                s2d: S2dScratch::default(),
+                scratch: ConvScratch::default(),
             })
         })
     }
@@ -129,36 +160,41 @@ impl CudnnState {
 
 /// The cached plan of `s` at precision `p` (built on first use). A free function over the
 /// plan map, so callers can hold it while they borrow the state's scratch buffers.
-fn plan_for<'a>(
-    plans: &'a mut HashMap<(ConvShape, Precision, AlgoSearch), Plan>,
+fn plan_for(
+    plans: &mut HashMap<PlanKey, Plan>,
     handle: sys::cudnnHandle_t,
-    s: &ConvShape,
-    (p, a): (Precision, AlgoSearch),
-) -> Result<&'a Plan, CudaError> {
-    Ok(match plans.entry((*s, p, a)) {
+    key: PlanKey,
+) -> Result<&Plan, CudaError> {
+    Ok(match plans.entry(key) {
         Entry::Occupied(e) => e.into_mut(),
-        Entry::Vacant(v) => v.insert(no_panic("cudnn plan", || build_plan(handle, s, p, a))?),
+        Entry::Vacant(v) => v.insert(no_panic("cudnn plan", || build_plan(handle, key))?),
     })
 }
 
-/// Creates the descriptors of `s` and picks the algorithms (by heuristics or by timing, `a`).
-fn build_plan(
-    h: sys::cudnnHandle_t,
-    s: &ConvShape,
-    p: Precision,
-    a: AlgoSearch,
-) -> Result<Plan, CudaError> {
+/// Creates the descriptors of `s` and picks the algorithms (by heuristics or by timing, `a`),
+/// in NHWC when `nhwc` (bf16 operands at [`Precision::Bf16`], which needs NHWC).
+fn build_plan(h: sys::cudnnHandle_t, (shape, p, a, nhwc): PlanKey) -> Result<Plan, CudaError> {
+    let s = &shape;
     let op = "cudnn conv plan";
-    let name = shape_name(s);
+    let name = format!("{}{}", shape_name(s), if nhwc { " nhwc" } else { "" });
     let e = |what: &str| CudaError::cudnn(format!("{name}: {what}"));
+    // Compute type of the convolution: f32 in every precision.
     let f32t = sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
-    if p == Precision::Bf16 {
-        return Err(CudaError::invalid(
-            "cudnn",
-            "bf16 convolutions run as im2col + bf16 GEMMs (see ops::conv)",
-        ));
-    }
-    let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+    let data =
+        match p {
+            Precision::Bf16 if nhwc => sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
+            Precision::Bf16 => return Err(CudaError::invalid(
+                "cudnn",
+                "bf16 convolutions run on cuDNN in NHWC only (ALEXNET_CONV_LAYOUT=nhwc); in NCHW \
+                 they run as im2col + bf16 GEMMs (see ops::conv)",
+            )),
+            _ => f32t,
+        };
+    let nchw = if nhwc {
+        sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC
+    } else {
+        sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW
+    };
     let (n, c, hh, ww) = (int(op, s.n)?, int(op, s.c)?, int(op, s.h)?, int(op, s.w)?);
     let (o, k, g) = (int(op, s.o)?, int(op, s.k)?, int(op, s.groups)?);
     let (ho, wo) = (int(op, s.ho())?, int(op, s.wo())?);
@@ -180,13 +216,15 @@ fn build_plan(
     };
     let math = match p {
         Precision::F32 => sys::cudnnMathType_t::CUDNN_FMA_MATH,
-        _ => sys::cudnnMathType_t::CUDNN_DEFAULT_MATH,
+        Precision::Tf32 => sys::cudnnMathType_t::CUDNN_DEFAULT_MATH,
+        Precision::Bf16 => sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
     };
     // SAFETY: the descriptors were just created; the dims are positive i32 (validated shape).
+    // The dims are given as (N, C, H, W) in either format.
     unsafe {
-        result::set_tensor4d_descriptor(x, nchw, f32t, [n, c, hh, ww]).map_err(e("set x"))?;
-        result::set_tensor4d_descriptor(y, nchw, f32t, [n, o, ho, wo]).map_err(e("set y"))?;
-        result::set_filter4d_descriptor(w, f32t, nchw, [o, c / g, k, k]).map_err(e("set w"))?;
+        result::set_tensor4d_descriptor(x, nchw, data, [n, c, hh, ww]).map_err(e("set x"))?;
+        result::set_tensor4d_descriptor(y, nchw, data, [n, o, ho, wo]).map_err(e("set y"))?;
+        result::set_filter4d_descriptor(w, data, nchw, [o, c / g, k, k]).map_err(e("set w"))?;
         result::set_convolution2d_descriptor(
             conv,
             pad,
@@ -348,18 +386,143 @@ fn s2d_for(gpu: &Gpu, s: &ConvShape) -> Option<ConvShape> {
     gpu.space_to_depth().then(|| s2d_shape(s)).flatten()
 }
 
-/// Runs `f` with the space-to-depth scratch taken out of the cuDNN state, and puts it back.
-fn with_s2d<R>(
+/// Runs `f` with the scratch buffers taken out of the cuDNN state (so that each cuDNN call can
+/// lock the state), and puts them back.
+fn with_scratch<R>(
     gpu: &Gpu,
-    f: impl FnOnce(&mut S2dScratch) -> Result<R, CudaError>,
+    f: impl FnOnce(&mut ConvScratch) -> Result<R, CudaError>,
 ) -> Result<R, CudaError> {
-    let mut sc = gpu.with_cudnn(|st| Ok(std::mem::take(&mut st.s2d)))?;
+    let mut sc = gpu.with_cudnn(|st| Ok(std::mem::take(&mut st.scratch)))?;
     let r = f(&mut sc);
     gpu.with_cudnn(|st| {
-        st.s2d = sc;
+        st.scratch = sc;
         Ok(())
     })?;
     r
+}
+
+/// The inputs of a backward pass: x, w, the ReLU output y of a fused conv + ReLU, dy.
+type BackwardInputs<'a, 'b> = (
+    &'a CudaView<'b, f32>,
+    &'a CudaView<'b, f32>,
+    Option<&'a CudaView<'b, f32>>,
+    &'a CudaView<'b, f32>,
+);
+
+/// One cuDNN convolution call of a plan.
+#[derive(Clone, Copy)]
+enum Call {
+    /// (x, w) -> y
+    Forward,
+    /// (w, dy) -> dx
+    BackwardData,
+    /// (x, dy) -> dw
+    BackwardFilter,
+}
+
+/// Runs `call` of the plan of `s` (at precision `prec`, in NHWC when `nhwc`) on the device
+/// buffers at `a`, `b` (the call's two inputs, in the order above) and `out`, which hold the
+/// plan's element type and layout.
+fn run(
+    gpu: &Gpu,
+    prec: Precision,
+    s: &ConvShape,
+    nhwc: bool,
+    call: Call,
+    (a, b, out): (u64, u64, u64),
+) -> Result<(), CudaError> {
+    gpu.with_cudnn(|st| {
+        let h = st.handle;
+        let plan = plan_for(&mut st.plans, h, (*s, prec, gpu.algo_search(), nhwc))?;
+        let i = call as usize;
+        let ws = gpu.grow(&mut st.workspace, plan.ws[i], "cuDNN workspace")?;
+        let ws_len = ws.len();
+        let (pws, _gws) = ws.device_ptr_mut(&gpu.stream);
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let (al, be) = (
+            (&alpha) as *const f32 as *const c_void,
+            (&beta) as *const f32 as *const c_void,
+        );
+        // SAFETY: the callers pass buffers of the plan's descriptors' element counts, types and
+        // layouts (checked by `ops::conv` and the transposes); the workspace holds at least the
+        // algorithm's size; alpha/beta are f32 as the f32 compute type needs; all work is on the
+        // one stream the handle is bound to.
+        let r = unsafe {
+            match call {
+                Call::Forward => result::convolution_forward(
+                    h,
+                    al,
+                    plan.x,
+                    vp(a),
+                    plan.w,
+                    vp(b),
+                    plan.conv,
+                    plan.fwd,
+                    vpm(pws),
+                    ws_len,
+                    be,
+                    plan.y,
+                    vpm(out),
+                ),
+                Call::BackwardData => result::convolution_backward_data(
+                    h,
+                    al,
+                    plan.w,
+                    vp(a),
+                    plan.y,
+                    vp(b),
+                    plan.conv,
+                    plan.bwd_data,
+                    vpm(pws),
+                    ws_len,
+                    be,
+                    plan.x,
+                    vpm(out),
+                ),
+                Call::BackwardFilter => result::convolution_backward_filter(
+                    h,
+                    al,
+                    plan.x,
+                    vp(a),
+                    plan.y,
+                    vp(b),
+                    plan.conv,
+                    plan.bwd_filter,
+                    vpm(pws),
+                    ws_len,
+                    be,
+                    plan.w,
+                    vpm(out),
+                ),
+            }
+        };
+        let what = ["forward", "backward data", "backward filter"][i];
+        r.map_err(CudaError::cudnn(format!("{} {what}", shape_name(s))))
+    })
+}
+
+/// The device address of a view (valid while the view is; one stream, no event tracking).
+fn addr<T>(gpu: &Gpu, v: &CudaView<T>) -> u64 {
+    v.device_ptr(&gpu.stream).0
+}
+
+/// The device address of a mutable view.
+fn addr_mut<T>(gpu: &Gpu, v: &mut CudaViewMut<T>) -> u64 {
+    v.device_ptr_mut(&gpu.stream).0
+}
+
+/// A scratch slot grown to `n` elements of `T` (f32 slots hold bf16 in their first half).
+fn scratch<'a, T>(
+    gpu: &Gpu,
+    slot: &'a mut Option<CudaSlice<f32>>,
+    n: usize,
+    what: &str,
+) -> Result<CudaViewMut<'a, T>, CudaError> {
+    let buf = gpu.grow(slot, n, what)?;
+    // SAFETY: T is f32 or u16 (plain data, any bit pattern valid); the slot holds n f32, at
+    // least n elements of T.
+    unsafe { buf.transmute_mut::<T>(n) }
+        .ok_or_else(|| CudaError::invalid("cudnn conv", format!("{what}: scratch too small")))
 }
 
 /// y = conv(x, w) + b (then ReLU when `relu`). x: (N,C,H,W), w: (O,C/g,k,k), b: (O),
@@ -376,21 +539,23 @@ pub(crate) fn forward(
     y: &mut CudaViewMut<f32>,
     relu: bool,
 ) -> Result<(), CudaError> {
-    let Some(t) = s2d_for(gpu, s) else {
-        return forward_direct(gpu, prec, s, x, w, b, y, relu);
-    };
-    with_s2d(gpu, |sc| {
-        let xs = gpu.grow(&mut sc.x, t.n * t.c * t.h * t.w, "space-to-depth input")?;
-        let ws = gpu.grow(&mut sc.w, t.o * t.kdim(), "space-to-depth weights")?;
+    with_scratch(gpu, |sc| {
+        let Some(t) = s2d_for(gpu, s) else {
+            return forward_direct(gpu, prec, s, (x, w, b), y, relu, &mut sc.direct.nhwc);
+        };
+        let xs = gpu.grow(&mut sc.s2d.x, t.n * t.c * t.h * t.w, "space-to-depth input")?;
+        let ws = gpu.grow(&mut sc.s2d.w, t.o * t.kdim(), "space-to-depth weights")?;
         // x: (N,C,H,W) -> xs: (N,C*S*S,HS,WS); w: (O,C/g,K,K) -> ws: (O,C/g*S*S,KS,KS)
         space_to_depth::input(gpu, s, x, &mut xs.as_view_mut())?;
         space_to_depth::weight(gpu, s, w, &mut ws.as_view_mut())?;
-        forward_direct(gpu, prec, &t, &xs.as_view(), &ws.as_view(), b, y, relu)
+        let (xs, ws) = (xs.as_view(), ws.as_view());
+        forward_direct(gpu, prec, &t, (&xs, &ws, b), y, relu, &mut sc.direct.nhwc)
     })
 }
 
-/// Gradients of a convolution (+ReLU when `y` is given), as [`backward_direct`], in
-/// space-to-depth form where [`s2d_for`] says so.
+/// Gradients of a convolution (+ReLU when `y` is given: `y` is then the layer's ReLU output).
+/// dy: (N,O,HO,WO) -> dw (O,C/g,k,k) and db (O) overwritten; dx (N,C,H,W) overwritten if given.
+/// In space-to-depth form where [`s2d_for`] says so.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
     gpu: &Gpu,
@@ -404,41 +569,32 @@ pub(crate) fn backward(
     dw: &mut CudaViewMut<f32>,
     db: &mut CudaViewMut<f32>,
 ) -> Result<(), CudaError> {
-    let Some(t) = s2d_for(gpu, s) else {
-        return backward_direct(gpu, prec, s, x, w, y, dy, dx, dw, db);
-    };
-    with_s2d(gpu, |sc| {
+    with_scratch(gpu, |sc| {
+        let Some(t) = s2d_for(gpu, s) else {
+            return backward_direct(gpu, prec, s, (x, w, y, dy), dx, dw, db, &mut sc.direct);
+        };
         let nxs = t.n * t.c * t.h * t.w;
-        let xs = gpu.grow(&mut sc.x, nxs, "space-to-depth input")?;
-        let ws = gpu.grow(&mut sc.w, t.o * t.kdim(), "space-to-depth weights")?;
-        let dws = gpu.grow(&mut sc.dw, t.o * t.kdim(), "space-to-depth weight gradient")?;
+        let s2 = &mut sc.s2d;
+        let xs = gpu.grow(&mut s2.x, nxs, "space-to-depth input")?;
+        let ws = gpu.grow(&mut s2.w, t.o * t.kdim(), "space-to-depth weights")?;
+        let dws = gpu.grow(&mut s2.dw, t.o * t.kdim(), "space-to-depth weight gradient")?;
         // The forward's regrouped operands are not kept: regrouping again costs one pass.
         space_to_depth::input(gpu, s, x, &mut xs.as_view_mut())?;
         space_to_depth::weight(gpu, s, w, &mut ws.as_view_mut())?;
         let (xs, ws) = (xs.as_view(), ws.as_view());
-        match dx {
-            Some(dx) => {
-                let dxs = gpu.grow(&mut sc.dx, nxs, "space-to-depth input gradient")?;
-                let mut dxs = dxs.as_view_mut();
-                let mut dwsv = dws.as_view_mut();
-                backward_direct(
-                    gpu,
-                    prec,
-                    &t,
-                    &xs,
-                    &ws,
-                    y,
-                    dy,
-                    Some(&mut dxs),
-                    &mut dwsv,
-                    db,
-                )?;
-                // dxs: (N,C*S*S,HS,WS) -> dx: (N,C,H,W)
-                space_to_depth::input_grad(gpu, s, &dxs.as_view(), dx)?;
-            }
-            None => {
-                let mut dwsv = dws.as_view_mut();
-                backward_direct(gpu, prec, &t, &xs, &ws, y, dy, None, &mut dwsv, db)?;
+        let ops = (&xs, &ws, y, dy);
+        {
+            let mut dwsv = dws.as_view_mut();
+            match dx {
+                Some(dx) => {
+                    let dxs = gpu.grow(&mut s2.dx, nxs, "space-to-depth input gradient")?;
+                    let mut dxs = dxs.as_view_mut();
+                    let d = Some(&mut dxs);
+                    backward_direct(gpu, prec, &t, ops, d, &mut dwsv, db, &mut sc.direct)?;
+                    // dxs: (N,C*S*S,HS,WS) -> dx: (N,C,H,W)
+                    space_to_depth::input_grad(gpu, s, &dxs.as_view(), dx)?;
+                }
+                None => backward_direct(gpu, prec, &t, ops, None, &mut dwsv, db, &mut sc.direct)?,
             }
         }
         // dws: (O,C/g*S*S,KS,KS) -> dw: (O,C/g,K,K)
@@ -446,154 +602,137 @@ pub(crate) fn backward(
     })
 }
 
-/// y = conv(x, w) + b (then ReLU when `relu`) as one cuDNN convolution of shape `s`.
-#[allow(clippy::too_many_arguments)]
+/// y = conv(x, w) + b (then ReLU when `relu`) as one cuDNN convolution of shape `s`, in NCHW or
+/// through NHWC copies.
 fn forward_direct(
     gpu: &Gpu,
     prec: Precision,
     s: &ConvShape,
-    x: &CudaView<f32>,
-    w: &CudaView<f32>,
-    b: &CudaView<f32>,
+    (x, w, b): (&CudaView<f32>, &CudaView<f32>, &CudaView<f32>),
     y: &mut CudaViewMut<f32>,
     relu: bool,
+    sc: &mut NhwcScratch,
 ) -> Result<(), CudaError> {
-    let ny = s.n * s.o * s.ho() * s.wo();
+    let (hw, ny) = (s.ho() * s.wo(), s.n * s.o * s.ho() * s.wo());
     let mut yv = y.slice_mut(0..ny);
-    gpu.with_cudnn(|st| {
-        let h = st.handle;
-        let plan = plan_for(&mut st.plans, h, s, (prec, gpu.algo_search()))?;
-        let ws = gpu.grow(&mut st.workspace, plan.ws[0], "cuDNN workspace")?;
-        let ws_len = ws.len();
-        let stream = &gpu.stream;
-        // Raw operand pointers (event tracking is off: everything runs on the one stream).
-        let (px, _gx) = x.device_ptr(stream);
-        let (pw, _gw) = w.device_ptr(stream);
-        let (py, _gy) = yv.device_ptr_mut(stream);
-        let (pws, _gws) = ws.device_ptr_mut(stream);
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        // SAFETY: x, w, y point at f32 buffers of the descriptors' element counts (checked by
-        // `ops::conv`), the workspace holds at least the algorithm's size; alpha/beta are f32 as
-        // the f32 compute type needs; all work is on the one stream the handle is bound to.
-        unsafe {
-            result::convolution_forward(
-                h,
-                (&alpha) as *const f32 as *const c_void,
-                plan.x,
-                vp(px),
-                plan.w,
-                vp(pw),
-                plan.conv,
-                plan.fwd,
-                vpm(pws),
-                ws_len,
-                (&beta) as *const f32 as *const c_void,
-                plan.y,
-                vpm(py),
-            )
-        }
-        .map_err(CudaError::cudnn(format!("{} forward", shape_name(s))))
-    })?;
+    if gpu.conv_nhwc_for(prec) {
+        return match prec {
+            Precision::Bf16 => forward_nhwc::<u16>(gpu, prec, s, (x, w, b), &mut yv, relu, sc),
+            _ => forward_nhwc::<f32>(gpu, prec, s, (x, w, b), &mut yv, relu, sc),
+        };
+    }
+    let (px, pw, py) = (addr(gpu, x), addr(gpu, w), addr_mut(gpu, &mut yv));
+    run(gpu, prec, s, false, Call::Forward, (px, pw, py))?;
     // y (N, O, HO*WO) += b (ReLU)
-    bias_act(gpu, &mut yv, b, (s.n, s.o, s.ho() * s.wo()), relu)
+    bias_act(gpu, &mut yv, b, (s.n, s.o, hw), relu)
 }
 
-/// Gradients of a convolution (+ReLU when `y` is given: `y` is then the layer's ReLU output).
-/// dy: (N,O,HO,WO) -> dw (O,C/g,k,k) and db (O) overwritten; dx (N,C,H,W) overwritten if given.
+/// [`forward_direct`] through NHWC copies of element type `T`.
+fn forward_nhwc<T: NhwcElem>(
+    gpu: &Gpu,
+    prec: Precision,
+    s: &ConvShape,
+    (x, w, b): (&CudaView<f32>, &CudaView<f32>, &CudaView<f32>),
+    y: &mut CudaViewMut<f32>,
+    relu: bool,
+    sc: &mut NhwcScratch,
+) -> Result<(), CudaError> {
+    let (hw, cg, kk) = (s.ho() * s.wo(), s.c / s.groups, s.k * s.k);
+    let (nx, nw, ny) = (s.n * s.c * s.h * s.w, s.o * s.kdim(), s.n * s.o * hw);
+    let mut xh = scratch::<T>(gpu, &mut sc.x, nx, "NHWC input")?;
+    let mut wh = scratch::<T>(gpu, &mut sc.w, nw, "NHWC weights")?;
+    let mut yh = scratch::<T>(gpu, &mut sc.y, ny, "NHWC output")?;
+    // x: (N,C,H,W) -> (N,H,W,C); w: (O,C/g,K,K) -> (O,K,K,C/g)
+    to_nhwc(gpu, x, &mut xh, (s.n, s.c, s.h * s.w))?;
+    to_nhwc(gpu, w, &mut wh, (s.o, cg, kk))?;
+    let p = (
+        addr_mut(gpu, &mut xh),
+        addr_mut(gpu, &mut wh),
+        addr_mut(gpu, &mut yh),
+    );
+    run(gpu, prec, s, true, Call::Forward, p)?;
+    // y: (N,HO,WO,O) -> (N,O,HO,WO) + b (ReLU)
+    from_nhwc(gpu, &yh.as_view(), Some(b), y, (s.n, s.o, hw), relu)
+}
+
+/// Gradients of one cuDNN convolution of shape `s` (see [`backward`]), in NCHW or through NHWC
+/// copies.
 #[allow(clippy::too_many_arguments)]
 fn backward_direct(
     gpu: &Gpu,
     prec: Precision,
     s: &ConvShape,
-    x: &CudaView<f32>,
-    w: &CudaView<f32>,
-    y: Option<&CudaView<f32>>,
-    dy: &CudaView<f32>,
+    (x, w, y, dy): BackwardInputs,
     dx: Option<&mut CudaViewMut<f32>>,
     dw: &mut CudaViewMut<f32>,
     db: &mut CudaViewMut<f32>,
+    sc: &mut DirectScratch,
 ) -> Result<(), CudaError> {
     let ny = s.n * s.o * s.ho() * s.wo();
     let hw = s.ho() * s.wo();
-    let name = shape_name(s);
-    gpu.with_cudnn(|st| {
-        let h = st.handle;
-        let plan = plan_for(&mut st.plans, h, s, (prec, gpu.algo_search()))?;
-        let ws = gpu.grow(
-            &mut st.workspace,
-            plan.ws[1].max(plan.ws[2]),
-            "cuDNN workspace",
-        )?;
-        // The gradient at the conv output: dy, or dy * (y > 0) for a fused ReLU.
-        let g: CudaView<f32> = match y {
-            Some(yv) => {
-                check_len("conv2d backward", "y", yv.len(), ny)?;
-                let m = gpu.grow(&mut st.masked, ny, "the masked conv gradient")?;
-                relu_mask_to(gpu, yv, &dy.slice(0..ny), &mut m.slice_mut(0..ny), ny)?;
-                let m: &CudaSlice<f32> = m;
-                m.slice(0..ny)
-            }
-            None => dy.slice(0..ny),
+    // The gradient at the conv output: dy, or dy * (y > 0) for a fused ReLU.
+    let g: CudaView<f32> = match y {
+        Some(yv) => {
+            check_len("conv2d backward", "y", yv.len(), ny)?;
+            let m = gpu.grow(&mut sc.masked, ny, "the masked conv gradient")?;
+            relu_mask_to(gpu, yv, &dy.slice(0..ny), &mut m.slice_mut(0..ny), ny)?;
+            m.slice(0..ny)
+        }
+        None => dy.slice(0..ny),
+    };
+    // db (O) = per-channel sums of g (N, O, HO*WO)
+    channel_sum(gpu, &g, db, (s.n, s.o, hw))?;
+    if gpu.conv_nhwc_for(prec) {
+        let h = &mut sc.nhwc;
+        return match prec {
+            Precision::Bf16 => backward_nhwc::<u16>(gpu, prec, s, (x, w, &g), dx, dw, h),
+            _ => backward_nhwc::<f32>(gpu, prec, s, (x, w, &g), dx, dw, h),
         };
-        // db (O) = per-channel sums of g (N, O, HO*WO)
-        channel_sum(gpu, &g, db, (s.n, s.o, hw))?;
-        let stream = &gpu.stream;
-        let ws_len = ws.len();
-        let (px, _gx) = x.device_ptr(stream);
-        let (pw, _gw) = w.device_ptr(stream);
-        let (pg, _gg) = g.device_ptr(stream);
-        let (pws, _gws) = ws.device_ptr_mut(stream);
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        {
-            let (pdw, _gdw) = dw.device_ptr_mut(stream);
-            // SAFETY: x, g, dw point at f32 buffers of the descriptors' element counts (checked
-            // by `ops::conv`), the workspace holds at least the algorithm's size; alpha/beta are
-            // f32; one stream.
-            unsafe {
-                result::convolution_backward_filter(
-                    h,
-                    (&alpha) as *const f32 as *const c_void,
-                    plan.x,
-                    vp(px),
-                    plan.y,
-                    vp(pg),
-                    plan.conv,
-                    plan.bwd_filter,
-                    vpm(pws),
-                    ws_len,
-                    (&beta) as *const f32 as *const c_void,
-                    plan.w,
-                    vpm(pdw),
-                )
-            }
-            .map_err(CudaError::cudnn(format!("{name} backward filter")))?;
-        }
-        if let Some(dx) = dx {
-            let (pdx, _gdx) = dx.device_ptr_mut(stream);
-            // SAFETY: w, g, dx point at f32 buffers of the descriptors' element counts (checked
-            // by `ops::conv`), the workspace holds at least the algorithm's size; alpha/beta are
-            // f32; one stream.
-            unsafe {
-                result::convolution_backward_data(
-                    h,
-                    (&alpha) as *const f32 as *const c_void,
-                    plan.w,
-                    vp(pw),
-                    plan.y,
-                    vp(pg),
-                    plan.conv,
-                    plan.bwd_data,
-                    vpm(pws),
-                    ws_len,
-                    (&beta) as *const f32 as *const c_void,
-                    plan.x,
-                    vpm(pdx),
-                )
-            }
-            .map_err(CudaError::cudnn(format!("{name} backward data")))?;
-        }
-        Ok(())
-    })
+    }
+    let (px, pw, pg) = (addr(gpu, x), addr(gpu, w), addr(gpu, &g));
+    let pdw = addr_mut(gpu, dw);
+    run(gpu, prec, s, false, Call::BackwardFilter, (px, pg, pdw))?;
+    if let Some(dx) = dx {
+        let pdx = addr_mut(gpu, dx);
+        run(gpu, prec, s, false, Call::BackwardData, (pw, pg, pdx))?;
+    }
+    Ok(())
+}
+
+/// The weight and input gradients of [`backward_direct`] through NHWC copies of type `T`; `g`
+/// is the (masked) output gradient, (N,O,HO,WO).
+fn backward_nhwc<T: NhwcElem>(
+    gpu: &Gpu,
+    prec: Precision,
+    s: &ConvShape,
+    (x, w, g): (&CudaView<f32>, &CudaView<f32>, &CudaView<f32>),
+    dx: Option<&mut CudaViewMut<f32>>,
+    dw: &mut CudaViewMut<f32>,
+    sc: &mut NhwcScratch,
+) -> Result<(), CudaError> {
+    let (hw, cg, kk) = (s.ho() * s.wo(), s.c / s.groups, s.k * s.k);
+    let (nx, nw, ny) = (s.n * s.c * s.h * s.w, s.o * s.kdim(), s.n * s.o * hw);
+    let mut xh = scratch::<T>(gpu, &mut sc.x, nx, "NHWC input")?;
+    let mut gh = scratch::<T>(gpu, &mut sc.y, ny, "NHWC output gradient")?;
+    let mut dwh = scratch::<T>(gpu, &mut sc.dw, nw, "NHWC weight gradient")?;
+    // g: (N,O,HO,WO) -> (N,HO,WO,O); x: (N,C,H,W) -> (N,H,W,C)
+    to_nhwc(gpu, g, &mut gh, (s.n, s.o, hw))?;
+    to_nhwc(gpu, x, &mut xh, (s.n, s.c, s.h * s.w))?;
+    let pg = addr_mut(gpu, &mut gh);
+    let p = (addr_mut(gpu, &mut xh), pg, addr_mut(gpu, &mut dwh));
+    run(gpu, prec, s, true, Call::BackwardFilter, p)?;
+    // dw: (O,K,K,C/g) -> (O,C/g,K,K)
+    from_nhwc(gpu, &dwh.as_view(), None, dw, (s.o, cg, kk), false)?;
+    if let Some(dx) = dx {
+        let mut wh = scratch::<T>(gpu, &mut sc.w, nw, "NHWC weights")?;
+        let mut dxh = scratch::<T>(gpu, &mut sc.dx, nx, "NHWC input gradient")?;
+        to_nhwc(gpu, w, &mut wh, (s.o, cg, kk))?;
+        let p = (addr_mut(gpu, &mut wh), pg, addr_mut(gpu, &mut dxh));
+        run(gpu, prec, s, true, Call::BackwardData, p)?;
+        // dx: (N,H,W,C) -> (N,C,H,W)
+        from_nhwc(gpu, &dxh.as_view(), None, dx, (s.n, s.c, s.h * s.w), false)?;
+    }
+    Ok(())
 }
 
 /// The algorithms cuDNN chose for `s` at `p` (for reports): (forward, backward data, backward
@@ -603,9 +742,10 @@ pub fn chosen_algorithms(
     s: &ConvShape,
     p: Precision,
 ) -> Result<(String, String, String), CudaError> {
-    let s = &s2d_for(gpu, s).unwrap_or(*s);
+    let s = s2d_for(gpu, s).unwrap_or(*s);
     gpu.with_cudnn(|st| {
-        let plan = plan_for(&mut st.plans, st.handle, s, (p, gpu.algo_search()))?;
+        let key = (s, p, gpu.algo_search(), gpu.conv_nhwc_for(p));
+        let plan = plan_for(&mut st.plans, st.handle, key)?;
         Ok((
             format!("{:?}", plan.fwd),
             format!("{:?}", plan.bwd_data),

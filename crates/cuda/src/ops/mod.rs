@@ -10,6 +10,7 @@ pub mod conv_cudnn;
 pub mod convert;
 pub mod elementwise;
 pub mod gemm;
+pub mod layout;
 pub mod loss;
 pub mod lrn;
 pub mod sgd;

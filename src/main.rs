@@ -202,6 +202,10 @@ fn run_check_kernels() -> Result<bool> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = alexnet_tensor::simd::check_env() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let res = match &cli.cmd {
         Cmd::Parity(a) => run_parity(a),
         Cmd::Bench(a) => run_bench(a).map(|_| true),

@@ -28,28 +28,50 @@ pub enum Level {
 /// 0 = not probed yet, else `Level as u8 + 1`.
 static LEVEL: AtomicU8 = AtomicU8::new(0);
 
-/// The level [`multiversion!`] functions dispatch to on this CPU. `ALEXNET_SIMD=baseline` or
-/// `v3` caps it (to compare levels); any other value, or none, means the widest the CPU has.
+/// The level [`multiversion!`] functions dispatch to on this CPU. `ALEXNET_SIMD=baseline`, `v3`
+/// or `v4` caps it (to compare levels); none means the widest the CPU has. Any other value is
+/// reported by [`check_env`] (the `alexnet` binary calls it at start) and otherwise ignored.
 pub fn level() -> Level {
     match LEVEL.load(Ordering::Relaxed) {
         1 => Level::Baseline,
         2 => Level::V3,
         3 => Level::V4,
         _ => {
-            let l = probe();
+            let l = capped(detect(), env_cap().ok().flatten().unwrap_or(Level::V4));
             LEVEL.store(l as u8 + 1, Ordering::Relaxed);
             l
         }
     }
 }
 
-fn probe() -> Level {
-    let detected = detect();
-    let cap = match std::env::var("ALEXNET_SIMD").as_deref() {
-        Ok("baseline") => Level::Baseline,
-        Ok("v3") => Level::V3,
-        _ => Level::V4,
-    };
+/// Parses an `ALEXNET_SIMD` value: `baseline`, `v3` or `v4`; empty means no cap.
+pub fn parse_cap(v: &str) -> Result<Option<Level>, String> {
+    match v {
+        "" => Ok(None),
+        "baseline" => Ok(Some(Level::Baseline)),
+        "v3" => Ok(Some(Level::V3)),
+        "v4" => Ok(Some(Level::V4)),
+        other => Err(format!(
+            "ALEXNET_SIMD={other:?}: expected baseline, v3 or v4 (or unset for the widest)"
+        )),
+    }
+}
+
+/// The cap `ALEXNET_SIMD` asks for (`None` when unset).
+fn env_cap() -> Result<Option<Level>, String> {
+    match std::env::var("ALEXNET_SIMD") {
+        Ok(v) => parse_cap(&v),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Checks `ALEXNET_SIMD`: a one-line error for a value [`level`] would ignore.
+pub fn check_env() -> Result<(), String> {
+    env_cap().map(|_| ())
+}
+
+/// The widest level both the CPU (`detected`) and the cap allow.
+fn capped(detected: Level, cap: Level) -> Level {
     match (detected, cap) {
         (Level::V4, Level::V4) => Level::V4,
         (Level::V4 | Level::V3, Level::V4 | Level::V3) => Level::V3,
@@ -86,11 +108,7 @@ fn detect() -> Level {
 /// Caps the level [`multiversion!`] functions dispatch to (for tests and comparisons); a level
 /// above what the CPU has is lowered to what it has. Returns the level now in force.
 pub fn set_level(cap: Level) -> Level {
-    let l = match (detect(), cap) {
-        (Level::V4, Level::V4) => Level::V4,
-        (Level::V4 | Level::V3, Level::V4 | Level::V3) => Level::V3,
-        _ => Level::Baseline,
-    };
+    let l = capped(detect(), cap);
     LEVEL.store(l as u8 + 1, Ordering::Relaxed);
     l
 }
@@ -163,6 +181,21 @@ mod tests {
                 *o = v / (r * r.sqrt());
             }
         }
+    }
+
+    #[test]
+    fn caps_parse_and_limit_the_level() {
+        assert_eq!(parse_cap(""), Ok(None));
+        assert_eq!(parse_cap("baseline"), Ok(Some(Level::Baseline)));
+        assert_eq!(parse_cap("v3"), Ok(Some(Level::V3)));
+        assert_eq!(parse_cap("v4"), Ok(Some(Level::V4)));
+        let e = parse_cap("avx512").unwrap_err();
+        assert!(e.contains("ALEXNET_SIMD=\"avx512\"") && e.contains("baseline, v3 or v4"));
+        assert_eq!(capped(Level::V4, Level::V3), Level::V3);
+        assert_eq!(capped(Level::V3, Level::V4), Level::V3);
+        assert_eq!(capped(Level::Baseline, Level::V4), Level::Baseline);
+        assert_eq!(capped(Level::V4, Level::Baseline), Level::Baseline);
+        assert_eq!(capped(Level::V4, Level::V4), Level::V4);
     }
 
     #[test]

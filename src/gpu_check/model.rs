@@ -60,12 +60,15 @@ impl CpuReference {
         // Eval logits, then a training-mode forward + backward.
         let logits = cpu.forward(&x, n, Mode::Eval)?.to_vec();
         cpu.forward(&x, n, Mode::Train { seed: DROPOUT_SEED })?;
-        let relu_names: Vec<String> = plan
-            .layers
-            .iter()
-            .filter(|l| matches!(l.op, Op::Relu))
-            .map(|l| l.name.clone())
-            .collect();
+        // The names of the layers whose op passes `pick`.
+        let names = |pick: fn(&Op) -> bool| -> Vec<String> {
+            plan.layers
+                .iter()
+                .filter(|l| pick(&l.op))
+                .map(|l| l.name.clone())
+                .collect()
+        };
+        let relu_names = names(|op| matches!(op, Op::Relu));
         let relu = relu_names
             .iter()
             .map(|name| {
@@ -74,12 +77,7 @@ impl CpuReference {
                     .unwrap_or_default()
             })
             .collect();
-        let pool_names: Vec<String> = plan
-            .layers
-            .iter()
-            .filter(|l| matches!(l.op, Op::MaxPool { .. }))
-            .map(|l| l.name.clone())
-            .collect();
+        let pool_names = names(|op| matches!(op, Op::MaxPool { .. }));
         let pool_args = pool_names
             .iter()
             .map(|name| {
@@ -228,31 +226,27 @@ pub(super) fn model_checks(
                 .iter()
                 .map(|name| net.download_pool_argmax(name))
                 .collect::<Result<Vec<_>, _>>()?;
+            // Per pool layer: the decisions that differ (a length mismatch counts as such).
+            let differing: Vec<usize> = gpu_args
+                .iter()
+                .zip(&r.pool_args)
+                .map(|(g, c)| {
+                    g.iter().zip(c).filter(|(a, b)| a != b).count() + g.len().abs_diff(c.len())
+                })
+                .collect();
             let counts: Vec<String> = r
                 .pool_names
                 .iter()
-                .zip(gpu_args.iter().zip(&r.pool_args))
-                .map(|(name, (g, c))| {
-                    let d = g.iter().zip(c).filter(|(a, b)| a != b).count();
-                    format!("{name} {d} of {}", g.len())
-                })
+                .zip(differing.iter().zip(&gpu_args))
+                .map(|(name, (d, g))| format!("{name} {d} of {}", g.len()))
                 .collect();
-            let differ = gpu_args
-                .iter()
-                .zip(&r.pool_args)
-                .any(|(g, c)| g.len() != c.len() || g.iter().zip(c).any(|(a, b)| a != b));
             println!(
                 "info {tag}: max-pool decisions that differ between CUDA and CPU: {}",
                 counts.join(", ")
             );
-            if differ {
-                let worst = plan
-                    .params
-                    .iter()
-                    .map(|pe| {
-                        let rr = pe.offset..pe.offset + pe.len;
-                        rel_l2(&grads[rr.clone()], &grads_ref[rr])
-                    })
+            if differing.iter().any(|&d| d > 0) {
+                let worst = tensor_errors(plan, &grads, grads_ref)
+                    .into_iter()
                     .fold(0.0, f64::max);
                 println!(
                     "info {tag}: worst gradient rel L2 against the CPU's own decisions \
@@ -261,16 +255,7 @@ pub(super) fn model_checks(
                 adjusted = Some(r.grads_with_pool_decisions(n, &gpu_args)?);
             }
         }
-        let grads_cmp = adjusted.as_ref().unwrap_or(grads_ref);
-        // Relative L2 error of every gradient tensor.
-        let errs: Vec<f64> = plan
-            .params
-            .iter()
-            .map(|pe| {
-                let r = pe.offset..pe.offset + pe.len;
-                rel_l2(&grads[r.clone()], &grads_cmp[r])
-            })
-            .collect();
+        let errs = tensor_errors(plan, &grads, adjusted.as_deref().unwrap_or(grads_ref));
         if p == Precision::F32 {
             for (pe, &r) in plan.params.iter().zip(&errs) {
                 t.check(&format!("{tag} grad.{}", pe.name), r, grad_bound);
@@ -394,14 +379,18 @@ fn rounding_sensitivity(
     let xr: Vec<f32> = x.iter().map(|&v| round_mantissa(v, bits)).collect();
     m.forward(&xr, n, Mode::Train { seed: DROPOUT_SEED })?;
     m.loss_backward(labels)?;
-    Ok(plan
-        .params
+    Ok(tensor_errors(plan, &m.grads, grads_ref))
+}
+
+/// Relative L2 error of every parameter tensor of `got` against `reference` (flat, plan layout).
+fn tensor_errors(plan: &Plan, got: &[f32], reference: &[f32]) -> Vec<f64> {
+    plan.params
         .iter()
         .map(|pe| {
             let r = pe.offset..pe.offset + pe.len;
-            rel_l2(&m.grads[r.clone()], &grads_ref[r])
+            rel_l2(&got[r.clone()], &reference[r])
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]

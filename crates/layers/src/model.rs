@@ -177,7 +177,7 @@ impl<T: Float> Model<T> {
     /// a convolution followed by ReLU after a `Train` or `Infer` forward (the two are fused;
     /// the ReLU's activation holds the result); every layer's is kept by `Eval`.
     pub fn activation(&self, name: &str) -> Option<&[T]> {
-        let i = self.plan.layers.iter().position(|l| l.name == name)?;
+        let i = self.plan.layer_index(name)?;
         Some(&self.acts[i])
     }
 
@@ -185,7 +185,7 @@ impl<T: Float> Model<T> {
     /// within the plane per output, the first maximum on ties); `None` for other layers or after
     /// an `Infer` forward.
     pub fn pool_argmax(&self, name: &str) -> Option<&[u32]> {
-        let i = self.plan.layers.iter().position(|l| l.name == name)?;
+        let i = self.plan.layer_index(name)?;
         match &self.aux[i] {
             Aux::Arg(a) => Some(a),
             _ => None,
@@ -200,12 +200,7 @@ impl<T: Float> Model<T> {
             op: "set_pool_argmax",
             detail: format!("{name:?} is not a max-pool layer of the last forward"),
         };
-        let i = self
-            .plan
-            .layers
-            .iter()
-            .position(|l| l.name == name)
-            .ok_or_else(not_pool)?;
+        let i = self.plan.layer_index(name).ok_or_else(not_pool)?;
         let plane: usize = self.plan.layers[i].in_shape.iter().skip(1).product();
         let Aux::Arg(cur) = &mut self.aux[i] else {
             return Err(not_pool());

@@ -482,7 +482,12 @@ impl Plan {
 
     /// Per-sample output shape of the named layer.
     pub fn layer(&self, name: &str) -> Option<&PlannedLayer> {
-        self.layers.iter().find(|l| l.name == name)
+        self.layer_index(name).map(|i| &self.layers[i])
+    }
+
+    /// Position of the named layer in `layers`.
+    pub fn layer_index(&self, name: &str) -> Option<usize> {
+        self.layers.iter().position(|l| l.name == name)
     }
 }
 

@@ -62,7 +62,7 @@ fn pool_lrn_relu(cr: &mut Criterion) {
     });
     let dy = post_relu(len, 3);
     g.bench_function("lrn_backward", |b| {
-        b.iter(|| lrn_backward(black_box(&x), &ly, &scale, &dy, &mut dx, N, C, H * H, &p).unwrap())
+        b.iter(|| lrn_backward(black_box(&x), &scale, &dy, &mut dx, N, C, H * H, &p).unwrap())
     });
 
     let mut ry = vec![0.0; len];

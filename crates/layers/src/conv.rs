@@ -5,6 +5,7 @@
 //! are bit-identical whatever the number of rayon threads.
 
 use crate::error::{check_len, LayerError};
+use crate::relu::relu_mask;
 use alexnet_tensor::gemm::{gemm, Float};
 use rayon::prelude::*;
 
@@ -300,11 +301,14 @@ pub fn conv2d_forward<T: Float>(
     y: &mut [T],
     s: &ConvShape,
 ) -> Result<(), LayerError> {
-    conv2d_forward_act(x, w, b, y, s, false)
+    conv2d_forward_act(x, w, b, y, s, false, &mut Vec::new())
 }
 
 /// [`conv2d_forward`], with `relu` applying ReLU to the output as it is written (for inference,
 /// where the pre-activation output is not needed): the same bits as a separate ReLU pass.
+/// `scratch` holds the im2col and GEMM-output buffers; it grows as needed and is best kept
+/// between calls (a fresh buffer costs a zero fill or page faults on every call; its contents
+/// are never read before being written).
 pub fn conv2d_forward_act<T: Float>(
     x: &[T],
     w: &[T],
@@ -312,19 +316,25 @@ pub fn conv2d_forward_act<T: Float>(
     y: &mut [T],
     s: &ConvShape,
     relu: bool,
+    scratch: &mut Vec<T>,
 ) -> Result<(), LayerError> {
     s.check(x.len(), w.len(), b.len(), y.len())?;
     let (og, kd, hw) = (s.og(), s.kdim(), s.ho() * s.wo());
     let chunk = s.chunk();
     let per_part = s.n.div_ceil(chunk).div_ceil(GRAD_PARTS).max(1) * chunk;
-    // Parts of consecutive chunks, each with its own im2col / GEMM-output scratch (allocated
-    // once per part, not per chunk: a fresh buffer costs a memset or page faults).
+    // Parts of consecutive chunks, each with its own slice of the scratch: im2col (K, chunk
+    // columns) then GEMM output (O/g, chunk columns; unused for one-sample chunks).
+    let (col_len, out_len) = (kd * chunk * hw, if chunk > 1 { og * chunk * hw } else { 0 });
+    let part_len = col_len + out_len;
+    let nparts = s.n.div_ceil(per_part);
+    if scratch.len() < nparts * part_len {
+        scratch.resize(nparts * part_len, T::zero());
+    }
     y.par_chunks_mut(per_part * s.o * hw)
+        .zip(scratch.par_chunks_mut(part_len))
         .enumerate()
-        .try_for_each(|(pi, yp)| {
-            let nbp = yp.len() / (s.o * hw);
-            let mut col = vec![T::zero(); kd * chunk.min(nbp) * hw];
-            let mut out = vec![T::zero(); if chunk > 1 { og * chunk * hw } else { 0 }];
+        .try_for_each(|(pi, (yp, sp))| {
+            let (col, out) = sp.split_at_mut(col_len);
             for (ci, yc) in yp.chunks_mut(chunk * s.o * hw).enumerate() {
                 let n0 = pi * per_part + ci * chunk;
                 let nb = yc.len() / (s.o * hw);
@@ -432,11 +442,13 @@ pub fn conv2d_backward<T: Float>(
     s: &ConvShape,
 ) -> Result<(), LayerError> {
     check_len("conv2d", "dx", dx.len(), x.len(), || s.desc())?;
-    conv2d_backward_opt(x, w, dy, Some(dx), dw, db, s)
+    conv2d_backward_opt(x, w, dy, Some(dx), dw, db, s, &mut Vec::new(), false)
 }
 
 /// [`conv2d_backward`] with an optional dx: the first layer needs no input gradient, which
-/// saves a GEMM and the col2im.
+/// saves a GEMM and the col2im. `scratch` as for [`conv2d_forward_act`]. With `relu_x`, dx is
+/// also put through the backward of the ReLU whose output x is (`dx = 0` where `x <= 0`),
+/// chunk by chunk while it is in cache: the same bits as a separate pass.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward_opt<T: Float>(
     x: &[T],
@@ -446,6 +458,8 @@ pub fn conv2d_backward_opt<T: Float>(
     dw: &mut [T],
     db: &mut [T],
     s: &ConvShape,
+    scratch: &mut Vec<T>,
+    relu_x: bool,
 ) -> Result<(), LayerError> {
     s.check(x.len(), w.len(), db.len(), dy.len())?;
     if let Some(dx) = &dx {
@@ -464,16 +478,23 @@ pub fn conv2d_backward_opt<T: Float>(
         Some(dx) => dx.chunks_mut(part_samples * sample).map(Some).collect(),
         None => (0..nparts).map(|_| None).collect(),
     };
+    // Per part: im2col / dcol (K, chunk columns), then the gathered dy (O/g, chunk columns;
+    // unused for one-sample chunks).
+    let (col_len, dyg_len) = (kd * chunk * hw, if chunk > 1 { og * chunk * hw } else { 0 });
+    let part_len = col_len + dyg_len;
+    if scratch.len() < nparts * part_len {
+        scratch.resize(nparts * part_len, T::zero());
+    }
     let parts: Vec<(Vec<T>, Vec<T>)> = dx_parts
         .into_par_iter()
+        .zip(scratch.par_chunks_mut(part_len))
         .enumerate()
-        .map(|(pi, mut dxp)| {
+        .map(|(pi, (mut dxp, sp))| {
             // This part's dw, stored per group transposed, (K, O/g): the GEMM below is 1.3-2x
             // faster writing dw^T = col x dyg^T than dw = dyg x col^T (gemm crate, AVX-512).
             let mut pdw = vec![T::zero(); w.len()];
             let mut pdb = vec![T::zero(); s.o];
-            let mut col = vec![T::zero(); kd * chunk * hw];
-            let mut dyg = vec![T::zero(); if chunk > 1 { og * chunk * hw } else { 0 }];
+            let (col, dyg) = sp.split_at_mut(col_len);
             if let Some(d) = dxp.as_deref_mut() {
                 d.fill(T::zero());
             }
@@ -487,7 +508,7 @@ pub fn conv2d_backward_opt<T: Float>(
                     // (for one sample, that is a slice of dy as it is).
                     let dyc = &dy[n0 * s.o * hw..(n0 + nb) * s.o * hw];
                     let pdbg = &mut pdb[g * og..(g + 1) * og];
-                    gather_dy(dyc, &mut dyg, pdbg, [nb, s.o, g * og, hw]);
+                    gather_dy(dyc, dyg, pdbg, [nb, s.o, g * og, hw]);
                     let dyg: &[T] = if nb == 1 {
                         &dy[(n0 * s.o + g * og) * hw..][..og * hw]
                     } else {
@@ -525,6 +546,11 @@ pub fn conv2d_backward_opt<T: Float>(
                         &mut col[..kd * cols],
                     )?;
                     col2im(&mut col[..kd * cols], s, nb, g, dxc);
+                }
+                if let (true, Some(dxp)) = (relu_x, dxp.as_deref_mut()) {
+                    // The chunk's dx is complete (every group added) and still in cache.
+                    let dxc = &mut dxp[cj * chunk * sample..][..nb * sample];
+                    relu_mask(&x[n0 * sample..(n0 + nb) * sample], dxc);
                 }
             }
             Ok((pdw, pdb))
@@ -630,35 +656,73 @@ mod tests {
         }
     }
 
+    /// A grouped (2) convolution of 4 -> 6 channels on n samples of h x h, with smooth
+    /// pseudo-random x and w and a fixed bias.
+    fn case(n: usize, h: usize, k: usize, stride: usize, pad: usize) -> Case {
+        let s = ConvShape {
+            n,
+            c: 4,
+            h,
+            w: h,
+            o: 6,
+            k,
+            stride,
+            pad,
+            groups: 2,
+        };
+        let x = (0..n * s.c * h * h)
+            .map(|i| (i as f32 * 0.37).sin())
+            .collect();
+        let w = (0..s.o * 2 * k * k)
+            .map(|i| (i as f32 * 0.11).cos())
+            .collect();
+        (s, x, w, [0.1, -0.2, 0.0, 0.3, -0.1, 0.05])
+    }
+    type Case = (ConvShape, Vec<f32>, Vec<f32>, [f32; 6]);
+
     #[test]
     fn fused_relu_matches_a_separate_relu_pass() {
         // 50x50 outputs: one sample per chunk (the GEMM writes y directly); 6x6: several.
         for (h, k, pad) in [(50, 3, 1), (6, 3, 1)] {
-            let s = ConvShape {
-                n: 3,
-                c: 4,
-                h,
-                w: h,
-                o: 6,
-                k,
-                stride: 1,
-                pad,
-                groups: 2,
-            };
-            let x: Vec<f32> = (0..s.n * s.c * h * h)
-                .map(|i| (i as f32 * 0.37).sin())
-                .collect();
-            let w: Vec<f32> = (0..s.o * 2 * k * k)
-                .map(|i| (i as f32 * 0.11).cos())
-                .collect();
-            let b = [0.1, -0.2, 0.0, 0.3, -0.1, 0.05];
+            let (s, x, w, b) = case(3, h, k, 1, pad);
             let len = s.n * s.o * s.ho() * s.wo();
             let (mut y, mut yr) = (vec![0.0; len], vec![0.0; len]);
             conv2d_forward(&x, &w, &b, &mut y, &s).unwrap();
-            conv2d_forward_act(&x, &w, &b, &mut yr, &s, true).unwrap();
+            conv2d_forward_act(&x, &w, &b, &mut yr, &s, true, &mut Vec::new()).unwrap();
             let want: Vec<f32> = y.iter().map(|&v| if v > 0.0 { v } else { 0.0 }).collect();
             assert_eq!(yr, want, "{h}x{h}");
             assert!(y.iter().any(|&v| v < 0.0) && yr.iter().any(|&v| v > 0.0));
+        }
+    }
+
+    #[test]
+    fn a_reused_scratch_with_stale_contents_gives_the_same_bits_as_a_fresh_one() {
+        // One-sample chunks over several parts (50x50 planes), multi-sample chunks with a
+        // short last chunk (20x20, 23 samples), and a strided shape.
+        for (n, h, k, stride, pad) in [(10, 50, 3, 1, 1), (23, 20, 5, 1, 2), (9, 23, 4, 2, 1)] {
+            let (s, x, w, b) = case(n, h, k, stride, pad);
+            let ylen = n * s.o * s.ho() * s.wo();
+            let dy: Vec<f32> = (0..ylen).map(|i| (i as f32 * 0.53).cos()).collect();
+            let run = |scratch: &mut Vec<f32>| {
+                let mut y = vec![0.0; ylen];
+                conv2d_forward_act(&x, &w, &b, &mut y, &s, false, scratch).unwrap();
+                let (mut dx, mut dw, mut db) = (vec![0.0; x.len()], vec![0.0; w.len()], [0.0; 6]);
+                let dxo = Some(&mut dx[..]);
+                conv2d_backward_opt(&x, &w, &dy, dxo, &mut dw, &mut db, &s, scratch, false)
+                    .unwrap();
+                [y, dx, dw, db.to_vec()].map(|v| v.iter().map(|e| e.to_bits()).collect::<Vec<_>>())
+            };
+            let fresh = run(&mut Vec::new());
+            let mut stale = vec![f32::NAN; 1 << 20];
+            assert_eq!(run(&mut stale), fresh, "{n}x{h}x{h} k{k} s{stride}");
+            assert_eq!(
+                stale.len(),
+                1 << 20,
+                "a large enough scratch is not reallocated"
+            );
+            assert!(fresh
+                .iter()
+                .all(|v| v.iter().all(|&e| f32::from_bits(e).is_finite())));
         }
     }
 }

@@ -9,8 +9,10 @@ use crate::dropout::{dropout_backward, dropout_forward};
 use crate::error::{check_len, LayerError};
 use crate::linear::{linear_backward, linear_forward};
 use crate::loss::softmax_cross_entropy;
-use crate::lrn::{lrn_backward, lrn_forward, lrn_forward_values, LrnParams};
-use crate::pool::{maxpool_backward, maxpool_forward, maxpool_forward_values, PoolShape};
+use crate::lrn::{lrn_backward_relu, lrn_forward, lrn_forward_values, LrnParams};
+use crate::pool::{
+    maxpool_backward, maxpool_backward_relu, maxpool_forward, maxpool_forward_values, PoolShape,
+};
 use crate::relu::{relu_backward, relu_forward};
 use alexnet_tensor::gemm::Float;
 use alexnet_tensor::rng::Rng;
@@ -62,6 +64,8 @@ pub struct Model<T: Float> {
     /// The backward pass's two gradient buffers (layer output / input), kept between steps so
     /// that a step does not page in fresh memory for every layer's gradient.
     grad_bufs: (Vec<T>, Vec<T>),
+    /// The convolutions' im2col / GEMM scratch, kept between layers and steps.
+    conv_scratch: Vec<T>,
     train: bool,
     /// Seconds spent per layer (forward, backward) since profiling was switched on.
     profile: Option<Vec<(f64, f64)>>,
@@ -110,6 +114,7 @@ impl<T: Float> Model<T> {
             acts: vec![Vec::new(); layers],
             aux: vec![Aux::None; layers],
             grad_bufs: (Vec::new(), Vec::new()),
+            conv_scratch: Vec::new(),
             train: false,
             profile: None,
         }
@@ -252,7 +257,16 @@ impl<T: Float> Model<T> {
             let out = &mut rest[0];
             let layer = &self.plan.layers[li];
             let out_len = n * layer.out_shape.iter().product::<usize>();
-            out.resize(out_len, T::zero());
+            let next_is_relu =
+                matches!(self.plan.layers.get(li + 1).map(|l| &l.op), Some(Op::Relu));
+            fused_relu = matches!(layer.op, Op::Conv { .. }) && mode != Mode::Eval && next_is_relu;
+            // A fused conv's own output stays empty (not resized, which would zero-fill it
+            // every step only to clear it again).
+            if fused_relu {
+                out.clear();
+            } else {
+                out.resize(out_len, T::zero());
+            }
             let aux = &mut self.aux[li];
             match &layer.op {
                 Op::Conv { .. } => {
@@ -260,11 +274,7 @@ impl<T: Float> Model<T> {
                     // Invariant: the plan gives every conv layer a (weight, bias) pair.
                     let (wi, bi) = layer.params.expect("conv has params");
                     let (we, be) = (&self.plan.params[wi], &self.plan.params[bi]);
-                    let next_is_relu =
-                        matches!(self.plan.layers.get(li + 1).map(|l| &l.op), Some(Op::Relu));
-                    fused_relu = mode != Mode::Eval && next_is_relu;
                     let y = if fused_relu {
-                        out.clear();
                         let relu_out = &mut rest[1];
                         relu_out.resize(out_len, T::zero());
                         relu_out
@@ -278,6 +288,7 @@ impl<T: Float> Model<T> {
                         y,
                         &s,
                         fused_relu,
+                        &mut self.conv_scratch,
                     )?;
                 }
                 Op::Relu => relu_forward(xin, out)?,
@@ -396,10 +407,32 @@ impl<T: Float> Model<T> {
             n * self.classes(),
             || format!("({n},{})", self.classes()),
         )?;
+        // Two buffers as long as the largest layer input, used as `g[..glen]` (the gradient of
+        // the current layer's output) and `gin[..in_len]` (of its input), then swapped. Sized
+        // once: resizing per layer would zero-fill whatever each layer's input has more than
+        // its output, every step (every backward overwrites its dx).
+        let max_len = self
+            .plan
+            .layers
+            .iter()
+            .map(|l| n * l.in_shape.iter().product::<usize>())
+            .chain([dlogits.len()])
+            .max()
+            .unwrap_or(0);
         let (mut g, mut gin) = std::mem::take(&mut self.grad_bufs);
-        g.clear();
-        g.extend_from_slice(dlogits);
+        for b in [&mut g, &mut gin] {
+            if b.len() < max_len {
+                b.resize(max_len, T::zero());
+            }
+        }
+        g[..dlogits.len()].copy_from_slice(dlogits);
+        let mut glen = dlogits.len();
+        let mut relu_done = false;
         for li in (0..self.plan.layers.len()).rev() {
+            if std::mem::take(&mut relu_done) {
+                // This ReLU's backward was applied by the layer after it; g passes through.
+                continue;
+            }
             let t0 = self.profile.is_some().then(std::time::Instant::now);
             let layer = &self.plan.layers[li];
             let xin: &[T] = if li == 0 {
@@ -409,7 +442,15 @@ impl<T: Float> Model<T> {
             };
             let in_len = n * layer.in_shape.iter().product::<usize>();
             let need_dx = li > 0 || want_dx;
-            gin.resize(in_len, T::zero());
+            // A convolution, LRN or max-pool whose input is a ReLU's output applies that
+            // ReLU's backward (dx = 0 where its input <= 0) as it writes dx, in cache.
+            let after_relu = li > 0 && matches!(self.plan.layers[li - 1].op, Op::Relu);
+            relu_done = after_relu
+                && matches!(
+                    layer.op,
+                    Op::Conv { .. } | Op::Lrn { .. } | Op::MaxPool { .. }
+                );
+            let (gs, gi) = (&g[..glen], &mut gin[..in_len]);
             match &layer.op {
                 Op::Conv { .. } => {
                     let s = conv_shape(&layer.op, n, &layer.in_shape);
@@ -417,18 +458,20 @@ impl<T: Float> Model<T> {
                     let (wi, bi) = layer.params.expect("conv has params");
                     let (we, be) = (self.plan.params[wi].clone(), self.plan.params[bi].clone());
                     let (gw, gb) = split_two(&mut self.grads, &we, &be);
-                    let dx = if need_dx { Some(&mut gin[..]) } else { None };
+                    let dx = if need_dx { Some(&mut gi[..]) } else { None };
                     conv2d_backward_opt(
                         xin,
                         &self.params[we.offset..we.offset + we.len],
-                        &g,
+                        gs,
                         dx,
                         gw,
                         gb,
                         &s,
+                        &mut self.conv_scratch,
+                        relu_done,
                     )?;
                 }
-                Op::Relu => relu_backward(&self.acts[li], &g, &mut gin)?,
+                Op::Relu => relu_backward(&self.acts[li], gs, gi)?,
                 Op::Lrn {
                     size,
                     alpha,
@@ -445,7 +488,7 @@ impl<T: Float> Model<T> {
                     let Aux::Scale(scale) = &self.aux[li] else {
                         return Err(stale(&layer.name));
                     };
-                    lrn_backward(xin, &self.acts[li], scale, &g, &mut gin, n, ch, hw, &p)?;
+                    lrn_backward_relu(xin, scale, gs, gi, [n, ch, hw], &p, relu_done)?;
                 }
                 Op::MaxPool { k, stride } => {
                     let s = PoolShape {
@@ -458,23 +501,27 @@ impl<T: Float> Model<T> {
                     let Aux::Arg(arg) = &self.aux[li] else {
                         return Err(stale(&layer.name));
                     };
-                    maxpool_backward(&g, arg, &mut gin, &s)?;
+                    if relu_done {
+                        maxpool_backward_relu(gs, arg, gi, &s, xin)?;
+                    } else {
+                        maxpool_backward(gs, arg, gi, &s)?;
+                    }
                 }
                 Op::Dropout { .. } => match &self.aux[li] {
-                    Aux::Mask(mask) if self.train => dropout_backward(&g, mask, &mut gin)?,
-                    _ => gin.copy_from_slice(&g),
+                    Aux::Mask(mask) if self.train => dropout_backward(gs, mask, gi)?,
+                    _ => gi.copy_from_slice(gs),
                 },
-                Op::Flatten => gin.copy_from_slice(&g),
+                Op::Flatten => gi.copy_from_slice(gs),
                 Op::Linear { fin, fout } => {
                     // Invariant: the plan gives every linear layer a (weight, bias) pair.
                     let (wi, bi) = layer.params.expect("linear has params");
                     let (we, be) = (self.plan.params[wi].clone(), self.plan.params[bi].clone());
                     let (gw, gb) = split_two(&mut self.grads, &we, &be);
-                    let dx = if need_dx { Some(&mut gin[..]) } else { None };
+                    let dx = if need_dx { Some(&mut gi[..]) } else { None };
                     linear_backward(
                         xin,
                         &self.params[we.offset..we.offset + we.len],
-                        &g,
+                        gs,
                         dx,
                         gw,
                         gb,
@@ -485,12 +532,17 @@ impl<T: Float> Model<T> {
                 }
             }
             std::mem::swap(&mut g, &mut gin);
+            glen = in_len;
             if let (Some(t0), Some(p)) = (t0, self.profile.as_mut()) {
                 p[li].1 += t0.elapsed().as_secs_f64();
             }
         }
         // The input gradient is handed over (not copied); the next backward reallocates it.
-        let dx = want_dx.then(|| std::mem::take(&mut g));
+        let dx = want_dx.then(|| {
+            let mut dx = std::mem::take(&mut g);
+            dx.truncate(glen);
+            dx
+        });
         self.grad_bufs = (g, gin);
         Ok(dx)
     }

@@ -1,6 +1,7 @@
 //! Overlapping max-pooling (kernel 3, stride 2 in the paper), no padding, floor mode.
 
 use crate::error::{check_len, LayerError};
+use crate::relu::relu_mask;
 use alexnet_tensor::gemm::Float;
 use rayon::prelude::*;
 
@@ -74,12 +75,22 @@ pub fn maxpool_forward<T: Float>(
         .enumerate()
         .for_each_init(
             || {
-                let row = (vec![T::zero(); w], vec![0u32; w]);
+                // Column maxima: one row of them (the general path) or all Ho rows (stride 2).
+                let len = if s2_applies(w, st, wo) {
+                    s2_scratch(w, ho)
+                } else {
+                    w
+                };
+                let row = (vec![T::zero(); len], vec![0u32; len]);
                 (row, (vec![T::zero(); st * pw], vec![0u32; st * pw]))
             },
             |((cv, ci), (pv, pa)), (pi, (yp, ap))| {
                 let xp = &x[pi * s.h * w..(pi + 1) * s.h * w];
-                pool_plane(xp, yp, ap, [cv, pv], [ci, pa], [w, k, st, ho, wo]);
+                if s2_applies(w, st, wo) {
+                    pool_plane_s2(xp, yp, ap, cv, ci, [w, k, ho, wo]);
+                } else {
+                    pool_plane(xp, yp, ap, [cv, pv], [ci, pa], [w, k, st, ho, wo]);
+                }
             },
         );
     Ok(())
@@ -95,11 +106,19 @@ pub fn maxpool_forward_values<T: Float>(
     let (ho, wo) = s.check_forward(x.len(), y.len())?;
     let (w, k, st) = (s.w, s.k, s.stride);
     let pw = w.div_ceil(st);
+    let s2 = s2_applies(w, st, wo);
     y.par_chunks_mut(ho * wo).enumerate().for_each_init(
-        || (vec![T::zero(); w], vec![T::zero(); st * pw]),
+        || {
+            let len = if s2 { s2_scratch(w, ho) } else { w };
+            (vec![T::zero(); len], vec![T::zero(); st * pw])
+        },
         |(cv, pv), (pi, yp)| {
             let xp = &x[pi * s.h * w..(pi + 1) * s.h * w];
-            pool_plane_values(xp, yp, [cv, pv], [w, k, st, ho, wo]);
+            if s2 {
+                pool_plane_s2(xp, yp, &mut [], cv, &mut [], [w, k, ho, wo]);
+            } else {
+                pool_plane_values(xp, yp, [cv, pv], [w, k, st, ho, wo]);
+            }
         },
     );
     Ok(())
@@ -194,6 +213,155 @@ alexnet_tensor::multiversion! {
     }
 }
 
+/// Block widths of the stride-2 path: its column pass runs over plane rows VB values at a
+/// time, its row pass over output rows HB outputs at a time, each block a fixed-size array
+/// (so it compiles to whole vectors, with no scalar remainder loop).
+const VB: usize = 16;
+const HB: usize = 8;
+
+/// Whether [`pool_plane_s2`] takes a plane: stride 2, at least VB columns and HB outputs per
+/// row (AlexNet's pool1 and pool2; pool5's 13 x 13 -> 6 x 6 planes take the general path).
+fn s2_applies(w: usize, stride: usize, wo: usize) -> bool {
+    stride == 2 && w >= VB && wo >= HB
+}
+
+/// Scratch values (and as many indices) [`pool_plane_s2`] needs for a plane: the column maxima
+/// (Ho rows of W rounded up to even) and their even / odd split (as many).
+fn s2_scratch(w: usize, ho: usize) -> usize {
+    2 * ho * w.next_multiple_of(2)
+}
+
+/// Start offsets of `b`-wide blocks covering `0..len` (`len >= b`), the last one moved back to
+/// end at `len`. The passes write a separate output, so the overlap is computed twice with
+/// the same result.
+fn block_starts(len: usize, b: usize) -> impl Iterator<Item = usize> {
+    (0..len.div_ceil(b)).map(move |i| (i * b).min(len - b))
+}
+
+alexnet_tensor::multiversion! {
+    /// One plane of [`maxpool_forward`] (or, with empty `ap` / `idx`, of
+    /// [`maxpool_forward_values`]) for stride 2, in three passes: the maximum over each
+    /// window's k rows for every column of every output row (Ho rows of W, stored at an even
+    /// pitch), the even and odd columns of the whole result split apart (one long loop), then
+    /// the maximum over k columns, whose window column v is element j + v / 2 of the even
+    /// (v even) or odd split. Same ties rule as [`pool_plane`], so the same values and
+    /// indices. `vals` / `idx`: [`s2_scratch`] long; `dims` = [W, k, Ho, Wo].
+    fn pool_plane_s2<T: Float>(
+        xp: &[T],
+        yp: &mut [T],
+        ap: &mut [u32],
+        vals: &mut [T],
+        idx: &mut [u32],
+        dims: [usize; 4],
+    ) {
+        if ap.is_empty() {
+            s2_passes::<T, false>(xp, yp, ap, vals, idx, dims);
+        } else {
+            s2_passes::<T, true>(xp, yp, ap, vals, idx, dims);
+        }
+    }
+}
+
+/// The passes of [`pool_plane_s2`], with (`IDX`) or without the argmax.
+#[inline(always)]
+fn s2_passes<T: Float, const IDX: bool>(
+    xp: &[T],
+    yp: &mut [T],
+    ap: &mut [u32],
+    vals: &mut [T],
+    idx: &mut [u32],
+    dims: [usize; 4],
+) {
+    let [w, k, ho, wo] = dims;
+    let wp = w.next_multiple_of(2);
+    let pw = wp / 2;
+    let (cv, split) = vals.split_at_mut(ho * wp);
+    let (ci, split_i) = if IDX {
+        idx.split_at_mut(ho * wp)
+    } else {
+        (&mut [][..], &mut [][..])
+    };
+    // Column pass: cv[i, c] = max over u < k of x[2i + u, c], the first (smallest u) on ties.
+    for i in 0..ho {
+        for o in block_starts(w, VB) {
+            let at = |u: usize| (2 * i + u) * w + o;
+            let mut m = [T::zero(); VB];
+            m.copy_from_slice(&xp[at(0)..at(0) + VB]);
+            // Plane indices fit u32: check_len bounds the planes' size by the buffers.
+            let mut a = [0u32; VB];
+            for (c, e) in a.iter_mut().enumerate() {
+                *e = (at(0) + c) as u32;
+            }
+            for u in 1..k {
+                let row = &xp[at(u)..at(u) + VB];
+                for c in 0..VB {
+                    if IDX {
+                        let take = row[c] > m[c];
+                        blend(&mut m[c], &mut a[c], row[c], (at(u) + c) as u32, take);
+                    } else {
+                        m[c] = m[c].max(row[c]);
+                    }
+                }
+            }
+            cv[i * wp + o..i * wp + o + VB].copy_from_slice(&m);
+            if IDX {
+                ci[i * wp + o..i * wp + o + VB].copy_from_slice(&a);
+            }
+        }
+    }
+    // Even / odd split of the whole (Ho x Wp) block: row i's even columns are ev[i*pw..],
+    // its odd ones od[i*pw..]. (With W odd, each row's last odd entry is the unused pad.)
+    let (ev, od) = split.split_at_mut(ho * pw);
+    for ((e, o), p) in ev.iter_mut().zip(od.iter_mut()).zip(cv.chunks_exact(2)) {
+        *e = p[0];
+        *o = p[1];
+    }
+    let (evi, odi) = split_i.split_at_mut(split_i.len() / 2);
+    if IDX {
+        for ((e, o), p) in evi.iter_mut().zip(odi.iter_mut()).zip(ci.chunks_exact(2)) {
+            *e = p[0];
+            *o = p[1];
+        }
+    }
+    // Row pass: y[i, j] = max over v < k of cv[i, 2j + v] (2 (Wo - 1) + k - 1 <= W - 1, so
+    // inside the row); on ties the smaller plane index, the first in row-major window order.
+    for i in 0..ho {
+        for o in block_starts(wo, HB) {
+            // Window column v of outputs o.. is the even (v even) or odd split at o + v / 2.
+            let at = |v: usize| i * pw + o + v / 2;
+            let pick = |v: usize| if v & 1 == 0 { (&ev, &evi) } else { (&od, &odi) };
+            let mut m = [T::zero(); HB];
+            m.copy_from_slice(&ev[at(0)..at(0) + HB]);
+            let mut a = [0u32; HB];
+            if IDX {
+                a.copy_from_slice(&evi[at(0)..at(0) + HB]);
+            }
+            for v in 1..k {
+                let (vals, inds) = pick(v);
+                let cand = &vals[at(v)..at(v) + HB];
+                let cand_i = if IDX {
+                    &inds[at(v)..at(v) + HB]
+                } else {
+                    &[][..]
+                };
+                for c in 0..HB {
+                    if IDX {
+                        let take = (cand[c] > m[c]) | ((cand[c] == m[c]) & (cand_i[c] < a[c]));
+                        blend(&mut m[c], &mut a[c], cand[c], cand_i[c], take);
+                    } else {
+                        m[c] = m[c].max(cand[c]);
+                    }
+                }
+            }
+            let out = i * wo + o;
+            yp[out..out + HB].copy_from_slice(&m);
+            if IDX {
+                ap[out..out + HB].copy_from_slice(&a);
+            }
+        }
+    }
+}
+
 /// `(m, a) = (max(m, v), if take { i } else { a })` without a branch or a conditional store
 /// (which element wins is unpredictable); `take` implies `v >= m`.
 #[inline(always)]
@@ -210,24 +378,50 @@ pub fn maxpool_backward<T: Float>(
     dx: &mut [T],
     s: &PoolShape,
 ) -> Result<(), LayerError> {
+    maxpool_backward_impl(dy, arg, dx, s, None)
+}
+
+/// [`maxpool_backward`] followed by the backward of the ReLU whose output x (the pool's input)
+/// is (`dx = 0` where `x <= 0`), plane by plane while dx is in cache: the same bits as the two
+/// passes.
+pub fn maxpool_backward_relu<T: Float>(
+    dy: &[T],
+    arg: &[u32],
+    dx: &mut [T],
+    s: &PoolShape,
+    x: &[T],
+) -> Result<(), LayerError> {
+    check_len("maxpool", "x", x.len(), s.planes * s.h * s.w, || s.desc())?;
+    maxpool_backward_impl(dy, arg, dx, s, Some(x))
+}
+
+fn maxpool_backward_impl<T: Float>(
+    dy: &[T],
+    arg: &[u32],
+    dx: &mut [T],
+    s: &PoolShape,
+    relu_x: Option<&[T]>,
+) -> Result<(), LayerError> {
     s.check()?;
     let hw_out = s.ho() * s.wo();
     let d = || s.desc();
     check_len("maxpool", "dy", dy.len(), s.planes * hw_out, d)?;
     check_len("maxpool", "arg", arg.len(), s.planes * hw_out, d)?;
     check_len("maxpool", "dx", dx.len(), s.planes * s.h * s.w, d)?;
-    dx.par_chunks_mut(s.h * s.w)
-        .enumerate()
-        .for_each(|(pi, dxp)| {
-            dxp.iter_mut().for_each(|e| *e = T::zero());
-            let base = pi * hw_out;
-            for (&g, &a) in dy[base..base + hw_out]
-                .iter()
-                .zip(&arg[base..base + hw_out])
-            {
-                dxp[a as usize] = dxp[a as usize] + g;
-            }
-        });
+    let hw = s.h * s.w;
+    dx.par_chunks_mut(hw).enumerate().for_each(|(pi, dxp)| {
+        dxp.iter_mut().for_each(|e| *e = T::zero());
+        let base = pi * hw_out;
+        for (&g, &a) in dy[base..base + hw_out]
+            .iter()
+            .zip(&arg[base..base + hw_out])
+        {
+            dxp[a as usize] = dxp[a as usize] + g;
+        }
+        if let Some(x) = relu_x {
+            relu_mask(&x[pi * hw..(pi + 1) * hw], dxp);
+        }
+    });
     Ok(())
 }
 
@@ -269,6 +463,15 @@ mod tests {
             (9, 7, 3, 1),
             (10, 10, 3, 3),
             (5, 3, 2, 5),
+            // The stride-2 path: AlexNet's pool1 (55 and 56 wide) and pool2, a non-square
+            // plane, k = 2 and k = 4, and the narrowest plane it takes (16 wide, 8 outputs).
+            (55, 55, 3, 2),
+            (56, 56, 3, 2),
+            (27, 27, 3, 2),
+            (21, 40, 3, 2),
+            (9, 33, 2, 2),
+            (12, 35, 4, 2),
+            (7, 17, 3, 2),
         ] {
             // Values from {0, 1, 2}: most windows hold ties, as post-ReLU zeros do.
             let planes = 5;

@@ -43,3 +43,20 @@ alexnet_tensor::multiversion! {
         }
     }
 }
+
+/// `dx = dx * [y > 0]` in place: the backward of a ReLU whose output is `y`, applied to a
+/// gradient another layer's backward has just written (fused there while it is in cache). The
+/// same bits as [`relu_backward`].
+#[inline(always)]
+pub(crate) fn mask_by_output<T: Float>(y: &[T], dx: &mut [T]) {
+    for (d, &o) in dx.iter_mut().zip(y) {
+        *d = if o > T::zero() { *d } else { T::zero() };
+    }
+}
+
+alexnet_tensor::multiversion! {
+    /// [`mask_by_output`] as a dispatched function, for callers outside a multiversioned loop.
+    pub(crate) fn relu_mask<T: Float>(y: &[T], dx: &mut [T]) {
+        mask_by_output(y, dx);
+    }
+}

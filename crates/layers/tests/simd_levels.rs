@@ -64,7 +64,7 @@ fn run_layers() -> Vec<Vec<u32>> {
     let mut dl = vec![0.0; l.len()];
     maxpool_backward(&dm, &arg, &mut dl, &ps).unwrap();
     let mut dr = vec![0.0; r.len()];
-    lrn_backward(&r, &l, &scale, &dl, &mut dr, s.n, s.o, ho * wo, &p).unwrap();
+    lrn_backward(&r, &scale, &dl, &mut dr, s.n, s.o, ho * wo, &p).unwrap();
     let mut dy = vec![0.0; y.len()];
     relu_backward(&r, &dr, &mut dy).unwrap();
     let (mut dx, mut dw, mut db) = (vec![0.0; x.len()], vec![0.0; w.len()], vec![0.0; s.o]);

@@ -464,7 +464,8 @@ mod tests {
             (10, 10, 3, 3),
             (5, 3, 2, 5),
             // The stride-2 path: AlexNet's pool1 (55 and 56 wide) and pool2, a non-square
-            // plane, k = 2 and k = 4, and the narrowest plane it takes (16 wide, 8 outputs).
+            // plane, k = 2, 4 and 5, the narrowest plane it takes (17 wide, 8 outputs) and a
+            // single output row.
             (55, 55, 3, 2),
             (56, 56, 3, 2),
             (27, 27, 3, 2),
@@ -472,6 +473,8 @@ mod tests {
             (9, 33, 2, 2),
             (12, 35, 4, 2),
             (7, 17, 3, 2),
+            (11, 21, 5, 2),
+            (3, 17, 3, 2),
         ] {
             // Values from {0, 1, 2}: most windows hold ties, as post-ReLU zeros do.
             let planes = 5;

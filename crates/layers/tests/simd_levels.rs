@@ -22,11 +22,13 @@ fn bits(v: &[f32]) -> Vec<u32> {
 /// Every output of one pass through conv (5x5, groups 2, chunks of several samples) + ReLU +
 /// LRN + max-pool and back, as bit patterns.
 fn run_layers() -> Vec<Vec<u32>> {
+    // 19 x 19 planes: max-pool takes its stride-2 path (9 outputs per row), LRN runs whole
+    // 64-pixel blocks and a short one.
     let s = ConvShape {
         n: 6,
         c: 4,
-        h: 15,
-        w: 15,
+        h: 19,
+        w: 19,
         o: 8,
         k: 5,
         stride: 1,

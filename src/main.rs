@@ -177,12 +177,24 @@ fn run_bench(a: &BenchArgs) -> Result<()> {
                 "layer", "forward", "backward"
             );
             let (mut tf, mut tb) = (0.0, 0.0);
+            // A layer never timed on its own (exactly 0) ran inside a neighbour: a ReLU's
+            // forward in the convolution before it, its backward in the layer after it.
+            let ms = |v: f64| {
+                if v == 0.0 {
+                    "-".to_string()
+                } else {
+                    format!("{v:.2}")
+                }
+            };
             for (n, f, b) in layers {
-                println!("{n:<14} {f:>10.2} {b:>10.2}");
+                println!("{n:<14} {:>10} {:>10}", ms(*f), ms(*b));
                 tf += f;
                 tb += b;
             }
             println!("{:<14} {tf:>10.2} {tb:>10.2}", "total");
+            if layers.iter().any(|(_, f, b)| *f == 0.0 || *b == 0.0) {
+                println!("(-: fused into a neighbouring layer and timed there)");
+            }
         }
     }
     Ok(())

@@ -86,6 +86,17 @@ impl ConvShape {
         check_len("conv2d", "y", y, s.n * s.o * ho * wo, || s.desc())
     }
 
+    /// Per part of the batch, the scratch lengths of the im2col / dcol matrix (K, chunk
+    /// columns) and of the GEMM-side copy (O/g, chunk columns: the forward's output, the
+    /// backward's gathered dy; none for one-sample chunks, which use y / dy in place).
+    fn part_scratch(&self) -> (usize, usize) {
+        let (chunk, cols) = (self.chunk(), self.chunk() * self.ho() * self.wo());
+        (
+            self.kdim() * cols,
+            if chunk > 1 { self.og() * cols } else { 0 },
+        )
+    }
+
     /// Samples per chunk: enough that one im2col matrix has about CHUNK_COLUMNS columns.
     fn chunk(&self) -> usize {
         (CHUNK_COLUMNS / (self.ho() * self.wo()).max(1)).clamp(1, self.n.max(1))
@@ -291,6 +302,14 @@ alexnet_tensor::multiversion! {
     }
 }
 
+/// Makes `scratch` at least `len` long (never shorter: its contents are never read before
+/// being written, so a longer one from an earlier layer serves as it is).
+fn grow<T: Float>(scratch: &mut Vec<T>, len: usize) {
+    if scratch.len() < len {
+        scratch.resize(len, T::zero());
+    }
+}
+
 /// Forward: `y[n,o,i,j] = b[o] + sum w[o,c',u,v] * xpad[n, G*C/g + c', i*s+u, j*s+v]`.
 ///
 /// x: (N,C,H,W), w: (O,C/g,k,k), b: (O), y: (N,O,Ho,Wo).
@@ -322,14 +341,11 @@ pub fn conv2d_forward_act<T: Float>(
     let (og, kd, hw) = (s.og(), s.kdim(), s.ho() * s.wo());
     let chunk = s.chunk();
     let per_part = s.n.div_ceil(chunk).div_ceil(GRAD_PARTS).max(1) * chunk;
-    // Parts of consecutive chunks, each with its own slice of the scratch: im2col (K, chunk
-    // columns) then GEMM output (O/g, chunk columns; unused for one-sample chunks).
-    let (col_len, out_len) = (kd * chunk * hw, if chunk > 1 { og * chunk * hw } else { 0 });
+    // Parts of consecutive chunks, each with its own slice of the scratch: im2col then GEMM
+    // output.
+    let (col_len, out_len) = s.part_scratch();
     let part_len = col_len + out_len;
-    let nparts = s.n.div_ceil(per_part);
-    if scratch.len() < nparts * part_len {
-        scratch.resize(nparts * part_len, T::zero());
-    }
+    grow(scratch, s.n.div_ceil(per_part) * part_len);
     y.par_chunks_mut(per_part * s.o * hw)
         .zip(scratch.par_chunks_mut(part_len))
         .enumerate()
@@ -478,13 +494,10 @@ pub fn conv2d_backward_opt<T: Float>(
         Some(dx) => dx.chunks_mut(part_samples * sample).map(Some).collect(),
         None => (0..nparts).map(|_| None).collect(),
     };
-    // Per part: im2col / dcol (K, chunk columns), then the gathered dy (O/g, chunk columns;
-    // unused for one-sample chunks).
-    let (col_len, dyg_len) = (kd * chunk * hw, if chunk > 1 { og * chunk * hw } else { 0 });
+    // Per part: im2col / dcol, then the gathered dy.
+    let (col_len, dyg_len) = s.part_scratch();
     let part_len = col_len + dyg_len;
-    if scratch.len() < nparts * part_len {
-        scratch.resize(nparts * part_len, T::zero());
-    }
+    grow(scratch, nparts * part_len);
     let parts: Vec<(Vec<T>, Vec<T>)> = dx_parts
         .into_par_iter()
         .zip(scratch.par_chunks_mut(part_len))

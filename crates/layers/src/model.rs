@@ -10,9 +10,7 @@ use crate::error::{check_len, LayerError};
 use crate::linear::{linear_backward, linear_forward};
 use crate::loss::softmax_cross_entropy;
 use crate::lrn::{lrn_backward_relu, lrn_forward, lrn_forward_values, LrnParams};
-use crate::pool::{
-    maxpool_backward, maxpool_backward_relu, maxpool_forward, maxpool_forward_values, PoolShape,
-};
+use crate::pool::{maxpool_backward_relu, maxpool_forward, maxpool_forward_values, PoolShape};
 use crate::relu::{relu_backward, relu_forward};
 use alexnet_tensor::gemm::Float;
 use alexnet_tensor::rng::Rng;
@@ -501,11 +499,7 @@ impl<T: Float> Model<T> {
                     let Aux::Arg(arg) = &self.aux[li] else {
                         return Err(stale(&layer.name));
                     };
-                    if relu_done {
-                        maxpool_backward_relu(gs, arg, gi, &s, xin)?;
-                    } else {
-                        maxpool_backward(gs, arg, gi, &s)?;
-                    }
+                    maxpool_backward_relu(gs, arg, gi, &s, relu_done.then_some(xin))?;
                 }
                 Op::Dropout { .. } => match &self.aux[li] {
                     Aux::Mask(mask) if self.train => dropout_backward(gs, mask, gi)?,

@@ -70,23 +70,20 @@ pub fn maxpool_forward<T: Float>(
     // first split into `stride` phases (phase p holds columns p, p + stride, ...), so window
     // column v of output j is element j + v / stride of phase v % stride.
     let pw = w.div_ceil(st);
+    let s2 = s2_applies(w, st, wo);
     y.par_chunks_mut(ho * wo)
         .zip(arg.par_chunks_mut(ho * wo))
         .enumerate()
         .for_each_init(
             || {
                 // Column maxima: one row of them (the general path) or all Ho rows (stride 2).
-                let len = if s2_applies(w, st, wo) {
-                    s2_scratch(w, ho)
-                } else {
-                    w
-                };
+                let len = if s2 { s2_scratch(w, ho) } else { w };
                 let row = (vec![T::zero(); len], vec![0u32; len]);
                 (row, (vec![T::zero(); st * pw], vec![0u32; st * pw]))
             },
             |((cv, ci), (pv, pa)), (pi, (yp, ap))| {
                 let xp = &x[pi * s.h * w..(pi + 1) * s.h * w];
-                if s2_applies(w, st, wo) {
+                if s2 {
                     pool_plane_s2(xp, yp, ap, cv, ci, [w, k, ho, wo]);
                 } else {
                     pool_plane(xp, yp, ap, [cv, pv], [ci, pa], [w, k, st, ho, wo]);
@@ -378,24 +375,13 @@ pub fn maxpool_backward<T: Float>(
     dx: &mut [T],
     s: &PoolShape,
 ) -> Result<(), LayerError> {
-    maxpool_backward_impl(dy, arg, dx, s, None)
+    maxpool_backward_relu(dy, arg, dx, s, None)
 }
 
-/// [`maxpool_backward`] followed by the backward of the ReLU whose output x (the pool's input)
-/// is (`dx = 0` where `x <= 0`), plane by plane while dx is in cache: the same bits as the two
-/// passes.
+/// [`maxpool_backward`], with `relu_x` (the pool's input x, a ReLU's output) followed by that
+/// ReLU's backward (`dx = 0` where `x <= 0`), plane by plane while dx is in cache: the same
+/// bits as the two passes.
 pub fn maxpool_backward_relu<T: Float>(
-    dy: &[T],
-    arg: &[u32],
-    dx: &mut [T],
-    s: &PoolShape,
-    x: &[T],
-) -> Result<(), LayerError> {
-    check_len("maxpool", "x", x.len(), s.planes * s.h * s.w, || s.desc())?;
-    maxpool_backward_impl(dy, arg, dx, s, Some(x))
-}
-
-fn maxpool_backward_impl<T: Float>(
     dy: &[T],
     arg: &[u32],
     dx: &mut [T],
@@ -408,6 +394,9 @@ fn maxpool_backward_impl<T: Float>(
     check_len("maxpool", "dy", dy.len(), s.planes * hw_out, d)?;
     check_len("maxpool", "arg", arg.len(), s.planes * hw_out, d)?;
     check_len("maxpool", "dx", dx.len(), s.planes * s.h * s.w, d)?;
+    if let Some(x) = relu_x {
+        check_len("maxpool", "x", x.len(), s.planes * s.h * s.w, d)?;
+    }
     let hw = s.h * s.w;
     dx.par_chunks_mut(hw).enumerate().for_each(|(pi, dxp)| {
         dxp.iter_mut().for_each(|e| *e = T::zero());

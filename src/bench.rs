@@ -85,7 +85,12 @@ pub fn bench_cpu(
         batch,
         device: "cpu".into(),
         threads: rayon::current_num_threads(),
-        precision: "f32".into(),
+        precision: match alexnet_tensor::gemm::f32_backend() {
+            alexnet_tensor::gemm::F32Backend::AmxBf16x3 => "bf16x3",
+            alexnet_tensor::gemm::F32Backend::AmxBf16 => "bf16",
+            _ => "f32",
+        }
+        .into(),
         timed_steps: steps,
         layers,
     })

@@ -44,6 +44,10 @@ struct ParityArgs {
     /// Folder of *.safetensors fixtures [default: tests/fixtures/parity].
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// CPU GEMM precision: f32 (default) or bf16x3 (AMX: every GEMM then runs on the tiles,
+    /// held to the same tolerance).
+    #[arg(long, default_value = "f32")]
+    precision: String,
 }
 
 fn default_fixture_dir() -> PathBuf {
@@ -81,7 +85,8 @@ struct BenchArgs {
     /// Timed steps (the median is reported).
     #[arg(long, default_value_t = 7)]
     steps: usize,
-    /// f32, tf32 or bf16 (CUDA only; the CPU computes in f32).
+    /// f32 (strict), tf32 or bf16 on CUDA; f32, bf16x3 or bf16 on the CPU (bf16x3/bf16: the
+    /// convolution and fc GEMMs on Intel AMX tiles, ~1e-5 / ~3e-3 relative error per product).
     #[arg(long, default_value = "f32")]
     precision: String,
     /// Print one JSON object instead of a table.
@@ -112,6 +117,7 @@ struct BenchArgs {
 fn run_parity(args: &ParityArgs) -> Result<bool> {
     let dir = args.dir.clone().unwrap_or_else(default_fixture_dir);
     let files = parity::fixture_files(&dir)?;
+    parity::set_precision(&args.precision)?;
     let (mut passed, mut failed) = (0, 0);
     for f in &files {
         let r = parity::run_file(f);
@@ -128,15 +134,19 @@ fn run_parity(args: &ParityArgs) -> Result<bool> {
 
 fn run_bench(a: &BenchArgs) -> Result<()> {
     if a.matrixmultiply {
-        alexnet_tensor::gemm::set_f32_backend(alexnet_tensor::gemm::F32Backend::Matrixmultiply);
+        alexnet_tensor::gemm::set_f32_backend(alexnet_tensor::gemm::F32Backend::Matrixmultiply)?;
     }
-    if a.device == "cpu"
-        && (a.conv.is_some() || a.cudnn_algo.is_some() || a.synthetic_data || a.precision != "f32")
-    {
-        anyhow::bail!(
-            "--conv, --cudnn-algo, --synthetic-data and --precision other than f32 apply to \
-             --device cuda only"
-        );
+    if a.device == "cpu" && (a.conv.is_some() || a.cudnn_algo.is_some() || a.synthetic_data) {
+        anyhow::bail!("--conv, --cudnn-algo and --synthetic-data apply to --device cuda only");
+    }
+    if a.device == "cpu" {
+        let gemm = alexnet_tensor::gemm::cpu_backend_for(&a.precision)?;
+        if a.matrixmultiply && gemm != alexnet_tensor::gemm::F32Backend::Gemm {
+            anyhow::bail!("--matrixmultiply is an f32 GEMM; it takes no --precision");
+        }
+        if !a.matrixmultiply {
+            alexnet_tensor::gemm::set_f32_backend(gemm)?;
+        }
     }
     let r = match a.device.as_str() {
         "cpu" => bench::bench_cpu(&a.preset, a.batch, a.classes, a.warmup, a.steps, a.profile)?,

@@ -105,6 +105,15 @@ fn bad_flags_and_missing_data_are_clear_errors() {
     a.schedule = Some("cosine".into());
     let e = format!("{:#}", run_train_with(&a, None).unwrap_err());
     assert!(e.contains("--schedule cosine"), "{e}");
+    // A CUDA-only precision on the CPU is refused before the run folder is made.
+    let mut a = args(&root, &a.data, "r3");
+    a.precision = "tf32".into();
+    let e = format!("{:#}", run_train_with(&a, None).unwrap_err());
+    assert!(
+        e.contains("--precision tf32") && e.contains("bf16x3"),
+        "{e}"
+    );
+    assert!(!root.join("r3").exists());
     std::fs::remove_dir_all(&root).unwrap();
 }
 

@@ -33,6 +33,10 @@ impl Precision {
             "f32" | "fp32" => Ok(Precision::F32),
             "tf32" => Ok(Precision::Tf32),
             "bf16" => Ok(Precision::Bf16),
+            "bf16x3" => Err(CudaError::invalid(
+                "precision",
+                "bf16x3 is a CPU precision (AMX); on CUDA use f32, tf32 or bf16".to_string(),
+            )),
             other => Err(CudaError::invalid(
                 "precision",
                 format!("unknown precision {other:?}"),

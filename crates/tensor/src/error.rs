@@ -19,6 +19,9 @@ pub enum TensorError {
     /// A network spec is inconsistent (a layer cannot be applied to its input).
     #[error("network spec: {0}")]
     Spec(String),
+    /// This machine cannot run what was asked (e.g. an AMX GEMM on a CPU without AMX).
+    #[error("{0}")]
+    Unsupported(String),
     /// A file could not be read or parsed.
     #[error("{path}: {detail}")]
     File { path: String, detail: String },

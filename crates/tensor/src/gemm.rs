@@ -48,21 +48,85 @@ pub enum F32Backend {
     Gemm,
     /// `matrixmultiply` (AVX2/FMA kernels): the portable reference.
     Matrixmultiply,
+    /// Intel AMX tiles, each operand split into two bf16 parts, three products
+    /// ([`crate::amx`]): about 1e-5 relative error per product. Shapes too small to pay for
+    /// the packing ([`amx_pays`]) stay on the gemm crate, in f32.
+    AmxBf16x3,
+    /// Intel AMX tiles, operands rounded to bf16, f32 sums (`torch.autocast` on a CPU).
+    AmxBf16,
 }
 
 static F32_BACKEND: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
-/// Selects the f32 GEMM library for the whole process (benchmarks compare both).
-pub fn set_f32_backend(b: F32Backend) {
+/// Selects the f32 GEMM library for the whole process (benchmarks compare them; the CPU's
+/// `--precision` picks an AMX one). An AMX backend needs [`crate::amx::available`]: without
+/// it this returns that error and leaves the backend as it was.
+pub fn set_f32_backend(b: F32Backend) -> Result<(), TensorError> {
+    if matches!(b, F32Backend::AmxBf16 | F32Backend::AmxBf16x3) {
+        crate::amx::available().map_err(|e| TensorError::Unsupported(format!("{b:?}: {e}")))?;
+    }
     F32_BACKEND.store(b as u8, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
 }
 
 /// The f32 GEMM library in use.
 pub fn f32_backend() -> F32Backend {
     match F32_BACKEND.load(std::sync::atomic::Ordering::Relaxed) {
         0 => F32Backend::Gemm,
-        _ => F32Backend::Matrixmultiply,
+        1 => F32Backend::Matrixmultiply,
+        2 => F32Backend::AmxBf16x3,
+        _ => F32Backend::AmxBf16,
     }
+}
+
+/// The f32 GEMM backend for a CPU `--precision`: `f32` (strict, the gemm crate), `bf16x3` or
+/// `bf16` (AMX). Checks that this machine can run it.
+pub fn cpu_backend_for(precision: &str) -> Result<F32Backend, TensorError> {
+    const TF32: &str =
+        "--precision tf32 is a CUDA precision; on the CPU use f32, bf16x3 or bf16 (AMX)";
+    let b = match precision.to_ascii_lowercase().as_str() {
+        "f32" | "fp32" => F32Backend::Gemm,
+        "bf16x3" => F32Backend::AmxBf16x3,
+        "bf16" => F32Backend::AmxBf16,
+        "tf32" => return Err(TensorError::Unsupported(TF32.into())),
+        other => {
+            return Err(TensorError::Unsupported(format!(
+                "--precision {other}: unknown; the CPU has f32, bf16x3 and bf16"
+            )))
+        }
+    };
+    if b != F32Backend::Gemm {
+        crate::amx::available().map_err(|e| {
+            TensorError::Unsupported(format!(
+                "--precision {precision} needs Intel AMX: {e}; use --precision f32"
+            ))
+        })?;
+    }
+    Ok(b)
+}
+
+/// 0: the per-precision default of [`amx_pays`].
+static AMX_MIN_SIDE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Whether an AMX GEMM of this shape beats the gemm crate: m, n and k all at least 64 in
+/// bf16x3, 48 in bf16. The packing of A and B is paid per call and amortised over the other
+/// side: fc6 at batch 32 (n = 32) runs at 0.5x in bf16x3 and 1.1x in bf16; the paper's conv1
+/// (48 filters per group) at 0.6-1.1x in bf16x3 and 1.0-1.7x in bf16 (`amx_speed` example).
+/// [`set_amx_min_side`] overrides the bound.
+pub fn amx_pays(p: crate::amx::AmxPrecision, m: usize, k: usize, n: usize) -> bool {
+    let min = match AMX_MIN_SIDE.load(std::sync::atomic::Ordering::Relaxed) {
+        0 if p == crate::amx::AmxPrecision::Bf16 => 48,
+        0 => 64,
+        set => set,
+    };
+    m >= min && n >= min && k >= min
+}
+
+/// Sets the smallest m, n and k an AMX backend takes (0: the defaults of [`amx_pays`]); 1
+/// sends every GEMM to AMX (the parity check of a precision does, so that its numerics are
+/// what is checked).
+pub fn set_amx_min_side(min: usize) {
+    AMX_MIN_SIDE.store(min, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl Float for f32 {
@@ -82,11 +146,26 @@ impl Float for f32 {
         rsc: isize,
         csc: isize,
     ) {
+        let amx = match f32_backend() {
+            F32Backend::AmxBf16x3 => Some(crate::amx::AmxPrecision::Bf16x3),
+            F32Backend::AmxBf16 => Some(crate::amx::AmxPrecision::Bf16),
+            _ => None,
+        }
+        .filter(|&p| amx_pays(p, m, k, n));
+        if let Some(p) = amx {
+            // SAFETY: set_f32_backend admitted an AMX backend only after `amx::available`;
+            // the caller upholds the bounds and aliasing contract, forwarded.
+            return unsafe {
+                crate::amx::sgemm(
+                    p, m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc,
+                )
+            };
+        }
         match f32_backend() {
             // SAFETY: forwarded; the caller upholds the bounds and aliasing contract. The gemm
             // crate computes dst = a*dst + b*lhs*rhs, so our beta is its alpha (dst is not read
             // when beta is 0) and our alpha its beta.
-            F32Backend::Gemm => unsafe {
+            F32Backend::Gemm | F32Backend::AmxBf16x3 | F32Backend::AmxBf16 => unsafe {
                 gemm::gemm(
                     m,
                     n,
@@ -397,13 +476,20 @@ mod tests {
     #[test]
     fn all_transposes_and_parallel_match_naive() {
         for backend in [F32Backend::Matrixmultiply, F32Backend::Gemm] {
-            set_f32_backend(backend);
+            set_f32_backend(backend).unwrap();
             check_all_shapes();
         }
+        // bf16x3 meets the same 1e-3 bound (its error is ~1e-5); the last shape takes the AMX
+        // path (amx_pays), the others fall back to the gemm crate.
+        match set_f32_backend(F32Backend::AmxBf16x3) {
+            Ok(()) => check_all_shapes(),
+            Err(e) => println!("AMX part skipped: {e}"),
+        }
+        set_f32_backend(F32Backend::Gemm).unwrap();
     }
 
     fn check_all_shapes() {
-        for &(m, n, k) in &[(3, 5, 7), (200, 33, 170), (17, 300, 250)] {
+        for &(m, n, k) in &[(3, 5, 7), (200, 33, 170), (17, 300, 250), (70, 90, 300)] {
             let a: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
                 .collect();

@@ -8,6 +8,7 @@
 //! - [`rng`]: a small, serialisable, deterministic RNG (xoshiro256**).
 //! - [`simd`]: run-time dispatch of the layers' element-wise loops to AVX-512 / AVX2 code.
 
+pub mod amx;
 pub mod error;
 pub mod fixture;
 pub mod gemm;

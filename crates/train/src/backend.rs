@@ -54,9 +54,8 @@ impl Backend {
     pub fn new(plan: &Plan, device: DeviceChoice, batch: usize, precision: &str) -> Result<Self> {
         match device {
             DeviceChoice::Cpu => {
-                if precision != "f32" {
-                    bail!("--precision {precision}: the CPU path computes in f32 only");
-                }
+                let gemm = alexnet_tensor::gemm::cpu_backend_for(precision)?;
+                alexnet_tensor::gemm::set_f32_backend(gemm)?;
                 Ok(Backend::Cpu(Box::new(Model::new(plan.clone()))))
             }
             DeviceChoice::Cuda(i) => {

@@ -42,7 +42,7 @@ pub struct TrainArgs {
     /// auto (CUDA when present, else CPU), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// f32, tf32 or bf16 (tf32/bf16 on CUDA only).
+    /// f32 (strict), tf32 or bf16 on CUDA; f32, bf16x3 or bf16 (Intel AMX GEMMs) on the CPU.
     #[arg(long, default_value = "f32")]
     pub precision: String,
     /// Run folder (config, metrics, checkpoints, report).
@@ -138,6 +138,9 @@ pub fn run_train_with(a: &TrainArgs, stop_after_steps: Option<u64>) -> Result<Pa
     let cfg_path = RunConfig::path(run);
     // Check the device before anything is written, so a bad --device leaves no half-made run.
     let device = DeviceChoice::parse(&a.device)?;
+    if device == DeviceChoice::Cpu && !a.resume {
+        alexnet_tensor::gemm::cpu_backend_for(&a.precision)?;
+    }
     if let DeviceChoice::Cuda(i) = device {
         let n = alexnet_cuda::device_count();
         if i >= n {

@@ -251,6 +251,7 @@ mod tests {
         for &(m, n, k) in &[
             (1, 1, 1),
             (3, 5, 7),
+            (64, 70, 200),
             (33, 47, 300),
             (64, 96, 513),
             (100, 20, 40),
@@ -267,11 +268,14 @@ mod tests {
                     let want = naive(m, n, k, &a, &b, [ta, tb]);
                     let (rsa, csa) = if ta { (1, m as isize) } else { (k as isize, 1) };
                     let (rsb, csb) = if tb { (1, k as isize) } else { (n as isize, 1) };
-                    // Per element: |c - exact| <= tol * sum |a b| (alpha 2, so twice), with
-                    // tol = the operands' rounding (2 x 2^-9 for bf16; hi+lo keeps 16 bits,
-                    // 3 x 2^-17) plus f32 summation (k x 2^-24).
+                    // Per element: |c - exact| <= tol * alpha * sum |a b|, with tol = the
+                    // operands' rounding (2 x 2^-9 for bf16; hi+lo keeps 16 bits, 3 x 2^-17)
+                    // plus f32 summation (k x 2^-24); three (alpha, beta) pairs.
                     let f32_sum = k as f64 * 6e-8;
-                    for (prec, tol) in [(AmxPrecision::Bf16x3, 2.3e-5), (AmxPrecision::Bf16, 4e-3)]
+                    let precs = [(AmxPrecision::Bf16x3, 2.3e-5), (AmxPrecision::Bf16, 4e-3)];
+                    for ((prec, tol), (alpha, beta)) in precs
+                        .into_iter()
+                        .flat_map(|p| [(2.0f32, -1.0f32), (1.0, 0.0), (1.0, 1.0)].map(|ab| (p, ab)))
                     {
                         let mut c = vec![0.5f32; m * n];
                         // SAFETY: AMX is available; strides describe a (m x k), b (k x n) and
@@ -282,25 +286,27 @@ mod tests {
                                 m,
                                 k,
                                 n,
-                                2.0,
+                                alpha,
                                 a.as_ptr(),
                                 rsa,
                                 csa,
                                 b.as_ptr(),
                                 rsb,
                                 csb,
-                                -1.0,
+                                beta,
                                 c.as_mut_ptr(),
                                 n as isize,
                                 1,
                             )
                         };
                         for (i, &(v, s)) in want.iter().enumerate() {
-                            let err = (c[i] as f64 - (2.0 * v - 0.5)).abs();
-                            let bound = 2.0 * (tol + f32_sum) * s + 1e-6;
+                            let exact = alpha as f64 * v + beta as f64 * 0.5;
+                            let err = (c[i] as f64 - exact).abs();
+                            let bound = alpha as f64 * (tol + f32_sum) * s + 1e-6;
                             assert!(
                                 err <= bound,
-                                "{prec:?} {m}x{n}x{k} ta={ta} tb={tb} [{i}]: {err:e} > {bound:e}"
+                                "{prec:?} a={alpha} b={beta} {m}x{n}x{k} ta={ta} tb={tb} [{i}]: \
+                                 {err:e} > {bound:e}"
                             );
                         }
                     }
@@ -372,6 +378,39 @@ mod tests {
                 // Columns n.. of C were not ours: still NaN.
                 assert!(c[i * ldc + n..(i + 1) * ldc].iter().all(|v| v.is_nan()));
             }
+        }
+    }
+
+    #[test]
+    fn empty_k_scales_c_by_beta() {
+        if let Err(e) = available() {
+            println!("skipped: no AMX here ({e})");
+            return;
+        }
+        let (m, n) = (64, 64);
+        for (beta, want) in [(0.0f32, 0.0f32), (1.0, 1.5), (2.0, 3.0)] {
+            let mut c = vec![1.5f32; m * n];
+            // SAFETY: AMX is available; k = 0 reads nothing of A or B; c is m x n.
+            unsafe {
+                sgemm(
+                    AmxPrecision::Bf16x3,
+                    m,
+                    0,
+                    n,
+                    1.0,
+                    [].as_ptr(),
+                    0,
+                    1,
+                    [].as_ptr(),
+                    n as isize,
+                    1,
+                    beta,
+                    c.as_mut_ptr(),
+                    n as isize,
+                    1,
+                )
+            };
+            assert!(c.iter().all(|&v| v == want), "beta {beta}");
         }
     }
 }

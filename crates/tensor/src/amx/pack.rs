@@ -2,6 +2,9 @@
 //! conversion for full blocks, a scalar path for the edges).
 
 use super::{bf16_bits, split, Strided, KT, MR, NR, TILE};
+
+/// VNNI pairs per 32-k tile row.
+const PAIRS: usize = KT / 2;
 use std::arch::x86_64::*;
 
 /// The 512 bits of a bf16 vector as integers.
@@ -62,6 +65,9 @@ pub(super) unsafe fn pack_a(
     al: &mut [u16],
     x3: bool,
 ) {
+    if nch == 0 {
+        return; // k = 0: nothing to pack
+    }
     let (a, rsa, csa) = (a.ptr, a.rs, a.cs);
     let mp = ah.len() / (nch * KT);
     let (mut th, mut tl) = ([0u16; MR * KT], [0u16; MR * KT]);
@@ -128,8 +134,10 @@ pub(super) unsafe fn pack_a(
     }
 }
 
-/// Packs B's rows k0..k0+kc, columns j0..j0+nj into `[chunk][16-column tile][16 k pairs][16
-/// columns]` of VNNI pairs (hi, and lo when `x3`); padding is zero.
+/// Packs B's rows k0..k0+kc, columns j0..j0+nj (one panel) into `[32-column block][chunk][16-column
+/// tile][16 k pairs][16 columns]` of VNNI pairs, `blk` elements per block (hi, and lo when
+/// `x3`); padding is zero. Row-major B (the forward's im2col matrix) is read a pair of rows at a
+/// time across the whole panel, so that each row is one sequential run.
 ///
 /// # Safety
 /// `b + p*rsb + j*csb` must be readable for k0 <= p < k0 + kc, j0 <= j < j0 + nj.
@@ -146,79 +154,118 @@ pub(super) unsafe fn pack_b(
     bl: &mut [u32],
     x3: bool,
 ) {
-    const PAIRS: usize = KT / 2;
-    let (b, rsb, csb) = (b.ptr, b.rs, b.cs);
-    let (mut tp, mut tq) = ([0u32; TILE * PAIRS], [0u32; TILE * PAIRS]);
+    let tiles = nj.div_ceil(NR) * (NR / TILE);
+    let blk = nch * KT * NR / 2;
+    // Offset of (chunk, 16-column tile) in the packed panel.
+    let at = |ch: usize, tt: usize| (tt / 2) * blk + ch * KT * NR / 2 + (tt % 2) * PAIRS * TILE;
     for ch in 0..nch {
-        for jt in 0..NR / TILE {
-            let o = ch * KT * NR / 2 + jt * PAIRS * TILE;
-            let hi = &mut bh[o..o + PAIRS * TILE];
+        let full_chunk = ch * KT + KT <= kc;
+        let row_major = full_chunk && b.cs == 1;
+        for tt in 0..tiles {
+            let cols = TILE.min(nj.saturating_sub(tt * TILE));
+            if row_major && cols == TILE {
+                continue; // the row pass below
+            }
+            let o = at(ch, tt);
             let lo = if x3 {
                 &mut bl[o..o + PAIRS * TILE]
             } else {
                 &mut [][..]
             };
-            let jb = jt * TILE;
-            let src = b.wrapping_offset((k0 + ch * KT) as isize * rsb + (j0 + jb) as isize * csb);
-            let full = jb + TILE <= nj && ch * KT + KT <= kc;
-            if full && csb == 1 {
-                // Rows k and k+1 interleaved: pair c = (row k [c], row k+1 [c]).
-                let idx = _mm512_set_epi16(
-                    31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21,
-                    5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0,
-                );
-                for t2 in 0..PAIRS {
-                    // SAFETY: k rows k0 + ch*32 + 2*t2 (+1) < k0 + kc, 16 contiguous columns
-                    // from j0 + jb < j0 + nj; 16 pairs at t2*16 are inside hi/lo.
-                    unsafe {
-                        let r0 = src.offset(2 * t2 as isize * rsb);
-                        let r1 = src.offset((2 * t2 + 1) as isize * rsb);
-                        let (h, l) = cvt32(_mm512_loadu_ps(r0), _mm512_loadu_ps(r1), x3);
-                        let dst = hi.as_mut_ptr().add(t2 * TILE).cast();
-                        _mm512_storeu_si512(dst, _mm512_permutexvar_epi16(idx, h));
-                        if x3 {
-                            let dst = lo.as_mut_ptr().add(t2 * TILE).cast();
-                            _mm512_storeu_si512(dst, _mm512_permutexvar_epi16(idx, l));
-                        }
+            let src = b
+                .ptr
+                .wrapping_offset((k0 + ch * KT) as isize * b.rs + (j0 + tt * TILE) as isize * b.cs);
+            let kk = KT.min(kc - ch * KT);
+            // SAFETY: rows k0 + ch*32 + kk <= k0 + kc, columns j0 + tt*16 + cols <= j0 + nj.
+            unsafe { pack_b_tile(src, b.rs, b.cs, kk, cols, &mut bh[o..o + PAIRS * TILE], lo) };
+        }
+        if !row_major {
+            continue;
+        }
+        let full_tiles = nj / TILE;
+        for t2 in 0..PAIRS {
+            let r0 = b
+                .ptr
+                .wrapping_offset((k0 + ch * KT + 2 * t2) as isize * b.rs + j0 as isize);
+            let r1 = r0.wrapping_offset(b.rs);
+            for tt in 0..full_tiles {
+                let o = at(ch, tt) + t2 * TILE;
+                // SAFETY: rows k0 + ch*32 + 2*t2 (+1) < k0 + kc, 16 contiguous columns from
+                // j0 + tt*16, inside nj; 16 pairs at o are inside the panel.
+                unsafe {
+                    let v0 = _mm512_loadu_ps(r0.add(tt * TILE));
+                    let v1 = _mm512_loadu_ps(r1.add(tt * TILE));
+                    let (h, l) = cvt32(v0, v1, x3);
+                    _mm512_storeu_si512(bh.as_mut_ptr().add(o).cast(), interleave(h));
+                    if x3 {
+                        _mm512_storeu_si512(bl.as_mut_ptr().add(o).cast(), interleave(l));
                     }
                 }
-            } else if full && rsb == 1 {
-                // Column-major B: each column's 32 k are contiguous, i.e. already in pairs;
-                // convert per column, then transpose the 16 x 16 pairs.
-                for c in 0..TILE {
-                    // SAFETY: column j0 + jb + c < j0 + nj, 32 contiguous k < k0 + kc; tp/tq
-                    // hold 16 x 16 pairs.
-                    unsafe {
-                        let q = src.offset(c as isize * csb);
-                        let (h, l) = cvt32(_mm512_loadu_ps(q), _mm512_loadu_ps(q.add(16)), x3);
-                        _mm512_storeu_si512(tp.as_mut_ptr().add(c * PAIRS).cast(), h);
-                        _mm512_storeu_si512(tq.as_mut_ptr().add(c * PAIRS).cast(), l);
-                    }
+            }
+        }
+    }
+}
+
+/// 32 bf16 (16 of row k, then 16 of row k+1) -> 16 VNNI pairs (row k [c], row k+1 [c]).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn interleave(v: __m512i) -> __m512i {
+    let idx = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
+        19, 3, 18, 2, 17, 1, 16, 0,
+    );
+    _mm512_permutexvar_epi16(idx, v)
+}
+
+/// One 32-k x 16-column tile of B (`kk` rows and `cols` columns of it present, the rest zero)
+/// as 16 x 16 VNNI pairs: column-major B through a convert-and-transpose, anything else (and
+/// the edges) element by element. `lo` is empty unless bf16x3.
+///
+/// # Safety
+/// `src + t*rsb + c*csb` must be readable for t < kk, c < cols.
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+unsafe fn pack_b_tile(
+    src: *const f32,
+    rsb: isize,
+    csb: isize,
+    kk: usize,
+    cols: usize,
+    hi: &mut [u32],
+    lo: &mut [u32],
+) {
+    let x3 = !lo.is_empty();
+    if kk == KT && cols == TILE && rsb == 1 {
+        // Each column's 32 k are contiguous, i.e. already in pairs.
+        let (mut tp, mut tq) = ([0u32; TILE * PAIRS], [0u32; TILE * PAIRS]);
+        for c in 0..TILE {
+            // SAFETY: column c < cols, 32 contiguous k (contract); tp/tq hold 16 x 16 pairs.
+            unsafe {
+                let q = src.offset(c as isize * csb);
+                let (h, l) = cvt32(_mm512_loadu_ps(q), _mm512_loadu_ps(q.add(16)), x3);
+                _mm512_storeu_si512(tp.as_mut_ptr().add(c * PAIRS).cast(), h);
+                _mm512_storeu_si512(tq.as_mut_ptr().add(c * PAIRS).cast(), l);
+            }
+        }
+        transpose(&tp, TILE, PAIRS, hi);
+        if x3 {
+            transpose(&tq, TILE, PAIRS, lo);
+        }
+        return;
+    }
+    for t2 in 0..PAIRS {
+        for c in 0..TILE {
+            let get = |t: usize| {
+                if c < cols && t < kk {
+                    // SAFETY: t < kk, c < cols (contract).
+                    unsafe { *src.offset(t as isize * rsb + c as isize * csb) }
+                } else {
+                    0.0
                 }
-                transpose(&tp, TILE, PAIRS, hi);
-                if x3 {
-                    transpose(&tq, TILE, PAIRS, lo);
-                }
-            } else {
-                let cols = TILE.min(nj.saturating_sub(jb));
-                let kk = KT.min(kc - ch * KT);
-                for t2 in 0..PAIRS {
-                    for c in 0..TILE {
-                        let get = |t: usize| {
-                            if c < cols && t < kk {
-                                // SAFETY: k0 + ch*32 + t < k0 + kc, column j0 + jb + c < j0 + nj.
-                                unsafe { *src.offset(t as isize * rsb + c as isize * csb) }
-                            } else {
-                                0.0
-                            }
-                        };
-                        let (e, od) = (split(get(2 * t2)), split(get(2 * t2 + 1)));
-                        hi[t2 * TILE + c] = pair(e.0, od.0);
-                        if x3 {
-                            lo[t2 * TILE + c] = pair(e.1, od.1);
-                        }
-                    }
-                }
+            };
+            let (e, od) = (split(get(2 * t2)), split(get(2 * t2 + 1)));
+            hi[t2 * TILE + c] = pair(e.0, od.0);
+            if x3 {
+                lo[t2 * TILE + c] = pair(e.1, od.1);
             }
         }
     }

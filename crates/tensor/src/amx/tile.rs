@@ -115,17 +115,8 @@ unsafe fn run(
             let blk = nch * KT * NR / 2;
             let bh = aligned(&mut s.bh, nbl * blk);
             let bl = aligned(&mut s.bl, if x3 { nbl * blk } else { 0 });
-            for jb in 0..nbl {
-                let j0 = jc + jb * NR;
-                let h = &mut bh[jb * blk..][..blk];
-                let l = if x3 {
-                    &mut bl[jb * blk..][..blk]
-                } else {
-                    &mut [][..]
-                };
-                // SAFETY: k0..k0+kc <= k and j0..j0+nj <= n stay inside B.
-                unsafe { pack_b(b, k0, kc, j0, NR.min(n - j0), nch, h, l, x3) };
-            }
+            // SAFETY: k0..k0+kc <= k and jc..jc+ncb <= n stay inside B.
+            unsafe { pack_b(b, k0, kc, jc, ncb, nch, bh, bl, x3) };
             for i0 in (0..m).step_by(MR) {
                 let ablk = ((i0 / MR) * nchk + k0 / KT) * KT * MR;
                 for jb in 0..nbl {

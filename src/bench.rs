@@ -85,12 +85,7 @@ pub fn bench_cpu(
         batch,
         device: "cpu".into(),
         threads: rayon::current_num_threads(),
-        precision: match alexnet_tensor::gemm::f32_backend() {
-            alexnet_tensor::gemm::F32Backend::AmxBf16x3 => "bf16x3",
-            alexnet_tensor::gemm::F32Backend::AmxBf16 => "bf16",
-            _ => "f32",
-        }
-        .into(),
+        precision: alexnet_tensor::gemm::f32_backend().precision().into(),
         timed_steps: steps,
         layers,
     })

@@ -133,20 +133,20 @@ fn run_parity(args: &ParityArgs) -> Result<bool> {
 }
 
 fn run_bench(a: &BenchArgs) -> Result<()> {
-    if a.matrixmultiply {
-        alexnet_tensor::gemm::set_f32_backend(alexnet_tensor::gemm::F32Backend::Matrixmultiply)?;
-    }
+    use alexnet_tensor::gemm::{cpu_backend_for, set_f32_backend, F32Backend};
     if a.device == "cpu" && (a.conv.is_some() || a.cudnn_algo.is_some() || a.synthetic_data) {
         anyhow::bail!("--conv, --cudnn-algo and --synthetic-data apply to --device cuda only");
     }
     if a.device == "cpu" {
-        let gemm = alexnet_tensor::gemm::cpu_backend_for(&a.precision)?;
-        if a.matrixmultiply && gemm != alexnet_tensor::gemm::F32Backend::Gemm {
+        let gemm = cpu_backend_for(&a.precision)?;
+        if a.matrixmultiply && gemm != F32Backend::Gemm {
             anyhow::bail!("--matrixmultiply is an f32 GEMM; it takes no --precision");
         }
-        if !a.matrixmultiply {
-            alexnet_tensor::gemm::set_f32_backend(gemm)?;
-        }
+        set_f32_backend(if a.matrixmultiply {
+            F32Backend::Matrixmultiply
+        } else {
+            gemm
+        })?;
     }
     let r = match a.device.as_str() {
         "cpu" => bench::bench_cpu(&a.preset, a.batch, a.classes, a.warmup, a.steps, a.profile)?,

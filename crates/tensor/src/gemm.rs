@@ -79,6 +79,17 @@ pub fn f32_backend() -> F32Backend {
     }
 }
 
+impl F32Backend {
+    /// The CPU `--precision` this backend computes in (`f32` for both f32 libraries).
+    pub fn precision(self) -> &'static str {
+        match self {
+            F32Backend::Gemm | F32Backend::Matrixmultiply => "f32",
+            F32Backend::AmxBf16x3 => "bf16x3",
+            F32Backend::AmxBf16 => "bf16",
+        }
+    }
+}
+
 /// The f32 GEMM backend for a CPU `--precision`: `f32` (strict, the gemm crate), `bf16x3` or
 /// `bf16` (AMX). Checks that this machine can run it.
 pub fn cpu_backend_for(precision: &str) -> Result<F32Backend, TensorError> {
@@ -146,7 +157,8 @@ impl Float for f32 {
         rsc: isize,
         csc: isize,
     ) {
-        let amx = match f32_backend() {
+        let backend = f32_backend();
+        let amx = match backend {
             F32Backend::AmxBf16x3 => Some(crate::amx::AmxPrecision::Bf16x3),
             F32Backend::AmxBf16 => Some(crate::amx::AmxPrecision::Bf16),
             _ => None,
@@ -161,7 +173,7 @@ impl Float for f32 {
                 )
             };
         }
-        match f32_backend() {
+        match backend {
             // SAFETY: forwarded; the caller upholds the bounds and aliasing contract. The gemm
             // crate computes dst = a*dst + b*lhs*rhs, so our beta is its alpha (dst is not read
             // when beta is 0) and our alpha its beta.

@@ -63,97 +63,77 @@ pub(super) unsafe fn gemm(
     c: Strided<*mut f32>,
 ) {
     SCRATCH.with(|s| {
-        // SAFETY: forwarded (this function's contract).
-        unsafe { run(&mut s.borrow_mut(), prec, m, k, n, alpha, a, b, beta, c) }
-    });
-}
-
-/// The body of [`gemm`], on `s`.
-///
-/// # Safety
-/// As [`super::sgemm`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn run(
-    s: &mut Scratch,
-    prec: AmxPrecision,
-    m: usize,
-    k: usize,
-    n: usize,
-    alpha: f32,
-    a: Strided<*const f32>,
-    b: Strided<*const f32>,
-    beta: f32,
-    c: Strided<*mut f32>,
-) {
-    let x3 = prec == AmxPrecision::Bf16x3;
-    let mp = m.div_ceil(MR) * MR;
-    let kp = k.div_ceil(KT) * KT;
-    let nchk = kp / KT;
-    // A whole, packed once (read per column block from L2/L3).
-    let ah = aligned(&mut s.ah, mp * kp);
-    let al = aligned(&mut s.al, if x3 { mp * kp } else { 0 });
-    // SAFETY: rows < m and columns < k stay inside A (caller's contract).
-    unsafe { pack_a(a, m, 0, k, nchk, ah, al, x3) };
-    let acc = aligned(&mut s.acc, mp * NC);
-    let cfg = TileConfig::all_full();
-    // SAFETY: AMX is available (caller's contract); the configuration is a valid palette-1
-    // layout that every tile instruction below stays within.
-    unsafe { asm!("ldtilecfg [{0}]", in(reg) cfg.0.as_ptr(), options(nostack)) };
-    // Columns in blocks of NC, K in blocks of KC: B's (KC x NC) panel packed, then each 32-row
-    // block of A (KC deep, L1-sized) against the panel's 32-column blocks; the partial sums
-    // (M x NC) stay in L2 until the column block is written out.
-    for jc in (0..n).step_by(NC) {
-        let ncb = NC.min(n - jc);
-        let nbl = ncb.div_ceil(NR);
-        if k == 0 {
-            acc.fill(0.0);
-        }
-        let mut k0 = 0;
-        while k0 < k {
-            let kc = KC.min(k - k0);
-            let nch = kc.div_ceil(KT);
-            let blk = nch * KT * NR / 2;
-            let bh = aligned(&mut s.bh, nbl * blk);
-            let bl = aligned(&mut s.bl, if x3 { nbl * blk } else { 0 });
-            // SAFETY: k0..k0+kc <= k and jc..jc+ncb <= n stay inside B.
-            unsafe { pack_b(b, k0, kc, jc, ncb, nch, bh, bl, x3) };
-            for i0 in (0..m).step_by(MR) {
-                let ablk = ((i0 / MR) * nchk + k0 / KT) * KT * MR;
-                for jb in 0..nbl {
-                    let accp = acc[i0 * NC + jb * NR..].as_mut_ptr();
-                    // SAFETY: from these offsets the packed A holds nch chunks of 2 KB (this
-                    // row block, k0..k0+kc), the packed B likewise; acc holds rows i0..i0+32 of
-                    // NC columns from jb*32.
-                    unsafe {
-                        kernel(
-                            ah[ablk..].as_ptr(),
-                            if x3 {
-                                al[ablk..].as_ptr()
-                            } else {
-                                std::ptr::null()
-                            },
-                            bh[jb * blk..].as_ptr().cast(),
-                            if x3 {
-                                bl[jb * blk..].as_ptr().cast()
-                            } else {
-                                std::ptr::null()
-                            },
-                            nch,
-                            accp,
-                            NC * 4,
-                            k0 == 0,
-                        )
-                    };
-                }
+        let s = &mut *s.borrow_mut();
+        let x3 = prec == AmxPrecision::Bf16x3;
+        let mp = m.div_ceil(MR) * MR;
+        let kp = k.div_ceil(KT) * KT;
+        let nchk = kp / KT;
+        // A whole, packed once (read per column block from L2/L3).
+        let ah = aligned(&mut s.ah, mp * kp);
+        let al = aligned(&mut s.al, if x3 { mp * kp } else { 0 });
+        // SAFETY: rows < m and columns < k stay inside A (caller's contract).
+        unsafe { pack_a(a, m, 0, k, nchk, ah, al, x3) };
+        let acc = aligned(&mut s.acc, mp * NC);
+        let cfg = TileConfig::all_full();
+        // SAFETY: AMX is available (caller's contract); the configuration is a valid palette-1
+        // layout that every tile instruction below stays within.
+        unsafe { asm!("ldtilecfg [{0}]", in(reg) cfg.0.as_ptr(), options(nostack)) };
+        // Columns in blocks of NC, K in blocks of KC: B's (KC x NC) panel packed, then each 32-row
+        // block of A (KC deep, L1-sized) against the panel's 32-column blocks; the partial sums
+        // (M x NC) stay in L2 until the column block is written out.
+        for jc in (0..n).step_by(NC) {
+            let ncb = NC.min(n - jc);
+            let nbl = ncb.div_ceil(NR);
+            if k == 0 {
+                acc.fill(0.0);
             }
-            k0 += kc;
+            let mut k0 = 0;
+            while k0 < k {
+                let kc = KC.min(k - k0);
+                let nch = kc.div_ceil(KT);
+                let blk = nch * KT * NR / 2;
+                let bh = aligned(&mut s.bh, nbl * blk);
+                let bl = aligned(&mut s.bl, if x3 { nbl * blk } else { 0 });
+                // SAFETY: k0..k0+kc <= k and jc..jc+ncb <= n stay inside B.
+                unsafe { pack_b(b, k0, kc, jc, ncb, nch, bh, bl, x3) };
+                for i0 in (0..m).step_by(MR) {
+                    let ablk = ((i0 / MR) * nchk + k0 / KT) * KT * MR;
+                    for jb in 0..nbl {
+                        let accp = acc[i0 * NC + jb * NR..].as_mut_ptr();
+                        // SAFETY: from these offsets the packed A holds nch chunks of 2 KB (this
+                        // row block, k0..k0+kc), the packed B likewise; acc holds rows i0..i0+32 of
+                        // NC columns from jb*32.
+                        unsafe {
+                            kernel(
+                                ah[ablk..].as_ptr(),
+                                if x3 {
+                                    al[ablk..].as_ptr()
+                                } else {
+                                    std::ptr::null()
+                                },
+                                bh[jb * blk..].as_ptr().cast(),
+                                if x3 {
+                                    bl[jb * blk..].as_ptr().cast()
+                                } else {
+                                    std::ptr::null()
+                                },
+                                nch,
+                                accp,
+                                NC * 4,
+                                k0 == 0,
+                            )
+                        };
+                    }
+                }
+                k0 += kc;
+            }
+            // SAFETY: C holds rows i < m, columns jc..jc+ncb < n at these strides (caller's
+            // contract), and does not alias the scratch.
+            unsafe { write_c(acc, NC, m, ncb, alpha, beta, c.offset_cols(jc)) };
         }
-        // SAFETY: C holds rows i < m, columns jc..jc+ncb < n at these strides (caller's
-        // contract), and does not alias the scratch.
-        unsafe { write_c(acc, NC, m, ncb, alpha, beta, c.offset_cols(jc)) };
-    }
-    // SAFETY: releases the tile state this call configured.
-    unsafe { asm!("tilerelease", options(nostack)) };
+        // SAFETY: releases the tile state this call configured.
+        unsafe { asm!("tilerelease", options(nostack)) };
+    });
 }
 
 /// `C = alpha * acc + beta * C` (C not read when beta is 0); contiguous rows take a loop the

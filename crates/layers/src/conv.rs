@@ -6,7 +6,7 @@
 
 use crate::error::{check_len, LayerError};
 use crate::relu::relu_mask;
-use alexnet_tensor::gemm::{gemm, Float};
+use alexnet_tensor::gemm::{gemm, gemm_ld, Float};
 use rayon::prelude::*;
 
 /// Shapes and hyper-parameters of one convolution.
@@ -27,6 +27,9 @@ pub struct ConvShape {
 const GRAD_PARTS: usize = 8;
 /// Target number of output pixels per chunk (im2col columns per GEMM).
 const CHUNK_COLUMNS: usize = 2048;
+/// Target im2col elements per block of output rows, for planes larger than a chunk (one
+/// sample at a time): 512 KiB of f32, so that the block stays in L2 between im2col and GEMM.
+const ROW_BLOCK_ELEMENTS: usize = 1 << 17;
 
 impl ConvShape {
     /// Output height.
@@ -95,6 +98,20 @@ impl ConvShape {
             self.kdim() * cols,
             if chunk > 1 { self.og() * cols } else { 0 },
         )
+    }
+
+    /// The blocks [i0, i1) of output rows that one-sample chunks are computed in: about
+    /// ROW_BLOCK_ELEMENTS im2col elements each (the whole plane for multi-sample chunks).
+    fn row_blocks(&self, nb: usize) -> impl Iterator<Item = [usize; 2]> {
+        let ho = self.ho();
+        let rows = if nb > 1 {
+            ho
+        } else {
+            (ROW_BLOCK_ELEMENTS / (self.kdim() * self.wo()).max(1)).clamp(1, ho.max(1))
+        };
+        (0..ho)
+            .step_by(rows)
+            .map(move |i0| [i0, (i0 + rows).min(ho)])
     }
 
     /// Samples per chunk: enough that one im2col matrix has about CHUNK_COLUMNS columns.
@@ -195,14 +212,28 @@ fn shifted_add<T: Float>(src: &mut [T], plane: &mut [T], s: &ConvShape, u: usize
 }
 
 alexnet_tensor::multiversion! {
-    /// im2col of samples `x[n0..n0+nb]`, group `g`: col (K, nb*Ho*Wo) with K = C/g*k*k,
-    /// row `(c', u, v)`, column `(sample, i, j)`.
-    fn im2col<T: Float>(x: &[T], s: &ConvShape, n0: usize, nb: usize, g: usize, col: &mut [T]) {
+    /// im2col of samples `x[n0..n0+nb]`, group `g`, output rows `rows` = [i0, i1): col (K,
+    /// nb*(i1-i0)*Wo) with K = C/g*k*k, row `(c', u, v)`, column `(sample, i - i0, j)`.
+    fn im2col<T: Float>(
+        x: &[T],
+        s: &ConvShape,
+        n0: usize,
+        nb: usize,
+        g: usize,
+        rows: [usize; 2],
+        col: &mut [T],
+    ) {
         let (ho, wo) = (s.ho(), s.wo());
+        let [i0, i1] = rows;
         let hw = ho * wo;
-        let cols = nb * hw;
+        let bw = (i1 - i0) * wo;
+        let cols = nb * bw;
         let (k, st, pad) = (s.k, s.stride, s.pad);
-        let same = same_plane(s);
+        if st > 1 {
+            im2col_strided(x, s, [n0, nb, g], rows, col);
+            return;
+        }
+        let same = same_plane(s) && rows == [0, ho];
         for cc in 0..s.cg() {
             let ch = g * s.cg() + cc;
             for u in 0..k {
@@ -219,9 +250,9 @@ alexnet_tensor::multiversion! {
                     }
                     for sn in 0..nb {
                         let plane = &x[((n0 + sn) * s.c + ch) * s.h * s.w..][..s.h * s.w];
-                        for i in 0..ho {
-                            let d = &mut dst[sn * hw + i * wo..sn * hw + (i + 1) * wo];
-                            let hi = i * st + u;
+                        for i in i0..i1 {
+                            let d = &mut dst[sn * bw + (i - i0) * wo..][..wo];
+                            let hi = i + u;
                             if hi < pad || hi >= s.h + pad || j0 >= j1 {
                                 d.fill(T::zero());
                                 continue;
@@ -229,17 +260,9 @@ alexnet_tensor::multiversion! {
                             let src = &plane[(hi - pad) * s.w..(hi - pad + 1) * s.w];
                             d[..j0].fill(T::zero());
                             d[j1..].fill(T::zero());
-                            // Input column of output column j: j*st + v - pad (>= 0 for j >= j0).
-                            let first = j0 * st + v - pad;
-                            if st == 1 {
-                                d[j0..j1].copy_from_slice(&src[first..first + (j1 - j0)]);
-                            } else {
-                                for (e, &sv) in
-                                    d[j0..j1].iter_mut().zip(src[first..].iter().step_by(st))
-                                {
-                                    *e = sv;
-                                }
-                            }
+                            // Input column of output column j: j + v - pad (>= 0 for j >= j0).
+                            let first = j0 + v - pad;
+                            d[j0..j1].copy_from_slice(&src[first..first + (j1 - j0)]);
                         }
                     }
                 }
@@ -248,15 +271,91 @@ alexnet_tensor::multiversion! {
     }
 }
 
+/// [`im2col`] for stride > 1 (the paper's conv1, stride 4); `at` = [n0, nb, g]. Each padded
+/// input row is split once into its `st` phases (phase p holds padded columns p, p + st,
+/// p + 2 st, ...): tap v of output column j reads padded column j st + v, which is element
+/// j + v / st of phase v % st, so every (tap, output row) is one contiguous copy of Wo elements
+/// instead of a strided gather, and the padding's zeros come with the phases.
+#[inline(always)]
+fn im2col_strided<T: Float>(
+    x: &[T],
+    s: &ConvShape,
+    which: [usize; 3],
+    rows: [usize; 2],
+    col: &mut [T],
+) {
+    let [n0, nb, g] = which;
+    let [i0, i1] = rows;
+    let wo = s.wo();
+    let bw = (i1 - i0) * wo;
+    let cols = nb * bw;
+    let (k, st, pad) = (s.k, s.stride, s.pad);
+    // Phase length: output column wo - 1 of tap k - 1 reads element wo - 1 + (k - 1) / st.
+    let plen = wo + (k - 1) / st;
+    let mut phases = vec![T::zero(); st * plen];
+    // The padded rows hi = i st + u that output rows [i0, i1) read: [i0 st, (i1 - 1) st + k).
+    let (h0, h1) = (i0 * st, (i1.max(i0 + 1) - 1) * st + k);
+    for cc in 0..s.cg() {
+        let ch = g * s.cg() + cc;
+        for sn in 0..nb {
+            let plane = &x[((n0 + sn) * s.c + ch) * s.h * s.w..][..s.h * s.w];
+            let out = |u: usize, v: usize| (cc * k + u) * k + v;
+            let at = |i: usize| sn * bw + (i - i0) * wo;
+            // Zeros where output row i and tap row u read a padding row.
+            for i in i0..i1 {
+                for u in 0..k {
+                    let hi = i * st + u;
+                    if hi < pad || hi >= s.h + pad {
+                        for v in 0..k {
+                            col[out(u, v) * cols + at(i)..][..wo].fill(T::zero());
+                        }
+                    }
+                }
+            }
+            // Every input row r (padded row r + pad) read by the block: split once, copied to
+            // all its (i, u, v).
+            for hi in h0.max(pad)..h1.min(s.h + pad) {
+                let src = &plane[(hi - pad) * s.w..][..s.w];
+                for (p, ph) in phases.chunks_mut(plen).enumerate() {
+                    for (m, e) in ph.iter_mut().enumerate() {
+                        // Padded column m st + p is input column m st + p - pad.
+                        let q = (m * st + p).wrapping_sub(pad);
+                        *e = if q < s.w { src[q] } else { T::zero() };
+                    }
+                }
+                for u in (0..k.min(hi + 1)).filter(|&u| (hi - u) % st == 0) {
+                    let i = (hi - u) / st;
+                    if i < i0 || i >= i1 {
+                        continue;
+                    }
+                    for v in 0..k {
+                        let ph = &phases[(v % st) * plen + v / st..][..wo];
+                        col[out(u, v) * cols + at(i)..][..wo].copy_from_slice(ph);
+                    }
+                }
+            }
+        }
+    }
+}
+
 alexnet_tensor::multiversion! {
-    /// col2im: adds col (K, nb*Ho*Wo) of group `g` back into `dx` for samples n0..n0+nb
-    /// (`dx` here is the chunk's slice starting at sample n0).
-    fn col2im<T: Float>(col: &mut [T], s: &ConvShape, nb: usize, g: usize, dx: &mut [T]) {
+    /// col2im: adds col (K, nb*(i1-i0)*Wo) of group `g`, output rows `rows` = [i0, i1), back
+    /// into `dx` for samples n0..n0+nb (`dx` here is the chunk's slice starting at sample n0).
+    fn col2im<T: Float>(
+        col: &mut [T],
+        s: &ConvShape,
+        nb: usize,
+        g: usize,
+        rows: [usize; 2],
+        dx: &mut [T],
+    ) {
         let (ho, wo) = (s.ho(), s.wo());
+        let [i0, i1] = rows;
         let hw = ho * wo;
-        let cols = nb * hw;
+        let bw = (i1 - i0) * wo;
+        let cols = nb * bw;
         let (k, st, pad) = (s.k, s.stride, s.pad);
-        let same = same_plane(s);
+        let same = same_plane(s) && rows == [0, ho];
         for cc in 0..s.cg() {
             let ch = g * s.cg() + cc;
             for u in 0..k {
@@ -278,13 +377,13 @@ alexnet_tensor::multiversion! {
                     let first = j0 * st + v - pad;
                     for sn in 0..nb {
                         let plane = &mut dx[(sn * s.c + ch) * s.h * s.w..][..s.h * s.w];
-                        for i in 0..ho {
+                        for i in i0..i1 {
                             let hi = i * st + u;
                             if hi < pad || hi >= s.h + pad {
                                 continue;
                             }
                             let dst = &mut plane[(hi - pad) * s.w..(hi - pad + 1) * s.w];
-                            let src = &srcrow[sn * hw + i * wo + j0..sn * hw + i * wo + j1];
+                            let src = &srcrow[sn * bw + (i - i0) * wo..][j0..j1];
                             if st == 1 {
                                 for (d, &e) in dst[first..first + src.len()].iter_mut().zip(src) {
                                     *d = *d + e;
@@ -356,20 +455,41 @@ pub fn conv2d_forward_act<T: Float>(
                 let nb = yc.len() / (s.o * hw);
                 let col = &mut col[..kd * nb * hw];
                 for g in 0..s.groups {
-                    im2col(x, s, n0, nb, g, col);
                     let wg = &w[g * og * kd..][..og * kd];
                     if nb == 1 {
-                        // One sample: the GEMM's (O/g, HW) output is this group's slice of y.
+                        // One sample: the GEMM's (O/g, HW) output is this group's slice of y,
+                        // computed in blocks of output rows (columns of y, rows hw apart).
                         let yg = &mut yc[g * og * hw..][..og * hw];
                         for (oo, row) in yg.chunks_mut(hw).enumerate() {
                             row.fill(b[g * og + oo]);
                         }
-                        gemm(false, false, og, hw, kd, T::one(), wg, col, T::one(), yg)?;
+                        for [i0, i1] in s.row_blocks(nb) {
+                            let bw = (i1 - i0) * s.wo();
+                            let col = &mut col[..kd * bw];
+                            im2col(x, s, n0, nb, g, [i0, i1], col);
+                            let yb = &mut yg[i0 * s.wo()..];
+                            gemm_ld(
+                                false,
+                                false,
+                                og,
+                                bw,
+                                kd,
+                                T::one(),
+                                wg,
+                                kd,
+                                col,
+                                bw,
+                                T::one(),
+                                yb,
+                                hw,
+                            )?;
+                        }
                         if relu {
                             relu_in_place(yg);
                         }
                         continue;
                     }
+                    im2col(x, s, n0, nb, g, [0, s.ho()], col);
                     let out = &mut out[..og * nb * hw];
                     // out (O/g, nb*HW) = w_g (O/g, K) x col (K, nb*HW)
                     gemm(
@@ -438,11 +558,36 @@ alexnet_tensor::multiversion! {
                 if nb > 1 {
                     dyg[(oo * nb + sn) * hw..][..hw].copy_from_slice(src);
                 }
-                let acc = src.iter().fold(T::zero(), |a, &v| a + v);
-                *db = *db + acc;
+                *db = *db + lane_sum(src);
             }
         }
     }
+}
+
+/// The sum of `v` as 16 interleaved partial sums (lane i adds elements i, i + 16, ...), then
+/// added pairwise: a fixed order, so the same bits every run, and 16 independent additions per
+/// step instead of one dependency chain (a plain fold cannot be vectorised: float addition is
+/// not associative).
+#[inline(always)]
+fn lane_sum<T: Float>(v: &[T]) -> T {
+    let mut acc = [T::zero(); 16];
+    let mut chunks = v.chunks_exact(16);
+    for c in &mut chunks {
+        for (a, &e) in acc.iter_mut().zip(c) {
+            *a = *a + e;
+        }
+    }
+    for (a, &e) in acc.iter_mut().zip(chunks.remainder()) {
+        *a = *a + e;
+    }
+    let mut width = 16;
+    while width > 1 {
+        width /= 2;
+        for i in 0..width {
+            acc[i] = acc[i] + acc[i + width];
+        }
+    }
+    acc[0]
 }
 
 /// Backward: given dy (N,O,Ho,Wo), writes dx (N,C,H,W), dw (O,C/g,k,k) and db (O)
@@ -527,38 +672,54 @@ pub fn conv2d_backward_opt<T: Float>(
                     } else {
                         &dyg[..og * cols]
                     };
-                    im2col(x, s, n0, nb, g, &mut col[..kd * cols]);
-                    // dw_g^T (K, O/g) += col (K, cols) x dyg^T (cols, O/g)
-                    gemm(
-                        false,
-                        true,
-                        kd,
-                        og,
-                        cols,
-                        T::one(),
-                        &col[..kd * cols],
-                        dyg,
-                        T::one(),
-                        &mut pdw[g * og * kd..][..og * kd],
-                    )?;
-                    let Some(dxp) = dxp.as_deref_mut() else {
-                        continue;
-                    };
-                    let dxc = &mut dxp[cj * chunk * sample..][..nb * sample];
-                    // dcol (K, cols) = w_g^T (K, O/g) x dyg (O/g, cols)
-                    gemm(
-                        true,
-                        false,
-                        kd,
-                        cols,
-                        og,
-                        T::one(),
-                        &w[g * og * kd..][..og * kd],
-                        dyg,
-                        T::zero(),
-                        &mut col[..kd * cols],
-                    )?;
-                    col2im(&mut col[..kd * cols], s, nb, g, dxc);
+                    // One-sample chunks go by blocks of output rows (dyg's columns, rows
+                    // hw apart), others as a whole; ldy is dyg's row length either way.
+                    let ldy = if nb == 1 { hw } else { cols };
+                    for [i0, i1] in s.row_blocks(nb) {
+                        let bw = nb * (i1 - i0) * s.wo();
+                        let col = &mut col[..kd * bw];
+                        let dyb = &dyg[i0 * s.wo()..];
+                        im2col(x, s, n0, nb, g, [i0, i1], col);
+                        // dw_g^T (K, O/g) += col (K, bw) x dyb^T (bw, O/g)
+                        let pdwg = &mut pdw[g * og * kd..][..og * kd];
+                        gemm_ld(
+                            false,
+                            true,
+                            kd,
+                            og,
+                            bw,
+                            T::one(),
+                            col,
+                            bw,
+                            dyb,
+                            ldy,
+                            T::one(),
+                            pdwg,
+                            og,
+                        )?;
+                        let Some(dxp) = dxp.as_deref_mut() else {
+                            continue;
+                        };
+                        let dxc = &mut dxp[cj * chunk * sample..][..nb * sample];
+                        // dcol (K, bw) = w_g^T (K, O/g) x dyb (O/g, bw)
+                        let wg = &w[g * og * kd..][..og * kd];
+                        gemm_ld(
+                            true,
+                            false,
+                            kd,
+                            bw,
+                            og,
+                            T::one(),
+                            wg,
+                            kd,
+                            dyb,
+                            ldy,
+                            T::zero(),
+                            col,
+                            bw,
+                        )?;
+                        col2im(col, s, nb, g, [i0, i1], dxc);
+                    }
                 }
                 if let (true, Some(dxp)) = (relu_x, dxp.as_deref_mut()) {
                     // The chunk's dx is complete (every group added) and still in cache.
@@ -632,6 +793,14 @@ mod tests {
             (2, 9, 5, 2, 1),
             (7, 6, 3, 0, 1),
             (9, 8, 3, 1, 2),
+            // Strided shapes (phase-split rows): conv1-like k11 s4 p2, k < stride, k = stride,
+            // and sizes where the last window does not reach the padded edge.
+            (23, 21, 11, 2, 4),
+            (12, 13, 5, 1, 3),
+            (8, 8, 3, 0, 2),
+            (9, 10, 1, 0, 2),
+            (10, 11, 2, 1, 3),
+            (7, 9, 2, 0, 2),
         ];
         for &(h, w, k, pad, stride) in &shapes {
             let s = ConvShape {
@@ -651,13 +820,13 @@ mod tests {
             let (n0, nb, g) = (1, 2, 1);
             let rows = s.kdim() * nb * s.ho() * s.wo();
             let mut col = vec![f64::NAN; rows];
-            im2col(&x, &s, n0, nb, g, &mut col);
+            im2col(&x, &s, n0, nb, g, [0, s.ho()], &mut col);
             let want = im2col_direct(&x, &s, n0, nb, g);
             assert_eq!(col, want, "im2col {h}x{w} k{k} p{pad} s{stride}");
             // <im2col(x), c> == <x, col2im(c)> for the chunk's samples.
             let c: Vec<f64> = (0..rows).map(|i| (i as f64 * 0.71).cos()).collect();
             let mut dx = vec![0.0; nb * s.c * h * w];
-            col2im(&mut c.clone(), &s, nb, g, &mut dx);
+            col2im(&mut c.clone(), &s, nb, g, [0, s.ho()], &mut dx);
             let lhs: f64 = col.iter().zip(&c).map(|(a, b)| a * b).sum();
             let xs = &x[n0 * s.c * h * w..(n0 + nb) * s.c * h * w];
             let rhs: f64 = xs.iter().zip(&dx).map(|(a, b)| a * b).sum();
@@ -666,6 +835,158 @@ mod tests {
                 "col2im {h}x{w} k{k}"
             );
             assert!(dx.iter().any(|&v| v != 0.0));
+            // Blocks of output rows: the matching columns of the whole matrix, and col2im of
+            // the blocks adds up to col2im of the whole.
+            let (ho, wo, kd) = (s.ho(), s.wo(), s.kdim());
+            let mut dxb = vec![0.0; nb * s.c * h * w];
+            let blocks = [
+                [0, 1],
+                [1, ho.min(3)],
+                [ho.min(3), ho],
+                [ho / 2, ho / 2 + 1],
+            ];
+            for (bi, [i0, i1]) in blocks.into_iter().enumerate() {
+                let bw = (i1 - i0) * wo;
+                let mut blk = vec![f64::NAN; kd * nb * bw];
+                im2col(&x, &s, n0, nb, g, [i0, i1], &mut blk);
+                let mut cb = vec![0.0; blk.len()];
+                for r in 0..kd {
+                    for sn in 0..nb {
+                        let whole = r * nb * ho * wo + sn * ho * wo + i0 * wo;
+                        let part = (r * nb + sn) * bw;
+                        assert_eq!(blk[part..][..bw], want[whole..][..bw], "rows {i0}..{i1}");
+                        cb[part..][..bw].copy_from_slice(&c[whole..][..bw]);
+                    }
+                }
+                if bi == 3 {
+                    continue; // a repeat of a row above: not part of the partition
+                }
+                col2im(&mut cb, &s, nb, g, [i0, i1], &mut dxb);
+            }
+            for (a, b) in dx.iter().zip(&dxb) {
+                assert!(
+                    (a - b).abs() < 1e-12,
+                    "col2im by blocks {h}x{w} k{k} s{stride}"
+                );
+            }
+        }
+    }
+
+    /// Convolution by its definition in f64: y (N, O, Ho, Wo), and for `dy` the gradients
+    /// (dx, dw, db).
+    #[allow(clippy::type_complexity)]
+    fn conv_direct(
+        x: &[f64],
+        w: &[f64],
+        b: &[f64],
+        dy: &[f64],
+        s: &ConvShape,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (ho, wo, cg, og, k) = (s.ho(), s.wo(), s.cg(), s.og(), s.k);
+        let mut y = vec![0.0; s.n * s.o * ho * wo];
+        let (mut dx, mut dw, mut db) = (vec![0.0; x.len()], vec![0.0; w.len()], vec![0.0; s.o]);
+        for n in 0..s.n {
+            for o in 0..s.o {
+                let g = o / og;
+                for i in 0..ho {
+                    for j in 0..wo {
+                        let yi = ((n * s.o + o) * ho + i) * wo + j;
+                        let mut acc = b[o];
+                        db[o] += dy[yi];
+                        for cc in 0..cg {
+                            for u in 0..k {
+                                for v in 0..k {
+                                    let (hi, wi) = (i * s.stride + u, j * s.stride + v);
+                                    if hi < s.pad || wi < s.pad {
+                                        continue;
+                                    }
+                                    let (hi, wi) = (hi - s.pad, wi - s.pad);
+                                    if hi >= s.h || wi >= s.w {
+                                        continue;
+                                    }
+                                    let xi = ((n * s.c + g * cg + cc) * s.h + hi) * s.w + wi;
+                                    let wi = ((o * cg + cc) * k + u) * k + v;
+                                    acc += w[wi] * x[xi];
+                                    dw[wi] += dy[yi] * x[xi];
+                                    dx[xi] += dy[yi] * w[wi];
+                                }
+                            }
+                        }
+                        y[yi] = acc;
+                    }
+                }
+            }
+        }
+        (y, dx, dw, db)
+    }
+
+    #[test]
+    fn lane_sum_adds_every_element_once() {
+        // Lengths around the 16-lane width; powers of two are exact in f32, so any element
+        // missed or added twice shows.
+        for len in [0, 1, 15, 16, 17, 33, 100] {
+            let v: Vec<f32> = (0..len).map(|i| (1u32 << (i % 20)) as f32).collect();
+            let want: f64 = v.iter().map(|&e| e as f64).sum();
+            assert_eq!(lane_sum(&v) as f64, want, "len {len}");
+        }
+    }
+
+    #[test]
+    fn one_sample_chunks_in_row_blocks_match_the_definition() {
+        // Planes above CHUNK_COLUMNS outputs go one sample at a time, in blocks of output rows
+        // (several here): conv1-like stride 4 (phase-split im2col), and stride 1 "same" (the
+        // row-by-row im2col and col2im, as the whole-plane copy needs the whole plane).
+        for (h, k, stride, pad, c, groups) in [(190, 11, 4, 2, 3, 1), (64, 5, 1, 2, 4, 2)] {
+            let s = ConvShape {
+                n: 2,
+                c,
+                h,
+                w: h - 3,
+                o: 4,
+                k,
+                stride,
+                pad,
+                groups,
+            };
+            assert_eq!(s.chunk(), 1);
+            assert!(s.row_blocks(1).count() > 1, "{}", s.desc());
+            let r = |len: usize, f: f64| -> Vec<f64> {
+                (0..len).map(|i| (i as f64 * f).sin()).collect()
+            };
+            let x = r(s.n * s.c * s.h * s.w, 0.37);
+            let w = r(s.o * s.kdim(), 0.11);
+            let b = r(s.o, 1.3);
+            let dy = r(s.n * s.o * s.ho() * s.wo(), 0.53);
+            let (y_want, dx_want, dw_want, db_want) = conv_direct(&x, &w, &b, &dy, &s);
+            let mut y = vec![f64::NAN; y_want.len()];
+            conv2d_forward_act(&x, &w, &b, &mut y, &s, false, &mut Vec::new()).unwrap();
+            let (mut dx, mut dw, mut db) = (vec![0.0; x.len()], vec![0.0; w.len()], vec![0.0; 4]);
+            let mut scratch = Vec::new();
+            conv2d_backward_opt(
+                &x,
+                &w,
+                &dy,
+                Some(&mut dx),
+                &mut dw,
+                &mut db,
+                &s,
+                &mut scratch,
+                false,
+            )
+            .unwrap();
+            for (what, got, want) in [
+                ("y", &y, &y_want),
+                ("dx", &dx, &dx_want),
+                ("dw", &dw, &dw_want),
+                ("db", &db, &db_want),
+            ] {
+                let err = got
+                    .iter()
+                    .zip(want.iter())
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f64::max);
+                assert!(err < 1e-10, "{what} {}: max error {err}", s.desc());
+            }
         }
     }
 

@@ -173,6 +173,14 @@ impl Float for f32 {
                 )
             };
         }
+        #[cfg(target_arch = "x86_64")]
+        if backend != F32Backend::Matrixmultiply && crate::few_rows::applies(m, k, n, csb, csc) {
+            // SAFETY: `applies` checked the CPU (AVX-512F) and that B and C are row-major, as
+            // few_rows::sgemm needs; the caller upholds the bounds and aliasing contract.
+            return unsafe {
+                crate::few_rows::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, beta, c, rsc)
+            };
+        }
         match backend {
             // SAFETY: forwarded; the caller upholds the bounds and aliasing contract. The gemm
             // crate computes dst = a*dst + b*lhs*rhs, so our beta is its alpha (dst is not read
@@ -261,6 +269,84 @@ fn check<T>(m: usize, n: usize, k: usize, a: &[T], b: &[T], c: &[T]) -> Result<(
     Ok(())
 }
 
+/// Checks that a stored `rows x cols` row-major matrix with rows `ld` apart fits in `len`
+/// elements (`ld >= cols`; the last row needs only its `cols`).
+fn check_ld(name: &str, rows: usize, cols: usize, ld: usize, len: usize) -> Result<(), String> {
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    if ld < cols {
+        return Err(format!(
+            "{name} ({rows} x {cols}) has leading dimension {ld} < {cols}"
+        ));
+    }
+    let need = (rows - 1) * ld + cols;
+    if len < need {
+        return Err(format!(
+            "{name} ({rows} x {cols}, leading dimension {ld}) needs {need} elements, got {len}"
+        ));
+    }
+    Ok(())
+}
+
+/// [`gemm()`] on sub-matrices, as BLAS has them: each operand is stored row-major (A as
+/// `[m, k]`, or `[k, m]` with `ta`; B as `[k, n]` or `[n, k]`; C as `[m, n]`) with its rows
+/// `lda` / `ldb` / `ldc` elements apart, so that a block of columns of a wider matrix is an
+/// operand as it is (the convolution's row blocks of y and dy).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_ld<T: Float>(
+    ta: bool,
+    tb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T,
+    a: &[T],
+    lda: usize,
+    b: &[T],
+    ldb: usize,
+    beta: T,
+    c: &mut [T],
+    ldc: usize,
+) -> Result<(), TensorError> {
+    let (ar, ac) = if ta { (k, m) } else { (m, k) };
+    let (br, bc) = if tb { (n, k) } else { (k, n) };
+    check_ld("A", ar, ac, lda, a.len())
+        .and_then(|_| check_ld("B", br, bc, ldb, b.len()))
+        .and_then(|_| check_ld("C", m, n, ldc, c.len()))
+        .map_err(|detail| TensorError::Shape {
+            op: "sgemm",
+            detail: format!("m={m} n={n} k={k}: {detail}"),
+        })?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let ld = |t: bool, l: usize| if t { (1, l as isize) } else { (l as isize, 1) };
+    let ((rsa, csa), (rsb, csb)) = (ld(ta, lda), ld(tb, ldb));
+    // SAFETY: check_ld proved that every stored row r < rows and column j < cols of A, B and C,
+    // at r*ld + j, lies inside its slice; op(X)'s element (i, p) is stored at i*rs + p*cs, one
+    // of those. C is borrowed mutably, so it aliases neither A nor B.
+    unsafe {
+        T::raw_gemm(
+            m,
+            k,
+            n,
+            alpha,
+            a.as_ptr(),
+            rsa,
+            csa,
+            b.as_ptr(),
+            rsb,
+            csb,
+            beta,
+            c.as_mut_ptr(),
+            ldc as isize,
+            1,
+        );
+    }
+    Ok(())
+}
+
 /// f32 [`gemm()`].
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm(
@@ -309,34 +395,10 @@ pub fn gemm<T: Float>(
     beta: T,
     c: &mut [T],
 ) -> Result<(), TensorError> {
-    check(m, n, k, a, b, c)?;
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    let (rsa, csa) = strides(ta, m, k);
-    let (rsb, csb) = strides(tb, k, n);
-    // SAFETY: `check` proved that A holds m*k, B k*n and C m*n elements; with the strides above
-    // every index matrixmultiply forms (i*rs + p*cs for i < rows, p < cols) lies inside those
-    // ranges, and C is borrowed mutably so it aliases neither A nor B.
-    unsafe {
-        T::raw_gemm(
-            m,
-            k,
-            n,
-            alpha,
-            a.as_ptr(),
-            rsa,
-            csa,
-            b.as_ptr(),
-            rsb,
-            csb,
-            beta,
-            c.as_mut_ptr(),
-            n as isize,
-            1,
-        );
-    }
-    Ok(())
+    // Contiguous operands: each row as long as the stored matrix is wide.
+    let lda = if ta { m } else { k };
+    let ldb = if tb { k } else { n };
+    gemm_ld(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, n)
 }
 
 /// Like [`gemm()`], split over rayon threads along the larger of m and n.
@@ -522,6 +584,76 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn leading_dimensions_address_blocks_of_wider_matrices() {
+        // Each operand is the block at column offset 2 of a wider matrix whose other entries
+        // are NaN: gemm_ld must read only the block and write only C's block.
+        let (m, n, k) = (5, 7, 6);
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0)
+            .collect();
+        let embed = |x: &[f32], rows: usize, cols: usize, ld: usize| {
+            let mut w = vec![f32::NAN; rows * ld];
+            for r in 0..rows {
+                w[r * ld + 2..r * ld + 2 + cols].copy_from_slice(&x[r * cols..(r + 1) * cols]);
+            }
+            w
+        };
+        for ta in [false, true] {
+            for tb in [false, true] {
+                let want = naive(ta, tb, m, n, k, &a, &b);
+                let (ar, ac) = if ta { (k, m) } else { (m, k) };
+                let (br, bc) = if tb { (n, k) } else { (k, n) };
+                let (wa, wb) = (embed(&a, ar, ac, ac + 3), embed(&b, br, bc, bc + 4));
+                let mut c = embed(&vec![1.0; m * n], m, n, n + 5);
+                let ldc = n + 5;
+                gemm_ld(
+                    ta,
+                    tb,
+                    m,
+                    n,
+                    k,
+                    2.0,
+                    &wa[2..],
+                    ac + 3,
+                    &wb[2..],
+                    bc + 4,
+                    0.5,
+                    &mut c[2..],
+                    ldc,
+                )
+                .unwrap();
+                for i in 0..m {
+                    for j in 0..n {
+                        let got = c[i * ldc + 2 + j];
+                        let w = 2.0 * want[i * n + j] + 0.5;
+                        assert!(
+                            (got - w).abs() < 1e-4 * (1.0 + w.abs()),
+                            "{ta} {tb} {i} {j}"
+                        );
+                    }
+                    assert!(c[i * ldc].is_nan() && c[i * ldc + 2 + n].is_nan());
+                }
+            }
+        }
+        // A leading dimension below the row length, or a short buffer, is an error.
+        let mut c = vec![0.0; 4];
+        let e = gemm_ld(
+            false, false, 2, 2, 2, 1.0, &[0.; 4], 1, &[0.; 4], 2, 0.0, &mut c, 2,
+        );
+        assert!(e.unwrap_err().to_string().contains("leading dimension 1"));
+        let e = gemm_ld(
+            false, false, 2, 2, 2, 1.0, &[0.; 4], 2, &[0.; 4], 2, 0.0, &mut c, 3,
+        );
+        assert!(e
+            .unwrap_err()
+            .to_string()
+            .contains("needs 5 elements, got 4"));
     }
 
     #[test]

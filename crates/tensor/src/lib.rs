@@ -10,6 +10,7 @@
 
 pub mod amx;
 pub mod error;
+mod few_rows;
 pub mod fixture;
 pub mod gemm;
 pub mod io;

@@ -271,7 +271,7 @@ alexnet_tensor::multiversion! {
     }
 }
 
-/// [`im2col`] for stride > 1 (the paper's conv1, stride 4); `at` = [n0, nb, g]. Each padded
+/// [`im2col`] for stride > 1 (the paper's conv1, stride 4); `which` = [n0, nb, g]. Each padded
 /// input row is split once into its `st` phases (phase p holds padded columns p, p + st,
 /// p + 2 st, ...): tap v of output column j reads padded column j st + v, which is element
 /// j + v / st of phase v % st, so every (tap, output row) is one contiguous copy of Wo elements

@@ -112,6 +112,10 @@ struct BenchArgs {
     /// CPU: use matrixmultiply instead of the gemm crate for f32 GEMMs (for comparison).
     #[arg(long)]
     matrixmultiply: bool,
+    /// CPU: 3x3 stride-1 convolutions (conv3-5) by winograd (F(2x2,3x3), the default: 2.25x
+    /// fewer multiply-adds) or im2col (+ GEMM, as every other convolution; for comparison).
+    #[arg(long, default_value = "winograd")]
+    cpu_conv: String,
 }
 
 fn run_parity(args: &ParityArgs) -> Result<bool> {
@@ -136,6 +140,12 @@ fn run_bench(a: &BenchArgs) -> Result<()> {
     use alexnet_tensor::gemm::{cpu_backend_for, set_f32_backend, F32Backend};
     if a.device == "cpu" && (a.conv.is_some() || a.cudnn_algo.is_some() || a.synthetic_data) {
         anyhow::bail!("--conv, --cudnn-algo and --synthetic-data apply to --device cuda only");
+    }
+    match (a.cpu_conv.as_str(), a.device.as_str()) {
+        ("winograd", _) => alexnet_layers::winograd::set_enabled(true),
+        ("im2col", "cpu") => alexnet_layers::winograd::set_enabled(false),
+        ("im2col", _) => anyhow::bail!("--cpu-conv applies to --device cpu only"),
+        (other, _) => anyhow::bail!("--cpu-conv {other}: expected winograd or im2col"),
     }
     if a.device == "cpu" {
         let gemm = cpu_backend_for(&a.precision)?;

@@ -1,12 +1,14 @@
 //! Criterion benchmarks of the CPU layers on the small preset's shapes at batch 128 (the
-//! default flow's training step), plus the paper net's conv3 at batch 32:
+//! default flow's training step), plus the paper net's conv3 at batch 32 (3x3 shapes by Winograd and,
+//! as `NAME_im2col_*`, by im2col in the same run):
 //! `cargo bench -p alexnet-layers --bench ops [-- NAME]`. Inputs are pseudo-random and
 //! post-ReLU-like (about half exact zeros), since the max-pool and ReLU loops are
 //! data-dependent. Whole-network throughput is `cargo xtask bench --device cpu`.
-use alexnet_layers::conv::{conv2d_backward, conv2d_forward, ConvShape};
+use alexnet_layers::conv::{conv2d_backward_opt, conv2d_forward_act, ConvShape};
 use alexnet_layers::lrn::{lrn_backward, lrn_forward, LrnParams};
 use alexnet_layers::pool::{maxpool_backward, maxpool_forward, PoolShape};
 use alexnet_layers::relu::{relu_backward, relu_forward};
+use alexnet_layers::winograd;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Duration;
@@ -133,18 +135,46 @@ fn convs(cr: &mut Criterion) {
         let mut y = vec![0.0; ylen];
         // Multiply-adds of the forward pass; the backward does twice as many.
         let macs = (ylen * (s.c / s.groups) * s.k * s.k) as u64;
-        g.throughput(Throughput::Elements(macs));
-        g.bench_function(format!("{name}_forward"), |b| {
-            b.iter(|| conv2d_forward(black_box(&x), &w, &bias, &mut y, &s).unwrap())
-        });
         let dy = post_relu(ylen, 6);
         let (mut dx, mut dw, mut db) = (vec![0.0; x.len()], vec![0.0; wlen], vec![0.0; s.o]);
-        g.throughput(Throughput::Elements(2 * macs));
-        g.bench_function(format!("{name}_backward"), |b| {
-            b.iter(|| {
-                conv2d_backward(black_box(&x), &w, &dy, &mut dx, &mut dw, &mut db, &s).unwrap()
-            })
-        });
+        // 3x3 stride-1 shapes run both ways: Winograd (the default) and im2col (`_im2col`),
+        // the baseline in the same run. The scratch is kept between calls, as the model does.
+        let algos: &[(&str, bool)] = if s.k == 3 && s.stride == 1 {
+            &[("", true), ("_im2col", false)]
+        } else {
+            &[("", true)]
+        };
+        for &(suffix, wino) in algos {
+            let mut scratch = Vec::new();
+            g.throughput(Throughput::Elements(macs));
+            g.bench_function(format!("{name}{suffix}_forward"), |b| {
+                winograd::set_enabled(wino);
+                b.iter(|| {
+                    conv2d_forward_act(black_box(&x), &w, &bias, &mut y, &s, false, &mut scratch)
+                        .unwrap()
+                })
+            });
+            g.throughput(Throughput::Elements(2 * macs));
+            g.bench_function(format!("{name}{suffix}_backward"), |b| {
+                winograd::set_enabled(wino);
+                b.iter(|| {
+                    let dxo = Some(&mut dx[..]);
+                    conv2d_backward_opt(
+                        black_box(&x),
+                        &w,
+                        &dy,
+                        dxo,
+                        &mut dw,
+                        &mut db,
+                        &s,
+                        &mut scratch,
+                        false,
+                    )
+                    .unwrap()
+                })
+            });
+        }
+        winograd::set_enabled(true);
     }
     g.finish();
 }

@@ -40,10 +40,10 @@ impl ConvShape {
     pub fn wo(&self) -> usize {
         (self.w + 2 * self.pad - self.k) / self.stride + 1
     }
-    fn cg(&self) -> usize {
+    pub(crate) fn cg(&self) -> usize {
         self.c / self.groups
     }
-    fn og(&self) -> usize {
+    pub(crate) fn og(&self) -> usize {
         self.o / self.groups
     }
     /// Rows of one group's im2col matrix: C/g * k * k.
@@ -403,7 +403,7 @@ alexnet_tensor::multiversion! {
 
 /// Makes `scratch` at least `len` long (never shorter: its contents are never read before
 /// being written, so a longer one from an earlier layer serves as it is).
-fn grow<T: Float>(scratch: &mut Vec<T>, len: usize) {
+pub(crate) fn grow<T: Float>(scratch: &mut Vec<T>, len: usize) {
     if scratch.len() < len {
         scratch.resize(len, T::zero());
     }
@@ -437,6 +437,22 @@ pub fn conv2d_forward_act<T: Float>(
     scratch: &mut Vec<T>,
 ) -> Result<(), LayerError> {
     s.check(x.len(), w.len(), b.len(), y.len())?;
+    if crate::winograd::applies(s) {
+        return crate::winograd::forward(x, w, b, y, s, relu, scratch);
+    }
+    im2col_forward(x, w, b, y, s, relu, scratch)
+}
+
+/// The im2col + GEMM forward (shapes already checked).
+pub(crate) fn im2col_forward<T: Float>(
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    y: &mut [T],
+    s: &ConvShape,
+    relu: bool,
+    scratch: &mut Vec<T>,
+) -> Result<(), LayerError> {
     let (og, kd, hw) = (s.og(), s.kdim(), s.ho() * s.wo());
     let chunk = s.chunk();
     let per_part = s.n.div_ceil(chunk).div_ceil(GRAD_PARTS).max(1) * chunk;
@@ -569,7 +585,7 @@ alexnet_tensor::multiversion! {
 /// step instead of one dependency chain (a plain fold cannot be vectorised: float addition is
 /// not associative).
 #[inline(always)]
-fn lane_sum<T: Float>(v: &[T]) -> T {
+pub(crate) fn lane_sum<T: Float>(v: &[T]) -> T {
     let mut acc = [T::zero(); 16];
     let mut chunks = v.chunks_exact(16);
     for c in &mut chunks {
@@ -627,6 +643,25 @@ pub fn conv2d_backward_opt<T: Float>(
         check_len("conv2d", "dx", dx.len(), x.len(), || s.desc())?;
     }
     check_len("conv2d", "dw", dw.len(), w.len(), || s.desc())?;
+    if crate::winograd::applies(s) {
+        return crate::winograd::backward(x, w, dy, dx, dw, db, s, scratch, relu_x);
+    }
+    im2col_backward(x, w, dy, dx, dw, db, s, scratch, relu_x)
+}
+
+/// The im2col + GEMM backward (shapes already checked).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn im2col_backward<T: Float>(
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    dx: Option<&mut [T]>,
+    dw: &mut [T],
+    db: &mut [T],
+    s: &ConvShape,
+    scratch: &mut Vec<T>,
+    relu_x: bool,
+) -> Result<(), LayerError> {
     let (og, kd, hw) = (s.og(), s.kdim(), s.ho() * s.wo());
     let chunk = s.chunk();
     let nchunks = s.n.div_ceil(chunk);
@@ -746,7 +781,7 @@ pub fn conv2d_backward_opt<T: Float>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// im2col by its definition: col[(c', u, v), (sample, i, j)] = xpad[sample, g C/g + c',
@@ -875,7 +910,7 @@ mod tests {
     /// Convolution by its definition in f64: y (N, O, Ho, Wo), and for `dy` the gradients
     /// (dx, dw, db).
     #[allow(clippy::type_complexity)]
-    fn conv_direct(
+    pub(crate) fn conv_direct(
         x: &[f64],
         w: &[f64],
         b: &[f64],

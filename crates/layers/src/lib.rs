@@ -14,6 +14,7 @@ pub mod model;
 pub mod pool;
 pub mod relu;
 pub mod sgd;
+pub mod winograd;
 
 pub use error::LayerError;
 pub use model::{Mode, Model};

@@ -28,6 +28,18 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// `--cpu-conv`: the CPU's 3x3 stride-1 convolutions by `winograd` (the default) or `im2col`
+/// (process-wide); anything else, or `im2col` with another device, is a one-line error.
+pub fn set_cpu_conv(algo: &str, device: &str) -> Result<()> {
+    match (algo, device) {
+        ("winograd", _) => alexnet_layers::winograd::set_enabled(true),
+        ("im2col", "cpu") => alexnet_layers::winograd::set_enabled(false),
+        ("im2col", _) => bail!("--cpu-conv im2col applies to --device cpu only"),
+        (other, _) => bail!("--cpu-conv {other}: expected winograd or im2col"),
+    }
+    Ok(())
+}
+
 /// CPU benchmark: `warmup` untimed steps, then the median of `steps` timed steps.
 pub fn bench_cpu(
     preset: &str,
@@ -89,4 +101,22 @@ pub fn bench_cpu(
         timed_steps: steps,
         layers,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_conv_flag_takes_two_values() {
+        let e = set_cpu_conv("fft", "cpu").unwrap_err().to_string();
+        assert!(
+            e.contains("--cpu-conv fft") && e.contains("winograd or im2col"),
+            "{e}"
+        );
+        let e = set_cpu_conv("im2col", "cuda").unwrap_err().to_string();
+        assert!(e.contains("--device cpu only"), "{e}");
+        set_cpu_conv("winograd", "cpu").unwrap();
+        assert!(alexnet_layers::winograd::enabled());
+    }
 }

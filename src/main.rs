@@ -141,12 +141,7 @@ fn run_bench(a: &BenchArgs) -> Result<()> {
     if a.device == "cpu" && (a.conv.is_some() || a.cudnn_algo.is_some() || a.synthetic_data) {
         anyhow::bail!("--conv, --cudnn-algo and --synthetic-data apply to --device cuda only");
     }
-    match (a.cpu_conv.as_str(), a.device.as_str()) {
-        ("winograd", _) => alexnet_layers::winograd::set_enabled(true),
-        ("im2col", "cpu") => alexnet_layers::winograd::set_enabled(false),
-        ("im2col", _) => anyhow::bail!("--cpu-conv applies to --device cpu only"),
-        (other, _) => anyhow::bail!("--cpu-conv {other}: expected winograd or im2col"),
-    }
+    bench::set_cpu_conv(&a.cpu_conv, &a.device)?;
     if a.device == "cpu" {
         let gemm = cpu_backend_for(&a.precision)?;
         if a.matrixmultiply && gemm != F32Backend::Gemm {

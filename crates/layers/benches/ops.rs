@@ -1,6 +1,6 @@
 //! Criterion benchmarks of the CPU layers on the small preset's shapes at batch 128 (the
-//! default flow's training step), plus the paper net's conv3 at batch 32 (3x3 shapes by Winograd and,
-//! as `NAME_im2col_*`, by im2col in the same run):
+//! default flow's training step), plus the paper net's conv2 and conv3 at batch 32; the shapes
+//! Winograd takes run twice, by Winograd and, as `NAME_im2col_*`, by im2col in the same run:
 //! `cargo bench -p alexnet-layers --bench ops [-- NAME]`. Inputs are pseudo-random and
 //! post-ReLU-like (about half exact zeros), since the max-pool and ReLU loops are
 //! data-dependent. Whole-network throughput is `cargo xtask bench --device cpu`.
@@ -110,7 +110,21 @@ fn convs(cr: &mut Criterion) {
                 groups: 1,
             },
         ),
-        // The paper's conv3 at batch 32 (the paper preset's CPU benchmark batch).
+        // The paper's conv2 and conv3 at batch 32 (the paper preset's CPU benchmark batch).
+        (
+            "paper_conv2",
+            ConvShape {
+                n: 32,
+                c: 96,
+                h: 27,
+                w: 27,
+                o: 256,
+                k: 5,
+                stride: 1,
+                pad: 2,
+                groups: 2,
+            },
+        ),
         (
             "paper_conv3",
             ConvShape {
@@ -137,9 +151,11 @@ fn convs(cr: &mut Criterion) {
         let macs = (ylen * (s.c / s.groups) * s.k * s.k) as u64;
         let dy = post_relu(ylen, 6);
         let (mut dx, mut dw, mut db) = (vec![0.0; x.len()], vec![0.0; wlen], vec![0.0; s.o]);
-        // 3x3 stride-1 shapes run both ways: Winograd (the default) and im2col (`_im2col`),
+        // Shapes Winograd takes run both ways: Winograd (the default) and im2col (`_im2col`),
         // the baseline in the same run. The scratch is kept between calls, as the model does.
-        let algos: &[(&str, bool)] = if s.k == 3 && s.stride == 1 {
+        let wino =
+            matches!(s.k, 3 | 5) && s.stride == 1 && s.c / s.groups >= winograd::MIN_CHANNELS;
+        let algos: &[(&str, bool)] = if wino {
             &[("", true), ("_im2col", false)]
         } else {
             &[("", true)]

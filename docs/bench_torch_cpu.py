@@ -5,8 +5,11 @@ decay 5e-4); inference = forward in eval mode without autograd. Median of 7 time
 warm-up steps, on 2 threads (the CI machine's cores).
 
     python3 docs/bench_torch_cpu.py small 128
-    python3 docs/bench_torch_cpu.py paper 32
+    python3 docs/bench_torch_cpu.py paper 32 [--json]
+
+`docs/compare_torch_cpu.py` alternates it with `cargo xtask bench` for a same-run ratio.
 """
+import json
 import statistics
 import sys
 import time
@@ -58,10 +61,9 @@ def median_ms(fn, warmup=2, steps=7):
     return statistics.median(times)
 
 
-def main():
-    preset = sys.argv[1] if len(sys.argv) > 1 else "small"
-    batch = int(sys.argv[2]) if len(sys.argv) > 2 else 128
-    torch.set_num_threads(2)
+def measure(preset, batch, threads=2):
+    """(train img/s, inference img/s, torch version) for one preset and batch."""
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     with open(f"data/{preset}.toml", "rb") as f:
         spec = tomllib.load(f)
@@ -82,9 +84,32 @@ def main():
     net.eval()
     with torch.no_grad():
         t_infer = median_ms(lambda: net(x))
+    return batch / t_train, batch / t_infer
+
+
+def main():
+    args = [a for a in sys.argv[1:] if a != "--json"]
+    preset = args[0] if len(args) > 0 else "small"
+    batch = int(args[1]) if len(args) > 1 else 128
+    train, infer = measure(preset, batch)
+    if "--json" in sys.argv:
+        print(
+            json.dumps(
+                {
+                    "train_img_per_s": train,
+                    "infer_img_per_s": infer,
+                    "preset": preset,
+                    "batch": batch,
+                    "device": "cpu",
+                    "threads": torch.get_num_threads(),
+                    "torch": torch.__version__,
+                }
+            )
+        )
+        return
     print(
         f"PyTorch {torch.__version__} CPU ({torch.get_num_threads()} threads): preset {preset} "
-        f"batch {batch}: train {batch / t_train:.1f} img/s, inference {batch / t_infer:.1f} img/s"
+        f"batch {batch}: train {train:.1f} img/s, inference {infer:.1f} img/s"
     )
 
 

@@ -28,14 +28,24 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// `--cpu-conv`: the CPU's 3x3 stride-1 convolutions by `winograd` (the default) or `im2col`
-/// (process-wide); anything else, or `im2col` with another device, is a one-line error.
+/// `--cpu-conv`: the CPU's 3x3 and 5x5 stride-1 convolutions by `winograd` (the default:
+/// F(4x4) tiles where they pay, F(2x2) elsewhere), `winograd2` (F(2x2) tiles everywhere) or
+/// `im2col` (process-wide); anything else, or a non-default value with another device, is a
+/// one-line error.
 pub fn set_cpu_conv(algo: &str, device: &str) -> Result<()> {
+    use alexnet_layers::winograd::{set_enabled, set_large_tiles};
     match (algo, device) {
-        ("winograd", _) => alexnet_layers::winograd::set_enabled(true),
-        ("im2col", "cpu") => alexnet_layers::winograd::set_enabled(false),
-        ("im2col", _) => bail!("--cpu-conv im2col applies to --device cpu only"),
-        (other, _) => bail!("--cpu-conv {other}: expected winograd or im2col"),
+        ("winograd", _) => {
+            set_enabled(true);
+            set_large_tiles(true);
+        }
+        ("winograd2", "cpu") => {
+            set_enabled(true);
+            set_large_tiles(false);
+        }
+        ("im2col", "cpu") => set_enabled(false),
+        ("im2col" | "winograd2", _) => bail!("--cpu-conv {algo} applies to --device cpu only"),
+        (other, _) => bail!("--cpu-conv {other}: expected winograd, winograd2 or im2col"),
     }
     Ok(())
 }
@@ -108,15 +118,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpu_conv_flag_takes_two_values() {
+    fn cpu_conv_flag_takes_three_values() {
+        use alexnet_layers::winograd::{enabled, large_tiles};
         let e = set_cpu_conv("fft", "cpu").unwrap_err().to_string();
         assert!(
-            e.contains("--cpu-conv fft") && e.contains("winograd or im2col"),
+            e.contains("--cpu-conv fft") && e.contains("winograd, winograd2 or im2col"),
             "{e}"
         );
-        let e = set_cpu_conv("im2col", "cuda").unwrap_err().to_string();
-        assert!(e.contains("--device cpu only"), "{e}");
+        for algo in ["im2col", "winograd2"] {
+            let e = set_cpu_conv(algo, "cuda").unwrap_err().to_string();
+            assert!(e.contains(algo) && e.contains("--device cpu only"), "{e}");
+        }
+        set_cpu_conv("winograd2", "cpu").unwrap();
+        assert!(enabled() && !large_tiles());
+        set_cpu_conv("im2col", "cpu").unwrap();
+        assert!(!enabled());
         set_cpu_conv("winograd", "cpu").unwrap();
-        assert!(alexnet_layers::winograd::enabled());
+        assert!(enabled() && large_tiles());
     }
 }

@@ -112,8 +112,9 @@ struct BenchArgs {
     /// CPU: use matrixmultiply instead of the gemm crate for f32 GEMMs (for comparison).
     #[arg(long)]
     matrixmultiply: bool,
-    /// CPU: 3x3 stride-1 convolutions (conv3-5) by winograd (F(2x2,3x3), the default: 2.25x
-    /// fewer multiply-adds) or im2col (+ GEMM, as every other convolution; for comparison).
+    /// CPU: 3x3 and 5x5 stride-1 convolutions (conv2-5) by winograd (the default: F(4x4) tiles
+    /// where they pay, F(2x2) elsewhere), winograd2 (F(2x2) tiles only) or im2col (+ GEMM, as
+    /// conv1; for comparison).
     #[arg(long, default_value = "winograd")]
     cpu_conv: String,
 }

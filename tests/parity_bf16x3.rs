@@ -17,8 +17,14 @@ fn every_public_fixture_passes_in_bf16x3() {
     assert_eq!(files.len(), 24);
     let mut failed = Vec::new();
     let mut worst_gemm = 0.0f64;
+    let mut worst = (0.0f64, String::new());
     for f in &files {
         let r = run_file(f);
+        for (_, e) in &r.errors {
+            if *e > worst.0 {
+                worst = (*e, r.line());
+            }
+        }
         println!("{}", r.line());
         if !r.passed() {
             failed.push(r.line());
@@ -28,6 +34,9 @@ fn every_public_fixture_passes_in_bf16x3() {
         }
     }
     assert!(failed.is_empty(), "failed: {failed:#?}");
+    // A margin for fixture sets with other seeds: the worst is 3.6e-5 (conv2-like, Winograd
+    // F(2, 5)); F(4, 5), which f32 uses, would give 8.9e-5 there.
+    assert!(worst.0 < 5e-5, "too close to the tolerance: {}", worst.1);
     // The GEMMs really ran in bf16x3: their error is well above f32's (~4e-7 here), at the
     // ~1e-5 that dropping the lo x lo product and the lo parts' rounding leave.
     assert!(

@@ -1,23 +1,25 @@
-//! Winograd convolution F(2x2, r x r) for stride-1 convolutions with r = 3 (the paper's
-//! conv3-5) and r = 5 (conv2): each 2x2 block of outputs costs (r + 1)^2 products per (input,
-//! output) channel pair instead of 4 r^2, 2.25x fewer multiply-adds for 3x3 and 2.8x for 5x5
-//! (1.9x and 2.6x on 13x13 and 27x27 planes, whose tiles cover 14x14 and 28x28). Lavin & Gray,
-//! "Fast Algorithms for Convolutional Neural Networks" (2016).
+//! Winograd convolution F(m x m, r x r) for stride-1 convolutions with r = 3 (the paper's
+//! conv3-5) and r = 5 (conv2), with m = 2 or 4 outputs per tile side ([`tile_m`]): each m x m
+//! block of outputs costs a^2 = (m + r - 1)^2 products per (input, output) channel pair
+//! instead of m^2 r^2. On AlexNet's planes, whose tiles overhang the edges: F(2, 3) 1.9x fewer
+//! multiply-adds than the direct form on 13x13 (tiles cover 14x14), F(4, 3) 2.6x (16x16),
+//! F(2, 5) 2.6x on 27x27 and F(4, 5) 5.8x (both 28x28). Lavin & Gray, "Fast Algorithms for
+//! Convolutional Neural Networks" (2016).
 //!
-//! With g an r x r filter, d an a x a input patch (a = r + 1, tiles 2 apart) and the
-//! Toom-Cook matrices A^T (2, a), G (a, r) and B^T (a, a) of [`Transforms`], the forward is
+//! With g an r x r filter, d an a x a input patch (tiles m apart) and the Toom-Cook matrices
+//! A^T (m, a), G (a, r) and B^T (a, a) of [`Transforms`], the forward is
 //! `Y = A^T [sum_c (G g G^T) . (B^T d B)] A` (`.` elementwise): with `U = G g G^T` and
 //! `V = B^T d B`, one GEMM per element xi of the a x a grid, `M[xi] = V[xi] U[xi]^T` (tiles x
 //! channels). The backward is the exact transpose of that computation: `dM = A dY A^T`,
 //! `dU[xi]^T = V[xi]^T dM[xi]` (then `dg = G^T dU G`) and `dV[xi] = dM[xi] U[xi]` (then
 //! `dd = B dV B^T`, added into the overlapping patches). Tests hold both directions to the f64
-//! definition at 1e-12, and f32 to a relative error of the order of im2col's.
+//! definition at 1e-12 for both m, and f32 to a relative error of the order of im2col's.
 //!
 //! Layouts, channels last: U and dU^T `[g][xi][c'][o']`, V and dV `[xi][p][c']`, M and dM
 //! `[xi][p][o']`, with a chunk's tile index `p = (sample, ti, tj)`; the input (and its
-//! gradient) is copied into a zero-padded channels-last plane of (2 th + r - 1) x (2 tw + r - 1)
-//! whose even and odd columns are stored apart, `[sample][parity][row][col / 2][c']`. Then the
-//! columns 2 tj + c of a whole tile row are consecutive, and every transform step is one
+//! gradient) is copied into a zero-padded channels-last plane of (m th + r - 1) x (m tw + r - 1)
+//! whose columns are stored apart by their phase col % m, `[sample][col % m][row][col / m][c']`.
+//! Then the columns m tj + c of a whole tile row are consecutive, and every transform step is one
 //! vector operation over a tile row (tw tiles x C/g or O/g channels: 1,000-2,700 elements on
 //! AlexNet's layers), whatever r: the transforms are written once, over Toom-Cook matrices.
 //!
@@ -29,7 +31,7 @@
 use crate::conv::{grow, lane_sum, ConvShape};
 use crate::error::LayerError;
 use crate::relu::relu_mask;
-use alexnet_tensor::gemm::{gemm_ld, Float};
+use alexnet_tensor::gemm::{f32_backend, gemm_ld, F32Backend, Float};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -37,12 +39,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 const TILES_PER_CHUNK: usize = 256;
 /// Number of parts the batch is split into (fixed, for determinism).
 const PARTS: usize = 8;
-/// Outputs per tile side (the m of F(m x m, r x r)).
-const M: usize = 2;
 /// Input channels per group below which a layer stays on im2col: the GEMMs' K is C/g, and the
 /// transforms cost per channel what the GEMMs save (the small net's conv2, C/g = 12: 1.2-1.6x
 /// slower by Winograd; its conv3-5, 48-64: faster).
 pub const MIN_CHANNELS: usize = 32;
+/// Input and output channels per group from which 3x3 layers use F(4x4, 3x3): the paper's
+/// conv3-5 (192-384 channels) gain 1.1-1.3x per layer, the small net's conv3-5 (32-96) lose
+/// about 10%.
+const M4_MIN_CHANNELS: usize = 128;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
@@ -57,32 +61,66 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
+static LARGE_TILES: AtomicBool = AtomicBool::new(true);
+
+/// Lets [`tile_m`] pick F(4x4, r x r) where it pays (the default), or keeps every layer on
+/// F(2x2, r x r) (process-wide; `--cpu-conv winograd2`, for comparison).
+pub fn set_large_tiles(on: bool) {
+    LARGE_TILES.store(on, Ordering::Relaxed);
+}
+
+/// Whether [`set_large_tiles`] left F(4x4, r x r) allowed.
+pub fn large_tiles() -> bool {
+    LARGE_TILES.load(Ordering::Relaxed)
+}
+
+/// The m of F(m x m, r x r) for shape `s`: 4 for 5x5 filters (F(4, 5) has 4 products per
+/// output and pair of channels where F(2, 5) has 9) and for 3x3 ones with at least
+/// [`M4_MIN_CHANNELS`] input and output channels per group; 2 otherwise. Bigger tiles cut the
+/// GEMMs' work (on 13x13 planes by 1.36x for 3x3: 16 tiles of 6x6 instead of 49 of 4x4) but
+/// cost more per channel in the transforms, which is why narrow layers keep m = 2. With the
+/// AMX precisions every layer keeps m = 2: F(4, 5)'s larger transform coefficients amplify
+/// bf16x3's product errors (the conv2-like fixture's dx: 8.9e-5 against its 1e-4, 3.6e-5 with
+/// F(2, 5)).
+fn tile_m(s: &ConvShape) -> usize {
+    let f32_gemm = matches!(f32_backend(), F32Backend::Gemm | F32Backend::Matrixmultiply);
+    if f32_gemm && large_tiles() && (s.k == 5 || s.cg().min(s.og()) >= M4_MIN_CHANNELS) {
+        4
+    } else {
+        2
+    }
+}
+
 /// Whether a convolution of shape `s` runs through this module.
 pub(crate) fn applies(s: &ConvShape) -> bool {
     (s.k == 3 || s.k == 5) && s.stride == 1 && s.cg() >= MIN_CHANNELS && enabled()
 }
 
-/// The matrices of F(2, r), a = r + 1, by Toom-Cook on the points 0, 1, -1, (2, -1/2,) and
-/// infinity: with the a x a Vandermonde matrix W (row i = powers of point i; the last row, for
-/// infinity, picks the leading coefficient), `G` = W's first r columns, `A^T` = W's first 2
-/// columns transposed, and `B^T = W^-T`, so that the linear convolution
+/// The matrices of F(m, r), a = m + r - 1, by Toom-Cook on a - 1 of the points 0, 1, -1, 2,
+/// -1/2, -2, 1/2 and infinity: with the a x a Vandermonde matrix W (row i = powers of point i;
+/// the last row, for infinity, picks the leading coefficient), `G` = W's first r columns,
+/// `A^T` = W's first m columns transposed, and `B^T = W^-T`, so that the linear convolution
 /// `s = W^-1 [(G g) . (W_2 h)]` transposes into the correlation
 /// `y = A^T [(G g) . (B^T d)]`. Built in f64 (exact for these small integers and their
 /// inverse's fractions) and rounded once to T. Row-major.
 struct Transforms<T> {
+    /// Outputs per tile side (the m of F(m x m, r x r)), filter side r, tile side a = m + r - 1.
+    m: usize,
     a: usize,
     r: usize,
-    /// A^T (2, a), G (a, r), B^T (a, a).
+    /// A^T (m, a), G (a, r), B^T (a, a).
     at: Vec<T>,
     g: Vec<T>,
     bt: Vec<T>,
 }
 
 impl<T: Float> Transforms<T> {
-    fn new(r: usize) -> Self {
-        let a = r + M - 1;
+    fn new(m: usize, r: usize) -> Self {
+        let a = r + m - 1;
         // 2 and -1/2 rather than +-2: f32 errors of F(2, 5) 0.6-0.7x those of +-2 (test below).
-        let points: [f64; 5] = [0.0, 1.0, -1.0, 2.0, -0.5];
+        // 2 and -1/2 before -2 and 1/2: F(4, 3)'s f32 errors with 0, +-1, 2, -1/2 are 0.8x
+        // those with 0, +-1, +-2 (Lavin's) and 0.7x those with 0, +-1, +-1/2.
+        let points: [f64; 7] = [0.0, 1.0, -1.0, 2.0, -0.5, -2.0, 0.5];
         // W (a, a): rows for the a - 1 finite points, then infinity.
         let w = |i: usize, j: usize| -> f64 {
             if i + 1 == a {
@@ -126,9 +164,10 @@ impl<T: Float> Transforms<T> {
             .collect();
         let cast = |v: f64| T::from_f64(v).unwrap_or_else(T::nan);
         Transforms {
+            m,
             a,
             r,
-            at: (0..M * a).map(|e| cast(wk(M, e % a, e / a))).collect(),
+            at: (0..m * a).map(|e| cast(wk(m, e % a, e / a))).collect(),
             g: (0..a * r)
                 .map(|e| cast(wk(r, e / r, e % r) / d[e / r]))
                 .collect(),
@@ -172,13 +211,15 @@ fn invert(mut m: Vec<f64>, n: usize) -> Vec<f64> {
 /// Tile geometry of one shape.
 #[derive(Clone, Copy)]
 struct Geo {
+    /// Outputs per tile side.
+    m: usize,
     /// Tiles per column and per row of the output plane.
     th: usize,
     tw: usize,
-    /// Tile side a = r + 1.
+    /// Tile side a = m + r - 1.
     a: usize,
-    /// Rows of the padded plane (2 th + r - 1), and columns of each parity held (tw + a / 2,
-    /// enough for 2 tw + r - 1 columns).
+    /// Rows of the padded plane (m th + r - 1), and columns of each phase held (tw + (a - 1) / m,
+    /// enough for the m tw + r - 1 columns the tiles read).
     ph: usize,
     half: usize,
     /// Samples per chunk.
@@ -186,31 +227,32 @@ struct Geo {
 }
 
 impl Geo {
-    fn new(s: &ConvShape) -> Self {
-        let (th, tw) = (s.ho().div_ceil(M), s.wo().div_ceil(M));
+    fn new(s: &ConvShape, m: usize) -> Self {
+        let (th, tw) = (s.ho().div_ceil(m), s.wo().div_ceil(m));
         let chunk = (TILES_PER_CHUNK / (th * tw)).clamp(1, s.n.max(1));
-        let a = s.k + M - 1;
+        let a = s.k + m - 1;
         Geo {
+            m,
             th,
             tw,
             a,
-            ph: M * th + s.k - 1,
-            half: tw + a / 2,
+            ph: m * th + s.k - 1,
+            half: tw + (a - 1) / m,
             chunk,
         }
     }
     fn tiles(&self) -> usize {
         self.th * self.tw
     }
-    /// Elements of one sample's padded plane `[parity][row][col / 2][c']`.
+    /// Elements of one sample's padded plane `[col % m][row][col / m][c']`.
     fn plane_len(&self, cg: usize) -> usize {
-        2 * self.ph * self.half * cg
+        self.m * self.ph * self.half * cg
     }
-    /// Offset in a padded plane of padded pixel (row, col): its column's parity plane, at
-    /// col / 2; so the columns 2 tj + c of tiles tj = 0, 1, ... are consecutive from
+    /// Offset in a padded plane of padded pixel (row, col): its column's phase plane (col %
+    /// m), at col / m; so the columns m tj + c of tiles tj = 0, 1, ... are consecutive from
     /// `at([row, c])`.
     fn at(&self, [row, col]: [usize; 2], cg: usize) -> usize {
-        (((col % 2) * self.ph + row) * self.half + col / 2) * cg
+        (((col % self.m) * self.ph + row) * self.half + col / self.m) * cg
     }
     /// Scratch of one part: V / dV (a^2, P, C/g), M / dM (a^2, P, O/g), the padded planes.
     fn part_len(&self, s: &ConvShape) -> usize {
@@ -334,7 +376,7 @@ alexnet_tensor::multiversion! {
 
 alexnet_tensor::multiversion! {
     /// Channels of group g of samples n0..n0+nb (`which` = [n0, nb, g]) -> the zero-padded,
-    /// column-deinterleaved channels-last planes `xp` [sample][parity][row][col / 2][c'].
+    /// column-deinterleaved channels-last planes `xp` [sample][col % m][row][col / m][c'].
     fn pad_channels_last<T: Float>(x: &[T], s: &ConvShape, geo: &Geo, which: [usize; 3], xp: &mut [T]) {
         let [n0, nb, g] = which;
         let cg = s.cg();
@@ -384,8 +426,8 @@ alexnet_tensor::multiversion! {
 alexnet_tensor::multiversion! {
     /// V = B^T d B for every tile of `nb` padded samples `xp`: v `[xi][p][c']`. Each step is
     /// a vector operation over a whole tile row (tw tiles x C/g channels): the row pass
-    /// `t[r][b] = sum_c B^T[b][c] d[r][2 tj + c]` reads, for each c, tw consecutive columns of
-    /// one parity; the column pass writes `V[a][b]` for the tile row, contiguous in v.
+    /// `t[r][b] = sum_c B^T[b][c] d[r][m tj + c]` reads, for each c, tw consecutive columns of
+    /// one phase; the column pass writes `V[a][b]` for the tile row, contiguous in v.
     fn input_transform<T: Float>(
         xp: &[T],
         tf: &Transforms<T>,
@@ -412,7 +454,7 @@ alexnet_tensor::multiversion! {
                 for xi in 0..a * a {
                     let (i, b) = (xi / a, xi % a);
                     let out = &mut v[(xi * p_len + p0) * cg..][..len];
-                    let tr = |k: usize| &t[((M * ti + k) * a + b) * len..][..len];
+                    let tr = |k: usize| &t[((geo.m * ti + k) * a + b) * len..][..len];
                     lin(out, a, |k| tf.bt[i * a + k], tr);
                 }
             }
@@ -423,7 +465,7 @@ alexnet_tensor::multiversion! {
 alexnet_tensor::multiversion! {
     /// Y = A^T M A (+ bias, then ReLU if `relu`) for group g of samples n0..n0+nb
     /// (`which` = [n0, nb, g]): m `[xi][p][o']` -> y (N, O, Ho, Wo), a tile row at a time,
-    /// cropping the last tile row / column where Ho / Wo is odd. `t` is scratch of
+    /// cropping the last tile row / column where m does not divide Ho / Wo. `t` is scratch of
     /// [`Geo::tmp_len`].
     #[allow(clippy::too_many_arguments)]
     fn output_transform<T: Float>(
@@ -438,13 +480,13 @@ alexnet_tensor::multiversion! {
     ) {
         let [n0, nb, g] = which;
         let (b, relu) = b_relu;
-        let (og, a, tw) = (s.og(), geo.a, geo.tw);
+        let (og, a, tw, mt) = (s.og(), geo.a, geo.tw, geo.m);
         let (ho, wo) = (s.ho(), s.wo());
         let len = tw * og;
         let p_len = nb * geo.tiles();
         let bias = &b[g * og..(g + 1) * og];
-        let (u, yv) = t.split_at_mut(M * a * len);
-        let yv = &mut yv[..M * M * len];
+        let (u, yv) = t.split_at_mut(mt * a * len);
+        let yv = &mut yv[..mt * mt * len];
         for sn in 0..nb {
             let yp = &mut y[((n0 + sn) * s.o + g * og) * ho * wo..][..og * ho * wo];
             for ti in 0..geo.th {
@@ -457,16 +499,16 @@ alexnet_tensor::multiversion! {
                 }
                 let u: &[T] = u;
                 for (ij, row) in yv.chunks_exact_mut(len).enumerate() {
-                    let (i, j) = (ij / M, ij % M);
+                    let (i, j) = (ij / mt, ij % mt);
                     lin(row, a, |l| tf.at[j * a + l], |l| &u[(i * a + l) * len..][..len]);
                 }
-                for q in 0..M * M {
-                    let i = M * ti + q / M;
+                for q in 0..mt * mt {
+                    let i = mt * ti + q / mt;
                     if i >= ho {
                         continue;
                     }
                     for tj in 0..tw {
-                        let j = M * tj + q % M;
+                        let j = mt * tj + q % mt;
                         if j >= wo {
                             continue;
                         }
@@ -499,21 +541,21 @@ alexnet_tensor::multiversion! {
         dm: &mut [T],
     ) {
         let [n0, nb, g] = which;
-        let (og, a, tw) = (s.og(), geo.a, geo.tw);
+        let (og, a, tw, m) = (s.og(), geo.a, geo.tw, geo.m);
         let (ho, wo) = (s.ho(), s.wo());
         let len = tw * og;
         let p_len = nb * geo.tiles();
-        let (d, c) = t.split_at_mut(M * M * len);
-        let c = &mut c[..a * M * len];
+        let (d, c) = t.split_at_mut(m * m * len);
+        let c = &mut c[..a * m * len];
         for sn in 0..nb {
             let dp = &dy[((n0 + sn) * s.o + g * og) * ho * wo..][..og * ho * wo];
             for ti in 0..geo.th {
                 let p0 = (sn * geo.th + ti) * tw;
-                // d[q] (tw, O/g) = dY[2ti + q/2][2tj + q%2], zero outside the plane.
+                // d[q] (tw, O/g) = dY[m ti + q / m][m tj + q % m], zero outside the plane.
                 for (q, dq) in d.chunks_exact_mut(len).enumerate() {
-                    let i = M * ti + q / M;
+                    let i = m * ti + q / m;
                     for (tj, dt) in dq.chunks_exact_mut(og).enumerate() {
-                        let j = M * tj + q % M;
+                        let j = m * tj + q % m;
                         if i >= ho || j >= wo {
                             dt.fill(T::zero());
                             continue;
@@ -526,14 +568,14 @@ alexnet_tensor::multiversion! {
                 let d: &[T] = d;
                 // c[i][l] = sum_k A[i][k] dY[k][l], then dM[i][j] = sum_l A[j][l] c[i][l].
                 for (il, row) in c.chunks_exact_mut(len).enumerate() {
-                    let (i, l) = (il / M, il % M);
-                    lin(row, M, |k| tf.at[k * a + i], |k| &d[(k * M + l) * len..][..len]);
+                    let (i, l) = (il / m, il % m);
+                    lin(row, m, |k| tf.at[k * a + i], |k| &d[(k * m + l) * len..][..len]);
                 }
                 let c: &[T] = c;
                 for xi in 0..a * a {
                     let (i, j) = (xi / a, xi % a);
                     let out = &mut dm[(xi * p_len + p0) * og..][..len];
-                    lin(out, M, |l| tf.at[l * a + j], |l| &c[(i * M + l) * len..][..len]);
+                    lin(out, m, |l| tf.at[l * a + j], |l| &c[(i * m + l) * len..][..len]);
                 }
             }
         }
@@ -544,7 +586,7 @@ alexnet_tensor::multiversion! {
     /// dd = B dV B^T, added into the overlapping patches of the padded planes `xp` (zeroed
     /// first), for the `nb` samples of dv `[xi][p][c']`, a tile row at a time: `q[r][b] =
     /// sum_a B[r][a] dV[a][b]`, then for each patch column c, `sum_b B[c][b] q[r][b]` is added
-    /// to tw consecutive columns of one parity of padded row 2 ti + r. `t` is scratch of
+    /// to tw consecutive columns of one phase of padded row m ti + r. `t` is scratch of
     /// [`Geo::tmp_len`].
     fn scatter_transform<T: Float>(
         dv: &[T],
@@ -575,7 +617,7 @@ alexnet_tensor::multiversion! {
                 for r in 0..a {
                     for c in 0..a {
                         lin(dd, a, |b| tf.bt[b * a + c], |b| &q[(r * a + b) * len..][..len]);
-                        let at = geo.at([M * ti + r, c], cg);
+                        let at = geo.at([geo.m * ti + r, c], cg);
                         for (e, &v) in xs[at..at + len].iter_mut().zip(dd.iter()) {
                             *e = *e + v;
                         }
@@ -597,7 +639,7 @@ pub(crate) fn forward<T: Float>(
     relu: bool,
     scratch: &mut Vec<T>,
 ) -> Result<(), LayerError> {
-    let tf = Transforms::new(s.k);
+    let tf = Transforms::new(tile_m(s), s.k);
     forward_with(x, w, b, y, s, (relu, &tf), scratch)
 }
 
@@ -612,7 +654,7 @@ fn forward_with<T: Float>(
     scratch: &mut Vec<T>,
 ) -> Result<(), LayerError> {
     let (relu, tf) = relu_tf;
-    let geo = Geo::new(s);
+    let geo = Geo::new(s, tf.m);
     let (og, cg, tiles, a2) = (s.og(), s.cg(), geo.tiles(), geo.a * geo.a);
     let per_part = geo.per_part(s);
     let part_len = geo.part_len(s);
@@ -678,7 +720,7 @@ pub(crate) fn backward<T: Float>(
     scratch: &mut Vec<T>,
     relu_x: bool,
 ) -> Result<(), LayerError> {
-    let tf = Transforms::new(s.k);
+    let tf = Transforms::new(tile_m(s), s.k);
     backward_with(x, w, dy, dx, dw, db, s, scratch, (relu_x, &tf))
 }
 
@@ -696,7 +738,7 @@ fn backward_with<T: Float>(
     relu_tf: (bool, &Transforms<T>),
 ) -> Result<(), LayerError> {
     let (relu_x, tf) = relu_tf;
-    let geo = Geo::new(s);
+    let geo = Geo::new(s, tf.m);
     let (og, cg, tiles, a2) = (s.og(), s.cg(), geo.tiles(), geo.a * geo.a);
     let per_part = geo.per_part(s);
     let nparts = s.n.div_ceil(per_part);
@@ -848,15 +890,14 @@ mod tests {
         (0..len).map(|i| (i as f64 * f).sin()).collect()
     }
 
-    /// y, dx, dw, db of one path (`wino` or im2col), with the given ReLU options.
-    #[allow(clippy::type_complexity)]
-    /// The two ways a convolution can run here.
+    /// The ways a convolution can run here: Winograd with m outputs per tile side, or im2col.
     #[derive(Clone, Copy, Debug, PartialEq)]
     enum Path {
-        Winograd,
+        Winograd(usize),
         Im2col,
     }
 
+    /// y, dx, dw, db of one path, with the given ReLU options.
     fn run(
         path: Path,
         [x, w, b, dy]: [&[f64]; 4],
@@ -874,9 +915,10 @@ mod tests {
         let dxo = want_dx.then_some(&mut dx[..]);
         let sc = &mut scratch;
         match path {
-            Path::Winograd => {
-                forward(x, w, b, &mut y, s, relu, sc).unwrap();
-                backward(x, w, dy, dxo, &mut dw, &mut db, s, sc, relu).unwrap();
+            Path::Winograd(m) => {
+                let tf = Transforms::new(m, s.k);
+                forward_with(x, w, b, &mut y, s, (relu, &tf), sc).unwrap();
+                backward_with(x, w, dy, dxo, &mut dw, &mut db, s, sc, (relu, &tf)).unwrap();
             }
             Path::Im2col => {
                 im2col_forward(x, w, b, &mut y, s, relu, sc).unwrap();
@@ -926,7 +968,7 @@ mod tests {
                 .zip(&x)
                 .map(|(&d, &xv)| if xv > 0.0 { d } else { 0.0 })
                 .collect();
-            for path in [Path::Winograd, Path::Im2col] {
+            for path in [Path::Winograd(2), Path::Winograd(4), Path::Im2col] {
                 for relu in [false, true] {
                     let got = run(path, [&x, &w, &b, &dy], &s, relu, true);
                     let want = if relu {
@@ -946,14 +988,16 @@ mod tests {
                 }
             }
             // Without dx, the weight and bias gradients are the same bits.
-            let full = run(Path::Winograd, [&x, &w, &b, &dy], &s, false, true);
-            let nodx = run(Path::Winograd, [&x, &w, &b, &dy], &s, false, false);
-            assert_eq!(full[2], nodx[2]);
-            assert_eq!(full[3], nodx[3]);
-            assert!(
-                nodx[1].iter().all(|v| v.is_nan()),
-                "dx untouched when not asked for"
-            );
+            for m in [2, 4] {
+                let full = run(Path::Winograd(m), [&x, &w, &b, &dy], &s, false, true);
+                let nodx = run(Path::Winograd(m), [&x, &w, &b, &dy], &s, false, false);
+                assert_eq!(full[2], nodx[2]);
+                assert_eq!(full[3], nodx[3]);
+                assert!(
+                    nodx[1].iter().all(|v| v.is_nan()),
+                    "dx untouched when not asked for"
+                );
+            }
         }
     }
 
@@ -987,25 +1031,17 @@ mod tests {
         };
         let f = |v: &[f64]| v.iter().map(|&e| e as f32).collect::<Vec<f32>>();
         let (xf, wf, bf, dyf) = (f(&x), f(&w), f(&b), f(&dy));
-        for wino in [true, false] {
+        for path in [Path::Winograd(2), Path::Winograd(4), Path::Im2col] {
             let mut scratch = Vec::new();
             let mut y = vec![0f32; want[0].len()];
             let (mut dx, mut dw, mut db) =
                 (vec![0f32; x.len()], vec![0f32; w.len()], vec![0f32; s.o]);
-            if wino {
-                forward(&xf, &wf, &bf, &mut y, &s, false, &mut scratch).unwrap();
-                backward(
-                    &xf,
-                    &wf,
-                    &dyf,
-                    Some(&mut dx),
-                    &mut dw,
-                    &mut db,
-                    &s,
-                    &mut scratch,
-                    false,
-                )
-                .unwrap();
+            if let Path::Winograd(m) = path {
+                let tf = Transforms::new(m, s.k);
+                let sc = &mut scratch;
+                forward_with(&xf, &wf, &bf, &mut y, &s, (false, &tf), sc).unwrap();
+                let dxo = Some(&mut dx[..]);
+                backward_with(&xf, &wf, &dyf, dxo, &mut dw, &mut db, &s, sc, (false, &tf)).unwrap();
             } else {
                 im2col_forward(&xf, &wf, &bf, &mut y, &s, false, &mut scratch).unwrap();
                 let dxo = Some(&mut dx[..]);
@@ -1034,14 +1070,16 @@ mod tests {
                     .sum();
                 let den: f64 = want.iter().map(|b| b * b).sum();
                 let rel = (num / den).sqrt();
-                // Measured: 3x3 Winograd 1.1e-7 / 6.4e-7 / 8.8e-7 (y / dx / dw), im2col 1.0e-7 /
-                // 1.7e-7 / 8.2e-7; 5x5 Winograd 4.9e-7 / 1.5e-6 / 3.0e-6.
-                let bound = if s.k == 5 && wino { 6e-6 } else { 2e-6 };
-                assert!(
-                    rel < bound,
-                    "k{} {what} wino {wino}: relative L2 {rel}",
-                    s.k
-                );
+                // Measured (y / dx / dw): 3x3 F(2, 3) 1.1e-7 / 6.4e-7 / 8.6e-7, F(4, 3) 3.8e-7 /
+                // 3.5e-6 / 3.5e-6, im2col 1.0e-7 / 1.7e-7 / 8.2e-7; 5x5 F(2, 5) 4.5e-7 /
+                // 1.4e-6 / 3.0e-6, F(4, 5) 8.3e-7 / 3.0e-6 / 2.8e-6, im2col 1.7e-7 / 1.9e-7 /
+                // 6.5e-7.
+                let bound = match (path, s.k) {
+                    (Path::Im2col, _) | (Path::Winograd(2), 3) => 2e-6,
+                    (Path::Winograd(4), 3) => 7e-6,
+                    _ => 6e-6,
+                };
+                assert!(rel < bound, "k{} {what} {path:?}: relative L2 {rel}", s.k);
             }
         }
     }
@@ -1056,8 +1094,15 @@ mod tests {
             ..shape(32, 3, [227, 227], 96, 2, 1)
         };
         let paper3 = shape(32, 256, [13, 13], 384, 1, 1);
-        assert!(applies(&paper2) && applies(&paper3));
+        let paper5 = shape(32, 384, [13, 13], 256, 1, 2);
+        let small3 = shape(128, 64, [13, 13], 96, 1, 1);
+        assert!(applies(&paper2) && applies(&paper3) && applies(&small3));
         assert!(!applies(&small2) && !applies(&conv1));
+        // F(4, r) for 5x5 and the wide 3x3 layers, F(2, 3) for the small net's.
+        assert_eq!(
+            [paper2, paper3, paper5, small3].map(|s| tile_m(&s)),
+            [4, 4, 4, 2]
+        );
     }
 
     #[test]
@@ -1073,24 +1118,16 @@ mod tests {
         let dy: Vec<f32> = (0..s.n * s.o * 169)
             .map(|i| (i as f32 * 0.53).cos())
             .collect();
-        let go = || {
+        let go = |m: usize| {
+            let tf = Transforms::new(m, s.k);
             let mut scratch = Vec::new();
             let mut y = vec![0f32; dy.len()];
             let (mut dx, mut dw, mut db) =
                 (vec![0f32; x.len()], vec![0f32; w.len()], vec![0f32; 6]);
-            forward(&x, &w, &b, &mut y, &s, true, &mut scratch).unwrap();
-            backward(
-                &x,
-                &w,
-                &dy,
-                Some(&mut dx),
-                &mut dw,
-                &mut db,
-                &s,
-                &mut scratch,
-                true,
-            )
-            .unwrap();
+            let sc = &mut scratch;
+            forward_with(&x, &w, &b, &mut y, &s, (true, &tf), sc).unwrap();
+            let dxo = Some(&mut dx[..]);
+            backward_with(&x, &w, &dy, dxo, &mut dw, &mut db, &s, sc, (true, &tf)).unwrap();
             [y, dx, dw, db].map(|v| v.iter().map(|e| e.to_bits()).collect::<Vec<u32>>())
         };
         let pool = |n| {
@@ -1099,9 +1136,11 @@ mod tests {
                 .build()
                 .unwrap()
         };
-        let one = pool(1).install(go);
-        let three = pool(3).install(go);
-        assert_eq!(one, three);
-        assert!(Geo::new(&s).per_part(&s) < s.n, "several parts");
+        for m in [2, 4] {
+            let one = pool(1).install(|| go(m));
+            let three = pool(3).install(|| go(m));
+            assert_eq!(one, three, "m = {m}");
+            assert!(Geo::new(&s, m).per_part(&s) < s.n, "several parts");
+        }
     }
 }

@@ -39,6 +39,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 const TILES_PER_CHUNK: usize = 256;
 /// Number of parts the batch is split into (fixed, for determinism).
 const PARTS: usize = 8;
+/// Channels moved together between NCHW and the channels-last planes (a 64-byte line of f32).
+const CHANNEL_BLOCK: usize = 16;
 /// Input channels per group below which a layer stays on im2col: the GEMMs' K is C/g, and the
 /// transforms cost per channel what the GEMMs save (the small net's conv2, C/g = 12: 1.2-1.6x
 /// slower by Winograd; its conv3-5, 48-64: faster).
@@ -386,13 +388,17 @@ alexnet_tensor::multiversion! {
         for sn in 0..nb {
             let dst = &mut xp[sn * plane..][..plane];
             let src = &x[((n0 + sn) * s.c + g * cg) * s.h * s.w..][..cg * s.h * s.w];
-            // Pixel by pixel: one contiguous row of channels from a strided gather.
-            for r in 0..s.h {
-                for c in 0..s.w {
-                    let at = geo.at([r + s.pad, c + s.pad], cg);
-                    let px = src[r * s.w + c..].iter().step_by(s.h * s.w);
-                    for (e, &v) in dst[at..at + cg].iter_mut().zip(px) {
-                        *e = v;
+            // Pixel by pixel, CHANNEL_BLOCK channels at a time (the lines read stay in L1): a
+            // contiguous run of channels from a strided gather.
+            for c0 in (0..cg).step_by(CHANNEL_BLOCK) {
+                let cb = CHANNEL_BLOCK.min(cg - c0);
+                for r in 0..s.h {
+                    for c in 0..s.w {
+                        let at = geo.at([r + s.pad, c + s.pad], cg) + c0;
+                        let px = src[(c0 * s.h + r) * s.w + c..].iter().step_by(s.h * s.w);
+                        for (e, &v) in dst[at..at + cb].iter_mut().zip(px) {
+                            *e = v;
+                        }
                     }
                 }
             }
@@ -410,12 +416,15 @@ alexnet_tensor::multiversion! {
         for sn in 0..nb {
             let src = &xp[sn * plane..][..plane];
             let dst = &mut dx[(sn * s.c + g * cg) * s.h * s.w..][..cg * s.h * s.w];
-            for r in 0..s.h {
-                for c in 0..s.w {
-                    let at = geo.at([r + s.pad, c + s.pad], cg);
-                    let px = dst[r * s.w + c..].iter_mut().step_by(s.h * s.w);
-                    for (e, &v) in px.zip(&src[at..at + cg]) {
-                        *e = v;
+            for c0 in (0..cg).step_by(CHANNEL_BLOCK) {
+                let cb = CHANNEL_BLOCK.min(cg - c0);
+                for r in 0..s.h {
+                    for c in 0..s.w {
+                        let at = geo.at([r + s.pad, c + s.pad], cg) + c0;
+                        let px = dst[(c0 * s.h + r) * s.w + c..].iter_mut().step_by(s.h * s.w);
+                        for (e, &v) in px.zip(&src[at..at + cb]) {
+                            *e = v;
+                        }
                     }
                 }
             }
@@ -502,22 +511,33 @@ alexnet_tensor::multiversion! {
                     let (i, j) = (ij / mt, ij % mt);
                     lin(row, a, |l| tf.at[j * a + l], |l| &u[(i * a + l) * len..][..len]);
                 }
-                for q in 0..mt * mt {
-                    let i = mt * ti + q / mt;
-                    if i >= ho {
-                        continue;
+                // Bias and ReLU, vectorised over the channels of each pixel.
+                for px in yv.chunks_exact_mut(og) {
+                    for (e, &bv) in px.iter_mut().zip(bias) {
+                        let val = *e + bv;
+                        // As relu_forward: max(e, 0) with NaN and -0 mapped to +0.
+                        *e = if !relu || val > T::zero() { val } else { T::zero() };
                     }
-                    for tj in 0..tw {
-                        let j = mt * tj + q % mt;
-                        if j >= wo {
+                }
+                // To NCHW, CHANNEL_BLOCK channels at a time, so that the lines written stay
+                // in L1 until they are full.
+                for o0 in (0..og).step_by(CHANNEL_BLOCK) {
+                    let ob = CHANNEL_BLOCK.min(og - o0);
+                    for q in 0..mt * mt {
+                        let i = mt * ti + q / mt;
+                        if i >= ho {
                             continue;
                         }
-                        let src = &yv[q * len + tj * og..][..og];
-                        let dst = yp[i * wo + j..].iter_mut().step_by(ho * wo);
-                        for ((dst, &val), &bv) in dst.zip(src).zip(bias) {
-                            let val = val + bv;
-                            // As relu_forward: max(e, 0) with NaN and -0 mapped to +0.
-                            *dst = if !relu || val > T::zero() { val } else { T::zero() };
+                        for tj in 0..tw {
+                            let j = mt * tj + q % mt;
+                            if j >= wo {
+                                continue;
+                            }
+                            let src = &yv[q * len + tj * og + o0..][..ob];
+                            let dst = yp[o0 * ho * wo + i * wo + j..].iter_mut().step_by(ho * wo);
+                            for (d, &v) in dst.zip(src) {
+                                *d = v;
+                            }
                         }
                     }
                 }
@@ -552,16 +572,22 @@ alexnet_tensor::multiversion! {
             for ti in 0..geo.th {
                 let p0 = (sn * geo.th + ti) * tw;
                 // d[q] (tw, O/g) = dY[m ti + q / m][m tj + q % m], zero outside the plane.
-                for (q, dq) in d.chunks_exact_mut(len).enumerate() {
-                    let i = m * ti + q / m;
-                    for (tj, dt) in dq.chunks_exact_mut(og).enumerate() {
-                        let j = m * tj + q % m;
-                        if i >= ho || j >= wo {
-                            dt.fill(T::zero());
-                            continue;
-                        }
-                        for (e, &v) in dt.iter_mut().zip(dp[i * wo + j..].iter().step_by(ho * wo)) {
-                            *e = v;
+                // CHANNEL_BLOCK channels at a time, so that the lines read stay in L1.
+                for o0 in (0..og).step_by(CHANNEL_BLOCK) {
+                    let ob = CHANNEL_BLOCK.min(og - o0);
+                    for (q, dq) in d.chunks_exact_mut(len).enumerate() {
+                        let i = m * ti + q / m;
+                        for (tj, dt) in dq.chunks_exact_mut(og).enumerate() {
+                            let j = m * tj + q % m;
+                            let dt = &mut dt[o0..o0 + ob];
+                            if i >= ho || j >= wo {
+                                dt.fill(T::zero());
+                                continue;
+                            }
+                            let src = dp[o0 * ho * wo + i * wo + j..].iter().step_by(ho * wo);
+                            for (e, &v) in dt.iter_mut().zip(src) {
+                                *e = v;
+                            }
                         }
                     }
                 }

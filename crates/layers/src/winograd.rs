@@ -376,6 +376,27 @@ alexnet_tensor::multiversion! {
     }
 }
 
+/// Calls `f(at, off, cb)` for every input pixel and block of `cb` <= CHANNEL_BLOCK channels of
+/// one sample's group: `at` is the block's offset in the padded channels-last plane, `off` its
+/// first channel's offset in the NCHW group (the others follow at strides of H W). Blocks
+/// outermost, so that the NCHW lines touched stay in L1 while they are used.
+#[inline(always)]
+fn interior_blocks(s: &ConvShape, geo: &Geo, mut f: impl FnMut(usize, usize, usize)) {
+    let cg = s.cg();
+    for c0 in (0..cg).step_by(CHANNEL_BLOCK) {
+        let cb = CHANNEL_BLOCK.min(cg - c0);
+        for r in 0..s.h {
+            for c in 0..s.w {
+                f(
+                    geo.at([r + s.pad, c + s.pad], cg) + c0,
+                    (c0 * s.h + r) * s.w + c,
+                    cb,
+                );
+            }
+        }
+    }
+}
+
 alexnet_tensor::multiversion! {
     /// Channels of group g of samples n0..n0+nb (`which` = [n0, nb, g]) -> the zero-padded,
     /// column-deinterleaved channels-last planes `xp` [sample][col % m][row][col / m][c'].
@@ -388,20 +409,12 @@ alexnet_tensor::multiversion! {
         for sn in 0..nb {
             let dst = &mut xp[sn * plane..][..plane];
             let src = &x[((n0 + sn) * s.c + g * cg) * s.h * s.w..][..cg * s.h * s.w];
-            // Pixel by pixel, CHANNEL_BLOCK channels at a time (the lines read stay in L1): a
-            // contiguous run of channels from a strided gather.
-            for c0 in (0..cg).step_by(CHANNEL_BLOCK) {
-                let cb = CHANNEL_BLOCK.min(cg - c0);
-                for r in 0..s.h {
-                    for c in 0..s.w {
-                        let at = geo.at([r + s.pad, c + s.pad], cg) + c0;
-                        let px = src[(c0 * s.h + r) * s.w + c..].iter().step_by(s.h * s.w);
-                        for (e, &v) in dst[at..at + cb].iter_mut().zip(px) {
-                            *e = v;
-                        }
-                    }
+            interior_blocks(s, geo, |at, off, cb| {
+                let px = src[off..].iter().step_by(s.h * s.w);
+                for (e, &v) in dst[at..at + cb].iter_mut().zip(px) {
+                    *e = v;
                 }
-            }
+            });
         }
     }
 }
@@ -416,18 +429,12 @@ alexnet_tensor::multiversion! {
         for sn in 0..nb {
             let src = &xp[sn * plane..][..plane];
             let dst = &mut dx[(sn * s.c + g * cg) * s.h * s.w..][..cg * s.h * s.w];
-            for c0 in (0..cg).step_by(CHANNEL_BLOCK) {
-                let cb = CHANNEL_BLOCK.min(cg - c0);
-                for r in 0..s.h {
-                    for c in 0..s.w {
-                        let at = geo.at([r + s.pad, c + s.pad], cg) + c0;
-                        let px = dst[(c0 * s.h + r) * s.w + c..].iter_mut().step_by(s.h * s.w);
-                        for (e, &v) in px.zip(&src[at..at + cb]) {
-                            *e = v;
-                        }
-                    }
+            interior_blocks(s, geo, |at, off, cb| {
+                let px = dst[off..].iter_mut().step_by(s.h * s.w);
+                for (e, &v) in px.zip(&src[at..at + cb]) {
+                    *e = v;
                 }
-            }
+            });
         }
     }
 }

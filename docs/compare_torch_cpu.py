@@ -18,7 +18,14 @@ import sys
 
 
 def run_json(cmd):
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        hint = ""
+        if "torch" in last:
+            hint = " (pip install torch==2.15.0, or --python PY for an interpreter that has it)"
+        raise SystemExit(f"{' '.join(cmd)} failed: {last}{hint}")
+    out = done.stdout
     lines = [line for line in out.splitlines() if line.startswith("{")]
     if not lines:
         raise SystemExit(f"no JSON line from {' '.join(cmd)}; its output was:\n{out}")

@@ -1,13 +1,16 @@
 //! The LRN and max-pool kernels alone on the paper network's shapes at batch 128: the max-pool
-//! backward with fast division must give the reference kernel's results exactly, and each
-//! kernel's time and effective bandwidth are printed, so the next optimisation starts from a
-//! measurement.
+//! backward with fast division must give the reference kernel's results exactly, the column
+//! LRN kernels (the network's) the per-element ones' within 1e-6 (and the CPU reference's bits:
+//! printed), and each kernel's time and effective bandwidth are printed, so the next
+//! optimisation starts from a measurement.
 
 use super::{median_secs, Tally};
 use alexnet_cuda::ops::lrn::{
-    lrn_bwd_inplace, lrn_fwd, maxpool_bwd, maxpool_bwd_ref, maxpool_fwd, LrnParams, PoolGeom,
+    lrn_bwd_cols, lrn_bwd_inplace, lrn_fwd_cols, lrn_fwd_elems, maxpool_bwd, maxpool_bwd_ref,
+    maxpool_fwd, LrnCols, LrnParams, PoolGeom, LRN_CHUNK,
 };
 use alexnet_cuda::Gpu;
+use alexnet_layers::lrn::{lrn_backward, lrn_forward, LrnParams as CpuLrn};
 use alexnet_tensor::rel_l2;
 use alexnet_tensor::rng::Rng;
 use anyhow::Result;
@@ -51,9 +54,33 @@ pub(super) fn lrn_kernels(gpu: &Arc<Gpu>, t: &mut Tally) -> Result<()> {
         let mut scratch = gpu.zeros(len)?;
         let q = LrnParams::new(n, c, h * w, 5, 1e-4, 0.75, 2.0, false)?;
         let s = time(gpu, || {
-            Ok(lrn_fwd(gpu, &x.as_view(), &mut y.as_view_mut(), q)?)
+            Ok(lrn_fwd_elems(gpu, &x.as_view(), &mut y.as_view_mut(), q)?)
         })?;
-        row("lrn fwd", name, s, 2 * 4 * len);
+        row("lrn fwd (elements)", name, s, 2 * 4 * len);
+        let y_elems = gpu.download(&y)?;
+        // The column kernels at three chunk sizes (the network uses LRN_CHUNK).
+        let mut y_cols = Vec::new();
+        for chunk in [16, 32, 64] {
+            let cols = LrnCols::new(&q, chunk)?;
+            let s = time(gpu, || {
+                Ok(lrn_fwd_cols(
+                    gpu,
+                    &x.as_view(),
+                    &mut y.as_view_mut(),
+                    q,
+                    cols,
+                )?)
+            })?;
+            row(&format!("lrn fwd (cols {chunk})"), name, s, 2 * 4 * len);
+            if chunk == LRN_CHUNK {
+                y_cols = gpu.download(&y)?;
+            }
+        }
+        t.check(
+            &format!("{name}: LRN forward, column vs per-element kernel"),
+            rel_l2(&y_cols, &y_elems),
+            1e-6,
+        );
         // The backward overwrites g in place: reload dy before every run.
         let s = time(gpu, || {
             gpu.stream()
@@ -63,7 +90,51 @@ pub(super) fn lrn_kernels(gpu: &Arc<Gpu>, t: &mut Tally) -> Result<()> {
             Ok(lrn_bwd_inplace(gpu, &xv, &mut gv, &mut tv, q)?)
         })?;
         // dy copy (8 B) + prep (16 B) + finish (16 B) per element.
-        row("lrn bwd +copy", name, s, 40 * len);
+        row("lrn bwd 2-pass +copy", name, s, 40 * len);
+        let dx_elems = gpu.download(&g)?;
+        let mut dx_cols = Vec::new();
+        for chunk in [16, 32, 64] {
+            let cols = LrnCols::new(&q, chunk)?;
+            let s = time(gpu, || {
+                let (xv, dyv, mut gv) = (x.as_view(), dy.as_view(), g.as_view_mut());
+                Ok(lrn_bwd_cols(gpu, &xv, &dyv, &mut gv, q, cols)?)
+            })?;
+            // x, dy read and dx written once.
+            row(&format!("lrn bwd (cols {chunk})"), name, s, 3 * 4 * len);
+            if chunk == LRN_CHUNK {
+                dx_cols = gpu.download(&g)?;
+            }
+        }
+        t.check(
+            &format!("{name}: LRN backward, column vs two-pass kernels"),
+            rel_l2(&dx_cols, &dx_elems),
+            1e-6,
+        );
+        // The column kernels follow the CPU reference operation by operation (beta 0.75: square
+        // roots and divisions, no FMA): report how many values differ in their bits.
+        let p = CpuLrn {
+            size: 5,
+            alpha: 1e-4,
+            beta: 0.75,
+            k: 2.0,
+        };
+        let (mut yc, mut sc, mut dxc) = (vec![0.0f32; len], vec![0.0f32; len], vec![0.0f32; len]);
+        lrn_forward(&xh, &mut yc, &mut sc, n, c, h * w, &p)?;
+        lrn_backward(&xh, &sc, &dyh, &mut dxc, n, c, h * w, &p)?;
+        let differ = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .filter(|(u, v)| u.to_bits() != v.to_bits())
+                .count()
+        };
+        println!(
+            "info {name}: column kernels vs CPU reference: {} of {len} forward and {} backward \
+             values differ in their bits (rel L2 {:.2e} / {:.2e})",
+            differ(&y_cols, &yc),
+            differ(&dx_cols, &dxc),
+            rel_l2(&y_cols, &yc),
+            rel_l2(&dx_cols, &dxc)
+        );
         let geom = PoolGeom::new(n * c, h, w, 3, 2)?;
         let mut py = gpu.zeros(geom.out_len())?;
         let mut arg = gpu

@@ -150,6 +150,167 @@ extern "C" __global__ void lrn_bwd_finish(const float* x, const float* t, float*
     }
 }
 
+// ---- Column form: one thread per (sample, pixel, chunk of channels) ----------------------
+// The per-element kernels above read each input 2 * half + 1 times (once per window holding it)
+// and the backward goes through memory twice (t, then the window sums of t). Here a thread walks
+// the channels of one pixel, `chunk` channels from c0, with the window's values in registers:
+// each input is loaded once (plus a halo of 2 * half channels at the chunk's ends), and the
+// backward is one pass. Threads of a warp take neighbouring pixels, so every load is coalesced.
+// The arithmetic follows the CPU reference (crates/layers/src/lrn.rs) operation by operation,
+// with the same summation order (zeros for channels outside [0, C) add nothing, exactly) and no
+// FMA contraction (__fmul_rn / __fadd_rn): with beta = 0.75 (square roots and a division,
+// correctly rounded on the GPU) the results are bit-identical to the CPU's.
+// Supported for half <= 2 (sizes up to 5: the paper's); the host uses the per-element kernels
+// otherwise.
+
+struct LrnCols {
+    unsigned int chunk;   // channels per thread
+    unsigned int chunks;  // ceil(C / chunk)
+    FastDiv div_chunks;   // division by chunks
+};
+
+// Thread t -> (base = n*C*HW + p, first channel c0, end channel c1) of its column chunk.
+__device__ __forceinline__ u32 lrn_col(u32 t, LrnParams q, LrnCols g, u32* c0, u32* c1) {
+    u32 r = fdiv(t, q.div_hw);  // n * chunks + chunk
+    u32 p = t - r * q.hw;
+    u32 n = fdiv(r, g.div_chunks);
+    u32 ck = r - n * g.chunks;
+    *c0 = ck * g.chunk;
+    *c1 = *c0 + g.chunk < q.c ? *c0 + g.chunk : q.c;
+    return n * q.c * q.hw + p;
+}
+
+// a_j (after the optional ReLU) at channel j of the column, 0 outside [0, C).
+__device__ __forceinline__ float lrn_col_in(const float* x, u32 base, int j, LrnParams q) {
+    return (j >= 0 && j < (int)q.c) ? lrn_in(x, base + (u32)j * q.hw, q.relu_input) : 0.0f;
+}
+
+// y = a / (k + alpha * window sum of a^2)^beta over the column chunk.
+template <int H>
+__device__ __forceinline__ void lrn_fwd_col(const float* x, float* y, u32 base, int c0, int c1,
+                                            LrnParams q) {
+    float a[2 * H + 1], sq[2 * H + 1];  // channels ch - H .. ch + H
+#pragma unroll
+    for (int k = 0; k < 2 * H; ++k) {
+        a[k] = lrn_col_in(x, base, c0 - H + k, q);
+        sq[k] = __fmul_rn(a[k], a[k]);
+    }
+    for (int ch = c0; ch < c1; ++ch) {
+        a[2 * H] = lrn_col_in(x, base, ch + H, q);
+        sq[2 * H] = __fmul_rn(a[2 * H], a[2 * H]);
+        float s = 0.0f;
+#pragma unroll
+        for (int k = 0; k <= 2 * H; ++k) s = __fadd_rn(s, sq[k]);
+        float d = __fadd_rn(q.k, __fmul_rn(q.alpha, s));
+        float v = a[H];
+        y[base + (u32)ch * q.hw] =
+            q.beta == 0.75f ? v / __fmul_rn(sqrtf(d), sqrtf(sqrtf(d))) : v * powf(d, -q.beta);
+#pragma unroll
+        for (int k = 0; k < 2 * H; ++k) {
+            a[k] = a[k + 1];
+            sq[k] = sq[k + 1];
+        }
+    }
+}
+
+// dx over the column chunk: with s_j = k + alpha * window sum,
+// t_j = s_j^-beta, r_j = dy_j a_j t_j / s_j:
+// dx_c = dy_c t_c - 2 alpha beta a_c sum_{j in W(c)} r_j (then the ReLU mask when fused).
+// A lead channel L runs H ahead of the output channel c = L - H: r_L needs a up to L + H.
+template <int H>
+__device__ __forceinline__ void lrn_bwd_col(const float* x, const float* dyp, float* dx, u32 base,
+                                            int c0, int c1, LrnParams q) {
+    // 2 alpha beta rounded once from the exact product, as the CPU computes it (in f64).
+    float coef = (float)(2.0 * (double)q.alpha * (double)q.beta);
+    float a[2 * H + 1], sq[2 * H + 1];  // channels L - H .. L + H
+    float r[2 * H + 1];                 // r_j, channels c - H .. c + H (= L - 2H .. L)
+    float u[H + 1];                     // dy_j t_j, channels c .. L
+#pragma unroll
+    for (int k = 0; k < 2 * H; ++k) {
+        a[k] = lrn_col_in(x, base, c0 - 2 * H + k, q);
+        sq[k] = __fmul_rn(a[k], a[k]);
+        r[k] = 0.0f;
+    }
+#pragma unroll
+    for (int k = 0; k < H; ++k) u[k] = 0.0f;
+    for (int lead = c0 - H; lead < c1 + H; ++lead) {
+        a[2 * H] = lrn_col_in(x, base, lead + H, q);
+        sq[2 * H] = __fmul_rn(a[2 * H], a[2 * H]);
+        float rl = 0.0f, ul = 0.0f;
+        if (lead >= 0 && lead < (int)q.c) {
+            float s = 0.0f;
+#pragma unroll
+            for (int k = 0; k <= 2 * H; ++k) s = __fadd_rn(s, sq[k]);
+            s = __fadd_rn(q.k, __fmul_rn(q.alpha, s));
+            float dy = dyp[base + (u32)lead * q.hw];
+            float al = a[H];
+            if (q.beta == 0.75f) {
+                // s^-0.75 = 1 / (sqrt(s) sqrt(sqrt(s))), s^-1.75 = (s^-0.75)^3 sqrt(s).
+                float qs = sqrtf(s);
+                float t = 1.0f / __fmul_rn(qs, sqrtf(qs));
+                rl = __fmul_rn(__fmul_rn(dy, al), __fmul_rn(__fmul_rn(__fmul_rn(t, t), t), qs));
+                ul = __fmul_rn(dy, t);
+            } else {
+                float t = powf(s, -q.beta);
+                rl = __fmul_rn(__fmul_rn(dy, al), t / s);
+                ul = __fmul_rn(dy, t);
+            }
+        }
+        r[2 * H] = rl;
+        u[H] = ul;
+        int c = lead - H;
+        if (c >= c0) {
+            float acc = 0.0f;
+#pragma unroll
+            for (int k = 0; k <= 2 * H; ++k) acc = __fadd_rn(acc, r[k]);
+            float ac = a[0];  // channel c = lead - H
+            float v = __fsub_rn(u[0], __fmul_rn(__fmul_rn(coef, ac), acc));
+            if (q.relu_input && !(ac > 0.0f)) v = 0.0f;
+            dx[base + (u32)c * q.hw] = v;
+        }
+#pragma unroll
+        for (int k = 0; k < 2 * H; ++k) {
+            a[k] = a[k + 1];
+            sq[k] = sq[k + 1];
+            r[k] = r[k + 1];
+        }
+#pragma unroll
+        for (int k = 0; k < H; ++k) u[k] = u[k + 1];
+    }
+}
+
+// x, y: (N, C, H, W); threads over (N, chunks, HW). q.half <= 2.
+extern "C" __global__ void lrn_fwd_cols(const float* x, float* y, LrnParams q, LrnCols g) {
+    u32 total = q.n * g.chunks * q.hw;
+    GRID_STRIDE(t, total) {
+        u32 c0, c1;
+        u32 base = lrn_col(t, q, g, &c0, &c1);
+        switch (q.half) {
+            case 0: lrn_fwd_col<0>(x, y, base, (int)c0, (int)c1, q); break;
+            case 1: lrn_fwd_col<1>(x, y, base, (int)c0, (int)c1, q); break;
+            case 2: lrn_fwd_col<2>(x, y, base, (int)c0, (int)c1, q); break;
+            default: break;
+        }
+    }
+}
+
+// x, dy, dx: (N, C, H, W) (dx distinct from dy: chunks read their neighbours' dy as halo).
+// Threads over (N, chunks, HW).
+extern "C" __global__ void lrn_bwd_cols(const float* x, const float* dy, float* dx, LrnParams q,
+                                        LrnCols gc) {
+    u32 total = q.n * gc.chunks * q.hw;
+    GRID_STRIDE(t, total) {
+        u32 c0, c1;
+        u32 base = lrn_col(t, q, gc, &c0, &c1);
+        switch (q.half) {
+            case 0: lrn_bwd_col<0>(x, dy, dx, base, (int)c0, (int)c1, q); break;
+            case 1: lrn_bwd_col<1>(x, dy, dx, base, (int)c0, (int)c1, q); break;
+            case 2: lrn_bwd_col<2>(x, dy, dx, base, (int)c0, (int)c1, q); break;
+            default: break;
+        }
+    }
+}
+
 // x: (planes, H, W) -> y: (planes, HO, WO), arg: (planes, HO, WO) flat index h*W + w of the
 // window's first maximum.
 extern "C" __global__ void maxpool_fwd(const float* x, float* y, int* arg, PoolGeom g) {

@@ -14,6 +14,7 @@
 //! and its CPU-side tests pass on machines without CUDA; [`Gpu::new`] then returns an error and
 //! [`device_count`] returns 0, never a panic.
 
+pub mod emu;
 pub mod error;
 pub mod gpu;
 pub mod hash;

@@ -20,7 +20,8 @@ use crate::ops::elementwise::{bias_act, col_sum, relu_fwd, relu_mask};
 use crate::ops::gemm::{gemm, MatDesc};
 use crate::ops::loss::softmax_ce;
 use crate::ops::lrn::{
-    lrn_bwd, lrn_bwd_inplace, lrn_fwd, maxpool_bwd, maxpool_fwd, LrnParams, PoolGeom,
+    lrn_backward, lrn_bwd, lrn_bwd_inplace, lrn_fwd, lrn_fwd_elems, maxpool_bwd, maxpool_fwd,
+    LrnParams, PoolGeom,
 };
 use crate::ops::sgd::sgd_step;
 use alexnet_tensor::fixture::Fixture;
@@ -230,6 +231,23 @@ fn lrn(gpu: &Arc<Gpu>, fx: &Fixture, e: &mut Errors) -> Result<(), CudaError> {
         e2.into_iter()
             .map(|(name, v)| (format!("{name} (two-pass)"), v)),
     );
+    // The per-element forward (lrn_fwd runs the column kernel for the fixtures' windows) and the
+    // one-pass column backward the network uses.
+    let mut e3 = Vec::new();
+    lrn_fwd_elems(gpu, &x.as_view(), &mut y.slice_mut(0..len), q)?;
+    cmp(fx, "y", &gpu.download(&y.slice(0..len))?, &mut e3)?;
+    lrn_backward(
+        gpu,
+        &x.as_view(),
+        &dy.as_view(),
+        &mut dx.slice_mut(0..len),
+        q,
+    )?;
+    cmp(fx, "dx", &gpu.download(&dx.slice(0..len))?, &mut e3)?;
+    e.extend(e3.into_iter().map(|(name, v)| {
+        let form = if name == "y" { "per-element" } else { "column" };
+        (format!("{name} ({form})"), v)
+    }));
     Ok(())
 }
 

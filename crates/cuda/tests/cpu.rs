@@ -8,7 +8,7 @@ use alexnet_cuda::ops::conv::{ConvGeom, ConvShape};
 use alexnet_cuda::ops::convert::f32_to_bf16_bits;
 use alexnet_cuda::ops::elementwise::dropout_threshold;
 use alexnet_cuda::ops::gemm::{gemm_dims, MatDesc};
-use alexnet_cuda::ops::lrn::{LrnParams, PoolGeom};
+use alexnet_cuda::ops::lrn::{LrnCols, LrnParams, PoolGeom};
 use alexnet_cuda::ops::sgd::SgdParams;
 use alexnet_cuda::{device_count, CudaError, Gpu, Precision};
 use std::mem::{align_of, size_of};
@@ -19,6 +19,7 @@ fn repr_c_structs_match_the_cuda_structs() {
     assert_eq!(size_of::<ConvGeom>(), 36);
     assert_eq!(size_of::<LrnParams>(), 48);
     assert_eq!(size_of::<PoolGeom>(), 56);
+    assert_eq!(size_of::<LrnCols>(), 16);
     assert_eq!((size_of::<SgdParams>(), align_of::<SgdParams>()), (24, 8));
     assert_eq!(size_of::<AugmentParams>(), 32);
     assert_eq!(size_of::<AugmentSample>(), 32);
@@ -33,7 +34,7 @@ fn kernel_inventory() {
         .iter()
         .flat_map(|f| f.kernel_names())
         .collect();
-    assert_eq!(names.len(), 32, "{names:?}");
+    assert_eq!(names.len(), 34, "{names:?}");
     for n in [
         "im2col",
         "col2im",
@@ -43,6 +44,8 @@ fn kernel_inventory() {
         "s2d_weight_grad",
         "lrn_bwd_prep",
         "lrn_bwd_finish",
+        "lrn_fwd_cols",
+        "lrn_bwd_cols",
         "channel_sum",
         "relu_mask_to",
         "softmax_ce",
@@ -266,4 +269,19 @@ fn fast_division_is_exact_below_2_pow_31() {
         }
     }
     assert!(FastDiv::new("test", 0).is_err());
+}
+
+#[test]
+fn lrn_column_chunks() {
+    let q = LrnParams::new(2, 70, 9, 5, 1e-4, 0.75, 2.0, false).unwrap();
+    let g = LrnCols::new(&q, 32).unwrap();
+    // 70 channels in chunks of 32: 32 + 32 + 6.
+    assert_eq!((g.chunk, g.chunks, g.threads(&q)), (32, 3, 2 * 3 * 9));
+    assert_eq!(g.div_chunks.div(7), 2);
+    // A chunk of 0 is taken as 1; one chunk when it covers every channel.
+    assert_eq!(LrnCols::new(&q, 0).unwrap().chunks, 70);
+    assert_eq!(LrnCols::new(&q, 100).unwrap().chunks, 1);
+    // chunks <= C, so the threads never outnumber the elements (32-bit indices hold).
+    let big = LrnParams::new(1 << 10, 64, 1 << 14, 5, 1e-4, 0.75, 2.0, false).unwrap();
+    assert_eq!(LrnCols::new(&big, 1).unwrap().threads(&big), 1 << 30);
 }

@@ -7,7 +7,7 @@ use crate::hash::layer_seed;
 use crate::ops::conv::{conv_backward, conv_forward, ConvShape};
 use crate::ops::elementwise::{bias_act, col_sum, dropout_apply, relu_fwd, relu_mask};
 use crate::ops::gemm::{gemm, MatDesc};
-use crate::ops::lrn::{lrn_bwd_inplace, lrn_fwd, maxpool_bwd, maxpool_fwd, LrnParams, PoolGeom};
+use crate::ops::lrn::{lrn_backward, lrn_fwd, maxpool_bwd, maxpool_fwd, LrnParams, PoolGeom};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use std::time::Instant;
 
@@ -365,17 +365,16 @@ impl GpuNet {
                     k,
                     ..
                 } => {
-                    // x, g: (n, C, H, W): dy -> dx in place, the other buffer as scratch
+                    // x, dy: (n, C, H, W) -> dx: (n, C, H, W) in the other buffer
                     let q = lrn_q(n, *c, *hw, *size, *alpha, *beta, *k)?;
                     let len = n * c * hw;
-                    lrn_bwd_inplace(
+                    lrn_backward(
                         &gpu,
                         &x.as_view(),
-                        &mut gc.slice_mut(0..len),
+                        &gc.slice(0..len),
                         &mut go.slice_mut(0..len),
                         q,
                     )?;
-                    swap = false;
                 }
                 Stage::Pool {
                     c,
@@ -420,15 +419,16 @@ impl GpuNet {
                     )?;
                     let q = lrn_q(n, *c, h * w, *size, *alpha, *beta, *k)?;
                     let len = n * c * h * w;
-                    // x, d(LRN out) -> dx: (n, C, H, W) in place in the other buffer (the
-                    // current one, no longer needed, is the scratch)
-                    lrn_bwd_inplace(
+                    // x, d(LRN out) -> dx: (n, C, H, W) back in the current buffer (its dy
+                    // was consumed by the pool's backward)
+                    lrn_backward(
                         &gpu,
                         &x.as_view(),
-                        &mut go.slice_mut(0..len),
+                        &go.slice(0..len),
                         &mut gc.slice_mut(0..len),
                         q,
                     )?;
+                    swap = false;
                 }
                 Stage::Dropout { len, p, layer, .. } => {
                     if *p > 0.0 {

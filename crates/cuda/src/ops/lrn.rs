@@ -1,5 +1,6 @@
 //! Launches of `kernels/lrn_pool.cu`: LRN forward/backward (paper convention: alpha times the
-//! plain sum of squares) and max-pool forward/backward (argmax; the backward also as a
+//! plain sum of squares; column kernels for windows up to 5, see [`LrnCols`], per-element ones
+//! otherwise and for comparison) and max-pool forward/backward (argmax; the backward also as a
 //! plain-division reference kernel). Index decompositions use [`FastDiv`]: on an H200 it took the
 //! max-pool backward from 0.37 to 0.28 ms and the LRN forward from 0.30 to 0.26 ms (paper conv1
 //! shapes, batch 128).
@@ -70,6 +71,51 @@ impl LrnParams {
     }
 }
 
+/// Largest LRN half-width (floor(size / 2)) of the column kernels (`lrn_fwd_cols`,
+/// `lrn_bwd_cols`); wider windows run on the per-element kernels.
+pub const LRN_COLS_MAX_HALF: u32 = 2;
+
+/// Channels per thread of the column kernels (see [`LrnCols`]).
+pub const LRN_CHUNK: usize = 32;
+
+/// `LrnCols` of kernels/lrn_pool.cu: the column kernels give each thread one pixel of one sample
+/// and `chunk` consecutive channels (the last chunk may be shorter).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LrnCols {
+    pub chunk: u32,
+    pub chunks: u32,
+    /// Division by `chunks` (see [`FastDiv`]).
+    pub div_chunks: FastDiv,
+}
+
+// SAFETY: `#[repr(C)]` of u32 fields (FastDiv: two u32), identical to the C struct `LrnCols`.
+unsafe impl DeviceRepr for LrnCols {}
+
+impl LrnCols {
+    /// Chunks of `chunk` channels (at least 1) over the channels of `q`. Errors when the
+    /// thread count N * chunks * HW does not fit the kernels' 32-bit indices.
+    pub fn new(q: &LrnParams, chunk: usize) -> Result<Self, CudaError> {
+        let chunk = u32_of("lrn", "chunk", chunk.max(1))?;
+        let chunks = q.c.div_ceil(chunk).max(1);
+        super::idx32(
+            "lrn",
+            "n * chunks * hw",
+            q.n as usize * chunks as usize * q.hw as usize,
+        )?;
+        Ok(LrnCols {
+            chunk,
+            chunks,
+            div_chunks: FastDiv::new("lrn", chunks)?,
+        })
+    }
+
+    /// Threads of a launch over `q`.
+    pub fn threads(&self, q: &LrnParams) -> usize {
+        q.n as usize * self.chunks as usize * q.hw as usize
+    }
+}
+
 /// `PoolGeom` of kernels/lrn_pool.cu.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,8 +179,105 @@ impl PoolGeom {
     }
 }
 
-/// x, y: (N, C, H, W): y = LRN(x).
+/// x, y: (N, C, H, W): y = LRN(x). The column kernel (chunks of [`LRN_CHUNK`] channels) for
+/// windows up to 2 * [`LRN_COLS_MAX_HALF`] + 1, else the per-element kernel.
 pub fn lrn_fwd(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    y: &mut CudaViewMut<f32>,
+    q: LrnParams,
+) -> Result<(), CudaError> {
+    if q.half <= LRN_COLS_MAX_HALF {
+        lrn_fwd_cols(gpu, x, y, q, LrnCols::new(&q, LRN_CHUNK)?)
+    } else {
+        lrn_fwd_elems(gpu, x, y, q)
+    }
+}
+
+/// x, y: (N, C, H, W): y = LRN(x), the column kernel with chunks `g` (q.half <= 2).
+pub fn lrn_fwd_cols(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    y: &mut CudaViewMut<f32>,
+    q: LrnParams,
+    g: LrnCols,
+) -> Result<(), CudaError> {
+    check_cols("lrn", &q)?;
+    check_len("lrn", "x", x.len(), q.len())?;
+    check_len("lrn", "y", y.len(), q.len())?;
+    let Some(cfg) = grid_for(g.threads(&q) as u64) else {
+        return Ok(());
+    };
+    let f = gpu.function(F, "lrn_fwd_cols")?;
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(x).arg(y).arg(&q).arg(&g);
+    // SAFETY: types match `lrn_fwd_cols(const float*, float*, LrnParams, LrnCols)`; x and y hold
+    // q.len() elements (checked) and the threads cover the chunks of g.
+    unsafe { l.launch(cfg) }
+        .map_err(CudaError::driver("lrn_fwd_cols"))
+        .map(|_| ())
+}
+
+/// x (the LRN input), dy -> dx: (N, C, H, W), dx a buffer other than dy (times the ReLU mask
+/// when `q.relu_input`). One pass of the column kernel for windows up to
+/// 2 * [`LRN_COLS_MAX_HALF`] + 1, else the one-kernel [`lrn_bwd`].
+pub fn lrn_backward(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    dy: &CudaView<f32>,
+    dx: &mut CudaViewMut<f32>,
+    q: LrnParams,
+) -> Result<(), CudaError> {
+    if q.half <= LRN_COLS_MAX_HALF {
+        lrn_bwd_cols(gpu, x, dy, dx, q, LrnCols::new(&q, LRN_CHUNK)?)
+    } else {
+        lrn_bwd(gpu, x, dy, dx, q)
+    }
+}
+
+/// [`lrn_backward`] by the column kernel with chunks `g` (q.half <= 2).
+pub fn lrn_bwd_cols(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    dy: &CudaView<f32>,
+    dx: &mut CudaViewMut<f32>,
+    q: LrnParams,
+    g: LrnCols,
+) -> Result<(), CudaError> {
+    check_cols("lrn backward", &q)?;
+    check_len("lrn backward", "x", x.len(), q.len())?;
+    check_len("lrn backward", "dy", dy.len(), q.len())?;
+    check_len("lrn backward", "dx", dx.len(), q.len())?;
+    let Some(cfg) = grid_for(g.threads(&q) as u64) else {
+        return Ok(());
+    };
+    let f = gpu.function(F, "lrn_bwd_cols")?;
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(x).arg(dy).arg(dx).arg(&q).arg(&g);
+    // SAFETY: types match `lrn_bwd_cols(const float*, const float*, float*, LrnParams,
+    // LrnCols)`; every buffer holds q.len() elements (checked); dy and dx are distinct views
+    // (one shared and one exclusive borrow).
+    unsafe { l.launch(cfg) }
+        .map_err(CudaError::driver("lrn_bwd_cols"))
+        .map(|_| ())
+}
+
+fn check_cols(op: &'static str, q: &LrnParams) -> Result<(), CudaError> {
+    if q.half > LRN_COLS_MAX_HALF {
+        return Err(CudaError::invalid(
+            op,
+            format!(
+                "the column kernels take windows up to {}, not {}",
+                2 * LRN_COLS_MAX_HALF + 1,
+                2 * q.half + 1
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// x, y: (N, C, H, W): y = LRN(x), one thread per element (any window size).
+pub fn lrn_fwd_elems(
     gpu: &Gpu,
     x: &CudaView<f32>,
     y: &mut CudaViewMut<f32>,

@@ -1,0 +1,217 @@
+//! kernels/augment.cu on the CPU emulator (no GPU): `augment_u8` (crop, horizontal flip,
+//! u8 -> f32, PCA-lighting delta, mean-image subtraction, scale) against a reference written from
+//! the definition of the CPU loader's `patch_to_chw` (crates/data/src/augment.rs; alexnet-data
+//! is not a dev-dependency of this crate, so it is restated here). Exact: the same three f32
+//! operations in the same order.
+
+#[path = "emu/common.rs"]
+mod common;
+
+use alexnet_cuda::emu::{arg, Emu};
+use alexnet_cuda::gpu::grid_for;
+use alexnet_cuda::kernels::KernelFile;
+use alexnet_cuda::{AugmentParams, AugmentSample};
+use alexnet_tensor::rng::Rng;
+use common::{emu, normal, rel_l2};
+use cudarc::driver::LaunchConfig;
+
+/// Elements past the end of the output that no launch may touch.
+const GUARD: usize = 40;
+
+/// Random u8 HWC images.
+fn images(len: usize, seed: u64) -> Vec<u8> {
+    let mut r = Rng::new(seed);
+    (0..len).map(|_| r.below(256) as u8).collect()
+}
+
+/// A mean image near mid-grey (f32 HWC).
+fn mean_image(h: u32, w: u32, seed: u64) -> Vec<f32> {
+    normal((h * w * 3) as usize, seed, 40.0)
+        .into_iter()
+        .map(|v| v + 120.0)
+        .collect()
+}
+
+/// The per-sample crop of image n at (oy, ox), mirrored left-right when flipped, each channel
+/// plus its lighting delta, minus the mean image cropped (and mirrored) at (moy, mox), times
+/// `scale`: out[n][c][y][x] = (img[n][oy+y][ox+x'][c] + delta[c] - mean[moy+y][mox+x'][c]) * scale
+/// with x' = crop-1-x when flipped. In f32, in that order (as the CPU loader computes it, then
+/// scaled), and in f64.
+fn reference(
+    src: &[u8],
+    mean: &[f32],
+    samples: &[AugmentSample],
+    p: &AugmentParams,
+) -> (Vec<f32>, Vec<f64>) {
+    let (c, sw, mw) = (p.crop as usize, p.src_w as usize, p.mean_w as usize);
+    let plane = p.src_h as usize * sw * 3;
+    let (mut out32, mut out64) = (Vec::new(), Vec::new());
+    for (n, s) in samples.iter().enumerate() {
+        let img = &src[n * plane..(n + 1) * plane];
+        for ch in 0..3 {
+            for y in 0..c {
+                for x in 0..c {
+                    let xs = if s.flip != 0 { c - 1 - x } else { x };
+                    let v = img[((s.oy as usize + y) * sw + s.ox as usize + xs) * 3 + ch];
+                    let m = mean[((s.moy as usize + y) * mw + s.mox as usize + xs) * 3 + ch];
+                    out32.push((v as f32 + s.delta[ch] - m) * p.scale);
+                    out64.push((v as f64 + s.delta[ch] as f64 - m as f64) * p.scale as f64);
+                }
+            }
+        }
+    }
+    (out32, out64)
+}
+
+/// augment_u8 over `cfg` (the op's `grid_for(n * 3 * crop^2)` unless given), after the op's
+/// own validation; the output has a guard tail that must stay untouched.
+fn run(
+    e: &Emu,
+    src: &[u8],
+    mean: &[f32],
+    samples: &[AugmentSample],
+    p: AugmentParams,
+    cfg: Option<LaunchConfig>,
+) -> Vec<f32> {
+    p.validate(samples).unwrap();
+    assert_eq!(src.len(), (p.n * p.src_h * p.src_w * 3) as usize);
+    assert_eq!(mean.len(), (p.mean_h * p.mean_w * 3) as usize);
+    let out = (p.n * 3 * p.crop * p.crop) as usize;
+    let cfg = cfg.unwrap_or_else(|| grid_for(out as u64).unwrap());
+    let mut x = vec![f32::NAN; out + GUARD];
+    let (sp, mp, qp, xp) = (
+        src.as_ptr(),
+        mean.as_ptr(),
+        samples.as_ptr(),
+        x.as_mut_ptr(),
+    );
+    // SAFETY: src and mean hold the sizes `p` gives (asserted), samples holds p.n entries and
+    // every crop fits its image and the mean image (validated), x holds n*3*crop^2 floats plus
+    // GUARD; the kernel indexes below those.
+    unsafe {
+        e.launch(
+            "augment_u8",
+            &cfg,
+            &[arg(&sp), arg(&mp), arg(&qp), arg(&xp), arg(&p)],
+        )
+    }
+    .unwrap();
+    assert!(
+        x[out..].iter().all(|v| v.is_nan()),
+        "augment_u8 wrote past the end"
+    );
+    x.truncate(out);
+    x
+}
+
+fn check(e: &Emu, p: AugmentParams, samples: &[AugmentSample], seed: u64) {
+    let src = images((p.n * p.src_h * p.src_w * 3) as usize, seed);
+    let mean = mean_image(p.mean_h, p.mean_w, seed + 1);
+    let (want, want64) = reference(&src, &mean, samples, &p);
+    let x = run(e, &src, &mean, samples, p, None);
+    // Same f32 operations in the same order (no multiply-add to contract): bit-exact.
+    assert_eq!(x, want, "augment_u8 {p:?}");
+    // And against f64: only the f32 roundings of three operations differ.
+    let err = rel_l2(&x, &want64);
+    assert!(err < 1e-6, "augment_u8 vs f64: rel L2 {err:e} ({p:?})");
+}
+
+/// A sample with crop origin (ox, oy), mean origin (mox, moy), flip and a lighting delta.
+fn sample(o: (u32, u32), mo: (u32, u32), flip: bool, seed: u64) -> AugmentSample {
+    let d = normal(3, seed, 12.0);
+    AugmentSample {
+        ox: o.0,
+        oy: o.1,
+        mox: mo.0,
+        moy: mo.1,
+        flip: flip as u32,
+        delta: [d[0], d[1], d[2]],
+    }
+}
+
+/// Four samples on 13 x 11 images (h != w, so a swapped index shows), crop 7, mean image
+/// 10 x 9 (another size, so mean and image origins differ): the four corners of both, flipped
+/// and not, and every channel's delta different.
+fn rect_case() -> (AugmentParams, Vec<AugmentSample>) {
+    let p = AugmentParams {
+        n: 4,
+        src_h: 13,
+        src_w: 11,
+        crop: 7,
+        mean_h: 10,
+        mean_w: 9,
+        scale: 1.0,
+        pad_: 0,
+    };
+    let samples = vec![
+        sample((0, 0), (2, 3), false, 1),
+        sample((4, 6), (0, 0), true, 2),
+        sample((4, 0), (2, 0), true, 3),
+        sample((1, 5), (1, 3), false, 4),
+    ];
+    (p, samples)
+}
+
+#[test]
+fn augment_kernel_matches_the_reference() {
+    let Some(e) = emu(KernelFile::Augment) else {
+        return;
+    };
+    // 4 * 3 * 49 = 588 outputs: three 256-thread blocks, the last partial.
+    let (p, samples) = rect_case();
+    check(&e, p, &samples, 10);
+    // A scale that is not a power of two (rounds on its own).
+    check(
+        &e,
+        AugmentParams {
+            scale: 1.0 / 58.4,
+            ..p
+        },
+        &samples,
+        11,
+    );
+    // The loader's shape: square images and mean, mean crop at the image crop, odd crop.
+    let p = AugmentParams::square(3, 12, 9, 12).unwrap();
+    let samples: Vec<AugmentSample> = [((3, 0), false), ((0, 3), true), ((2, 1), true)]
+        .iter()
+        .enumerate()
+        .map(|(i, &(o, f))| sample(o, o, f, 20 + i as u64))
+        .collect();
+    check(&e, p, &samples, 12);
+    // Crop = the whole image, mirrored: one sample, one partial block.
+    let p = AugmentParams::square(1, 5, 5, 5).unwrap();
+    check(&e, p, &[sample((0, 0), (0, 0), true, 30)], 13);
+    common::assert_all_launched(&e);
+}
+
+#[test]
+fn the_grid_stride_loop_covers_outputs_past_the_grid() {
+    let Some(e) = emu(KernelFile::Augment) else {
+        return;
+    };
+    // 588 outputs on 2 blocks of 32 threads: every thread takes several strides.
+    let (p, samples) = rect_case();
+    let src = images((p.n * p.src_h * p.src_w * 3) as usize, 40);
+    let mean = mean_image(p.mean_h, p.mean_w, 41);
+    let small = LaunchConfig {
+        grid_dim: (2, 1, 1),
+        block_dim: (32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let x = run(&e, &src, &mean, &samples, p, Some(small));
+    assert_eq!(x, reference(&src, &mean, &samples, &p).0);
+}
+
+#[test]
+fn crops_outside_the_image_or_mean_are_refused() {
+    // The op validates before it launches: these would read out of bounds.
+    let (p, mut samples) = rect_case();
+    assert!(p.validate(&samples).is_ok());
+    samples[1].ox = 5; // 5 + 7 > 11
+    assert!(p.validate(&samples).is_err());
+    samples[1].ox = 4;
+    samples[2].moy = 4; // 4 + 7 > 10
+    assert!(p.validate(&samples).is_err());
+    samples[2].moy = 0;
+    assert!(p.validate(&samples[..3]).is_err(), "3 samples for n = 4");
+}

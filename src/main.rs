@@ -98,7 +98,7 @@ struct BenchArgs {
     /// CUDA: convolution implementation, auto, cudnn or im2col (default auto: cuDNN for TF32
     /// (NCHW) and bf16 (NHWC copies), im2col + cuBLAS for f32; ALEXNET_CONV overrides;
     /// ALEXNET_CONV_LAYOUT=auto|nchw|nhwc picks cuDNN's layout, ALEXNET_CONV_S2D=off keeps
-    /// cuDNN's conv1 direct)
+    /// cuDNN's conv1 direct, ALEXNET_LRN=elements runs the per-element LRN kernels)
     #[arg(long)]
     conv: Option<String>,
     /// CUDA: how cuDNN picks algorithms, heuristic (default; resume stays bit-identical) or

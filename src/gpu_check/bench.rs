@@ -72,6 +72,9 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
     // default) and once without it, and im2col. bf16 runs on cuDNN in NHWC only (its default);
     // its NCHW row is im2col with conv1 on cuDNN in TF32.
     let mut rows: Vec<(Precision, ConvImpl, AlgoSearch, usize, bool, ConvLayout)> = Vec::new();
+    // Rows run again with the per-element LRN kernels (ALEXNET_LRN=elements): the defaults of
+    // each precision, the A/B of the column kernels.
+    let mut elems_rows = Vec::new();
     let cudnn = impls.contains(&ConvImpl::Cudnn);
     let (h, t) = (AlgoSearch::Heuristic, AlgoSearch::Timed);
     let (f32_, tf32, bf16) = (Precision::F32, Precision::Tf32, Precision::Bf16);
@@ -81,8 +84,12 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
         rows.push((f32_, ConvImpl::Cudnn, h, 128, true, nhwc));
     }
     rows.push((f32_, ConvImpl::Im2col, h, 128, true, auto));
+    elems_rows.push(rows.len() - 1);
     if cudnn {
         for lay in [nchw, nhwc] {
+            if lay == nchw {
+                elems_rows.push(rows.len());
+            }
             rows.push((tf32, ConvImpl::Cudnn, h, 128, true, lay));
             rows.push((tf32, ConvImpl::Cudnn, t, 128, true, lay));
         }
@@ -91,13 +98,20 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
     rows.push((tf32, ConvImpl::Im2col, h, 128, true, auto));
     if cudnn {
         rows.push((bf16, ConvImpl::Auto, h, 128, true, auto));
+        elems_rows.push(rows.len() - 1);
         rows.push((bf16, ConvImpl::Auto, t, 128, true, auto));
         rows.push((bf16, ConvImpl::Auto, h, 256, true, auto));
         rows.push((bf16, ConvImpl::Auto, h, 128, true, nchw));
     }
     rows.push((bf16, ConvImpl::Im2col, h, 128, true, auto));
     let (s2d_default, layout_default) = (gpu.space_to_depth(), gpu.conv_layout());
-    for (p, ci, a, batch, s2d, layout) in rows {
+    let lrn_default = gpu.lrn_columns();
+    let runs: Vec<_> = (0..rows.len())
+        .map(|i| (rows[i], true))
+        .chain(elems_rows.iter().map(|&i| (rows[i], false)))
+        .collect();
+    for ((p, ci, a, batch, s2d, layout), lrn_cols) in runs {
+        gpu.set_lrn_columns(lrn_cols);
         gpu.set_conv_impl(ci)?;
         gpu.set_algo_search(a);
         gpu.set_space_to_depth(s2d);
@@ -112,6 +126,9 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
         }
         if ci != ConvImpl::Im2col {
             conv_name.push_str(if nhwc { " nhwc" } else { " nchw" });
+        }
+        if !lrn_cols {
+            conv_name.push_str(" lrn-el");
         }
         let peak = match peaks.iter().find(|(q, _)| *q == p) {
             Some(&(_, v)) => Some(v),
@@ -166,12 +183,15 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
     }
     gpu.set_space_to_depth(s2d_default);
     gpu.set_conv_layout(layout_default);
+    gpu.set_lrn_columns(lrn_default);
     println!(
         "limit: {:.2} GFLOP per trained image; TFLOP/s = train img/s x {:.2e}; GEMM peak = \
          measured {PEAK_GEMM}^3 GEMM through our cuBLAS path (bf16 including the operand casts); \
          auto: cuDNN for TF32 (NCHW) and bf16 (NHWC), im2col + cuBLAS for f32; bf16 auto \
          nchw: im2col + bf16 GEMMs with conv1 on cuDNN in TF32; no-s2d: conv1 without the \
-         space-to-depth form; nhwc: cuDNN on NHWC copies (bf16 for bf16)",
+         space-to-depth form; nhwc: cuDNN on NHWC copies (bf16 for bf16); lrn-el: the \
+         per-element LRN kernels and a separate pool backward (ALEXNET_LRN=elements) instead \
+         of the column kernels",
         FLOP_PER_TRAINED_IMAGE / 1e9,
         FLOP_PER_TRAINED_IMAGE
     );

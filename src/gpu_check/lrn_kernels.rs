@@ -6,8 +6,8 @@
 
 use super::{median_secs, Tally};
 use alexnet_cuda::ops::lrn::{
-    lrn_bwd_cols, lrn_bwd_inplace, lrn_fwd_cols, lrn_fwd_elems, maxpool_bwd, maxpool_bwd_ref,
-    maxpool_fwd, LrnCols, LrnParams, PoolGeom, LRN_CHUNK,
+    lrn_bwd_cols, lrn_bwd_inplace, lrn_fwd_cols, lrn_fwd_elems, lrn_pool_bwd_cols, maxpool_bwd,
+    maxpool_bwd_ref, maxpool_fwd, LrnCols, LrnParams, PoolGeom, LRN_CHUNK,
 };
 use alexnet_cuda::Gpu;
 use alexnet_layers::lrn::{lrn_backward, lrn_forward, LrnParams as CpuLrn};
@@ -170,6 +170,42 @@ pub(super) fn lrn_kernels(gpu: &Arc<Gpu>, t: &mut Tally) -> Result<()> {
             &format!("{name}: max-pool backward, fast-division vs reference kernel (identical)"),
             rel_l2(&bwd[0], &bwd[1]),
             0.0,
+        );
+        // The network's LRN + pool backward: the pool's backward then the two-pass LRN one
+        // (ALEXNET_LRN=elements), against the fused column kernel (the default). The pool ran
+        // over x here (not over the LRN output): any argmax is valid input for the check.
+        let s = time(gpu, || {
+            let (dyv, av, mut dx) = (py.as_view(), arg.as_view(), g.as_view_mut());
+            maxpool_bwd(gpu, &dyv, &av, &mut dx, geom)?;
+            let (xv, mut gv, mut tv) = (x.as_view(), g.as_view_mut(), scratch.as_view_mut());
+            Ok(lrn_bwd_inplace(gpu, &xv, &mut gv, &mut tv, q)?)
+        })?;
+        // pool backward + prep (16 B) + finish (16 B) per element.
+        row(
+            "pool+lrn bwd (elems)",
+            name,
+            s,
+            36 * len + 8 * geom.out_len(),
+        );
+        let unfused = gpu.download(&g)?;
+        let cols = LrnCols::new(&q, LRN_CHUNK)?;
+        let s = time(gpu, || {
+            let (xv, dyv, av, mut dx) = (x.as_view(), py.as_view(), arg.as_view(), g.as_view_mut());
+            Ok(lrn_pool_bwd_cols(
+                gpu, &xv, &dyv, &av, &mut dx, q, cols, geom,
+            )?)
+        })?;
+        // x read, dx written, the pool's dy and argmax read.
+        row(
+            "pool+lrn bwd (fused)",
+            name,
+            s,
+            8 * len + 8 * geom.out_len(),
+        );
+        t.check(
+            &format!("{name}: LRN + max-pool backward, fused column vs separate kernels"),
+            rel_l2(&gpu.download(&g)?, &unfused),
+            1e-6,
         );
     }
     Ok(())

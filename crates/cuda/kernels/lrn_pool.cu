@@ -170,14 +170,15 @@ struct LrnCols {
 };
 
 // Thread t -> (base = n*C*HW + p, first channel c0, end channel c1) of its column chunk.
-__device__ __forceinline__ u32 lrn_col(u32 t, LrnParams q, LrnCols g, u32* c0, u32* c1) {
+__device__ __forceinline__ u32 lrn_col(u32 t, LrnParams q, LrnCols g, u32* c0, u32* c1, u32* n,
+                                      u32* p) {
     u32 r = fdiv(t, q.div_hw);  // n * chunks + chunk
-    u32 p = t - r * q.hw;
-    u32 n = fdiv(r, g.div_chunks);
-    u32 ck = r - n * g.chunks;
+    *p = t - r * q.hw;
+    *n = fdiv(r, g.div_chunks);
+    u32 ck = r - *n * g.chunks;
     *c0 = ck * g.chunk;
     *c1 = *c0 + g.chunk < q.c ? *c0 + g.chunk : q.c;
-    return n * q.c * q.hw + p;
+    return *n * q.c * q.hw + *p;
 }
 
 // a_j (after the optional ReLU) at channel j of the column, 0 outside [0, C).
@@ -213,13 +214,21 @@ __device__ __forceinline__ void lrn_fwd_col(const float* x, float* y, u32 base, 
     }
 }
 
+// The incoming gradient of the LRN output at channel j of the column (base = n*C*HW + p).
+struct DyPlain {
+    const float* dy;
+    __device__ __forceinline__ float at(u32 base, int j, u32 hw) const {
+        return dy[base + (u32)j * hw];
+    }
+};
+
 // dx over the column chunk: with s_j = k + alpha * window sum,
 // t_j = s_j^-beta, r_j = dy_j a_j t_j / s_j:
 // dx_c = dy_c t_c - 2 alpha beta a_c sum_{j in W(c)} r_j (then the ReLU mask when fused).
 // A lead channel L runs H ahead of the output channel c = L - H: r_L needs a up to L + H.
-template <int H>
-__device__ __forceinline__ void lrn_bwd_col(const float* x, const float* dyp, float* dx, u32 base,
-                                            int c0, int c1, LrnParams q) {
+template <int H, typename Dy>
+__device__ __forceinline__ void lrn_bwd_col(const float* x, Dy dyp, float* dx, u32 base, int c0,
+                                            int c1, LrnParams q) {
     // 2 alpha beta rounded once from the exact product, as the CPU computes it (in f64).
     float coef = (float)(2.0 * (double)q.alpha * (double)q.beta);
     float a[2 * H + 1], sq[2 * H + 1];  // channels L - H .. L + H
@@ -242,7 +251,7 @@ __device__ __forceinline__ void lrn_bwd_col(const float* x, const float* dyp, fl
 #pragma unroll
             for (int k = 0; k <= 2 * H; ++k) s = __fadd_rn(s, sq[k]);
             s = __fadd_rn(q.k, __fmul_rn(q.alpha, s));
-            float dy = dyp[base + (u32)lead * q.hw];
+            float dy = dyp.at(base, lead, q.hw);
             float al = a[H];
             if (q.beta == 0.75f) {
                 // s^-0.75 = 1 / (sqrt(s) sqrt(sqrt(s))), s^-1.75 = (s^-0.75)^3 sqrt(s).
@@ -283,8 +292,8 @@ __device__ __forceinline__ void lrn_bwd_col(const float* x, const float* dyp, fl
 extern "C" __global__ void lrn_fwd_cols(const float* x, float* y, LrnParams q, LrnCols g) {
     u32 total = q.n * g.chunks * q.hw;
     GRID_STRIDE(t, total) {
-        u32 c0, c1;
-        u32 base = lrn_col(t, q, g, &c0, &c1);
+        u32 c0, c1, n, p;
+        u32 base = lrn_col(t, q, g, &c0, &c1, &n, &p);
         switch (q.half) {
             case 0: lrn_fwd_col<0>(x, y, base, (int)c0, (int)c1, q); break;
             case 1: lrn_fwd_col<1>(x, y, base, (int)c0, (int)c1, q); break;
@@ -300,12 +309,13 @@ extern "C" __global__ void lrn_bwd_cols(const float* x, const float* dy, float* 
                                         LrnCols gc) {
     u32 total = q.n * gc.chunks * q.hw;
     GRID_STRIDE(t, total) {
-        u32 c0, c1;
-        u32 base = lrn_col(t, q, gc, &c0, &c1);
+        u32 c0, c1, n, p;
+        u32 base = lrn_col(t, q, gc, &c0, &c1, &n, &p);
+        DyPlain src{dy};
         switch (q.half) {
-            case 0: lrn_bwd_col<0>(x, dy, dx, base, (int)c0, (int)c1, q); break;
-            case 1: lrn_bwd_col<1>(x, dy, dx, base, (int)c0, (int)c1, q); break;
-            case 2: lrn_bwd_col<2>(x, dy, dx, base, (int)c0, (int)c1, q); break;
+            case 0: lrn_bwd_col<0>(x, src, dx, base, (int)c0, (int)c1, q); break;
+            case 1: lrn_bwd_col<1>(x, src, dx, base, (int)c0, (int)c1, q); break;
+            case 2: lrn_bwd_col<2>(x, src, dx, base, (int)c0, (int)c1, q); break;
             default: break;
         }
     }
@@ -385,5 +395,51 @@ extern "C" __global__ void maxpool_bwd_ref(const float* dy, const int* arg, floa
         u32 j_lo = w >= g.k ? (w - g.k) / g.stride + 1 : 0;
         u32 j_hi = w / g.stride; if (j_hi > g.wo - 1) j_hi = g.wo - 1;
         dx[t] = maxpool_gather(dy, arg, g, plane, h, w, i_lo, i_hi, j_lo, j_hi);
+    }
+}
+
+// ---- Max-pool backward fused into the column LRN backward ----------------------------------
+// The network's LRN + pool stage: the LRN output's gradient at (n, j, h, w) is the pool's
+// backward there, gathered from the (at most four) windows covering the pixel, exactly as
+// maxpool_bwd computes it; the column LRN backward takes it channel by channel, so the full-size
+// intermediate gradient is never written or read. The pixel's window ranges are computed once.
+struct DyPool {
+    const float* dy;  // (N*C, HO, WO), the pool output's gradient
+    const int* arg;   // (N*C, HO, WO)
+    PoolGeom g;
+    u32 plane0;       // n * C
+    u32 h, w, i_lo, i_hi, j_lo, j_hi;
+    __device__ __forceinline__ float at(u32, int j, u32) const {
+        return maxpool_gather(dy, arg, g, plane0 + (u32)j, h, w, i_lo, i_hi, j_lo, j_hi);
+    }
+};
+
+// x, dx: (N, C, H, W); pdy, arg: (N*C, HO, WO) of the pool over the LRN output (g.planes = N*C,
+// g.h * g.w = q.hw). Threads over (N, chunks, HW). q.half <= 2.
+extern "C" __global__ void lrn_pool_bwd_cols(const float* x, const float* pdy, const int* arg,
+                                             float* dx, LrnParams q, LrnCols gc, PoolGeom g) {
+    u32 total = q.n * gc.chunks * q.hw;
+    GRID_STRIDE(t, total) {
+        u32 c0, c1, n, p;
+        u32 base = lrn_col(t, q, gc, &c0, &c1, &n, &p);
+        DyPool src;
+        src.dy = pdy;
+        src.arg = arg;
+        src.g = g;
+        src.plane0 = n * q.c;
+        src.h = fdiv(p, g.div_w);
+        src.w = p - src.h * g.w;
+        src.i_lo = src.h >= g.k ? fdiv(src.h - g.k, g.div_stride) + 1 : 0;
+        src.i_hi = fdiv(src.h, g.div_stride);
+        if (src.i_hi > g.ho - 1) src.i_hi = g.ho - 1;
+        src.j_lo = src.w >= g.k ? fdiv(src.w - g.k, g.div_stride) + 1 : 0;
+        src.j_hi = fdiv(src.w, g.div_stride);
+        if (src.j_hi > g.wo - 1) src.j_hi = g.wo - 1;
+        switch (q.half) {
+            case 0: lrn_bwd_col<0>(x, src, dx, base, (int)c0, (int)c1, q); break;
+            case 1: lrn_bwd_col<1>(x, src, dx, base, (int)c0, (int)c1, q); break;
+            case 2: lrn_bwd_col<2>(x, src, dx, base, (int)c0, (int)c1, q); break;
+            default: break;
+        }
     }
 }

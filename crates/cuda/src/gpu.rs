@@ -211,6 +211,11 @@ pub const LAYOUT_ENV: &str = "ALEXNET_CONV_LAYOUT";
 /// (`ops::space_to_depth`) `off` (default `on`).
 pub const S2D_ENV: &str = "ALEXNET_CONV_S2D";
 
+/// Environment variable that picks the LRN kernels of the network: `columns` (default; one
+/// thread per pixel and chunk of channels, the max-pool backward fused into the LRN backward)
+/// or `elements` (one thread per element, the pool backward separate), for comparison.
+pub const LRN_ENV: &str = "ALEXNET_LRN";
+
 /// Threads per block of the element-wise kernels.
 pub const BLOCK: u32 = 256;
 /// Largest grid of a grid-stride kernel (the kernels loop over the rest).
@@ -279,17 +284,28 @@ fn default_algo_search() -> Result<AlgoSearch, CudaError> {
     }
 }
 
-/// True unless [`S2D_ENV`] says `off`; any value other than `on`/`off` is an error.
-fn default_space_to_depth() -> Result<bool, CudaError> {
-    match std::env::var(S2D_ENV) {
-        Ok(v) if v == "off" => Ok(false),
-        Ok(v) if v == "on" || v.is_empty() => Ok(true),
+/// A two-way switch from the environment: true when `var` is unset, empty or `yes`, false for
+/// `no`; any other value is an error naming both words.
+fn env_switch(var: &'static str, yes: &str, no: &str) -> Result<bool, CudaError> {
+    match std::env::var(var) {
+        Ok(v) if v == no => Ok(false),
+        Ok(v) if v == yes || v.is_empty() => Ok(true),
         Ok(v) => Err(CudaError::invalid(
-            S2D_ENV,
-            format!("{v:?}: expected on or off"),
+            var,
+            format!("{v:?}: expected {yes} or {no}"),
         )),
         Err(_) => Ok(true),
     }
+}
+
+/// True unless [`S2D_ENV`] says `off`; any value other than `on`/`off` is an error.
+fn default_space_to_depth() -> Result<bool, CudaError> {
+    env_switch(S2D_ENV, "on", "off")
+}
+
+/// True (the column LRN kernels) unless [`LRN_ENV`] says `elements`.
+fn default_lrn_columns() -> Result<bool, CudaError> {
+    env_switch(LRN_ENV, "columns", "elements")
 }
 
 /// [`ConvLayout::Auto`] unless [`LAYOUT_ENV`] says otherwise.
@@ -343,6 +359,8 @@ pub struct Gpu {
     space_to_depth: AtomicBool,
     /// [`ConvLayout`] as u8 (0 auto, 1 NCHW, 2 NHWC).
     conv_layout: AtomicU8,
+    /// The column LRN kernels ([`LRN_ENV`]).
+    lrn_columns: AtomicBool,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -403,6 +421,7 @@ impl Gpu {
                 algo_timed: AtomicBool::new(default_algo_search()? == AlgoSearch::Timed),
                 space_to_depth: AtomicBool::new(default_space_to_depth()?),
                 conv_layout: AtomicU8::new(default_conv_layout()? as u8),
+                lrn_columns: AtomicBool::new(default_lrn_columns()?),
             })
         })
     }
@@ -451,6 +470,17 @@ impl Gpu {
     /// Turns the space-to-depth form on or off (plans are cached per shape, so both coexist).
     pub fn set_space_to_depth(&self, on: bool) {
         self.space_to_depth.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether the network's LRN runs on the column kernels (default; [`LRN_ENV`]`=elements`
+    /// turns them off). Windows wider than 5 always use the per-element kernels.
+    pub fn lrn_columns(&self) -> bool {
+        self.lrn_columns.load(Ordering::Relaxed)
+    }
+
+    /// Switches the LRN kernels (see [`Gpu::lrn_columns`]).
+    pub fn set_lrn_columns(&self, on: bool) {
+        self.lrn_columns.store(on, Ordering::Relaxed);
     }
 
     /// The layout of cuDNN convolutions ([`ConvLayout`]; [`LAYOUT_ENV`] sets the default).
@@ -591,5 +621,31 @@ impl Gpu {
         self.stream
             .clone_dtoh(s)
             .map_err(CudaError::driver("copy device to host"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::env_switch;
+
+    #[test]
+    fn env_switch_takes_two_words_and_refuses_others() {
+        // A variable of this test only (the process's environment is shared by the tests).
+        const VAR: &str = "ALEXNET_TEST_ENV_SWITCH";
+        std::env::remove_var(VAR);
+        assert!(env_switch(VAR, "columns", "elements").unwrap());
+        std::env::set_var(VAR, "elements");
+        assert!(!env_switch(VAR, "columns", "elements").unwrap());
+        std::env::set_var(VAR, "columns");
+        assert!(env_switch(VAR, "columns", "elements").unwrap());
+        std::env::set_var(VAR, "column");
+        let e = env_switch(VAR, "columns", "elements")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(VAR) && e.contains("expected columns or elements"),
+            "{e}"
+        );
+        std::env::remove_var(VAR);
     }
 }

@@ -20,8 +20,8 @@ use crate::ops::elementwise::{bias_act, col_sum, relu_fwd, relu_mask};
 use crate::ops::gemm::{gemm, MatDesc};
 use crate::ops::loss::softmax_ce;
 use crate::ops::lrn::{
-    lrn_backward, lrn_bwd, lrn_bwd_inplace, lrn_fwd, lrn_fwd_elems, maxpool_bwd, maxpool_fwd,
-    LrnParams, PoolGeom,
+    lrn_bwd, lrn_bwd_cols, lrn_bwd_inplace, lrn_fwd_cols, lrn_fwd_elems, maxpool_bwd, maxpool_fwd,
+    LrnCols, LrnParams, PoolGeom, LRN_CHUNK, LRN_COLS_MAX_HALF,
 };
 use crate::ops::sgd::sgd_step;
 use alexnet_tensor::fixture::Fixture;
@@ -206,7 +206,7 @@ fn lrn(gpu: &Arc<Gpu>, fx: &Fixture, e: &mut Errors) -> Result<(), CudaError> {
     let (x, dy) = (gpu.upload(t(fx, "x")?)?, gpu.upload(t(fx, "dy")?)?);
     let len = x.len();
     let (mut y, mut dx) = (gpu.zeros(len)?, gpu.zeros(len)?);
-    lrn_fwd(gpu, &x.as_view(), &mut y.slice_mut(0..len), q)?;
+    lrn_fwd_elems(gpu, &x.as_view(), &mut y.slice_mut(0..len), q)?;
     lrn_bwd(
         gpu,
         &x.as_view(),
@@ -231,23 +231,20 @@ fn lrn(gpu: &Arc<Gpu>, fx: &Fixture, e: &mut Errors) -> Result<(), CudaError> {
         e2.into_iter()
             .map(|(name, v)| (format!("{name} (two-pass)"), v)),
     );
-    // The per-element forward (lrn_fwd runs the column kernel for the fixtures' windows) and the
-    // one-pass column backward the network uses.
-    let mut e3 = Vec::new();
-    lrn_fwd_elems(gpu, &x.as_view(), &mut y.slice_mut(0..len), q)?;
-    cmp(fx, "y", &gpu.download(&y.slice(0..len))?, &mut e3)?;
-    lrn_backward(
-        gpu,
-        &x.as_view(),
-        &dy.as_view(),
-        &mut dx.slice_mut(0..len),
-        q,
-    )?;
-    cmp(fx, "dx", &gpu.download(&dx.slice(0..len))?, &mut e3)?;
-    e.extend(e3.into_iter().map(|(name, v)| {
-        let form = if name == "y" { "per-element" } else { "column" };
-        (format!("{name} ({form})"), v)
-    }));
+    // The column kernels the network uses (windows up to 5).
+    if q.half <= LRN_COLS_MAX_HALF {
+        let mut e3 = Vec::new();
+        let cols = LrnCols::new(&q, LRN_CHUNK)?;
+        lrn_fwd_cols(gpu, &x.as_view(), &mut y.slice_mut(0..len), q, cols)?;
+        cmp(fx, "y", &gpu.download(&y.slice(0..len))?, &mut e3)?;
+        let (xv, dyv) = (x.as_view(), dy.as_view());
+        lrn_bwd_cols(gpu, &xv, &dyv, &mut dx.slice_mut(0..len), q, cols)?;
+        cmp(fx, "dx", &gpu.download(&dx.slice(0..len))?, &mut e3)?;
+        e.extend(
+            e3.into_iter()
+                .map(|(name, v)| (format!("{name} (column)"), v)),
+        );
+    }
     Ok(())
 }
 

@@ -34,7 +34,7 @@ fn kernel_inventory() {
         .iter()
         .flat_map(|f| f.kernel_names())
         .collect();
-    assert_eq!(names.len(), 34, "{names:?}");
+    assert_eq!(names.len(), 35, "{names:?}");
     for n in [
         "im2col",
         "col2im",
@@ -46,6 +46,7 @@ fn kernel_inventory() {
         "lrn_bwd_finish",
         "lrn_fwd_cols",
         "lrn_bwd_cols",
+        "lrn_pool_bwd_cols",
         "channel_sum",
         "relu_mask_to",
         "softmax_ce",

@@ -27,6 +27,21 @@ fn cpu_lrn() -> CpuLrn {
     }
 }
 
+/// The kernels' parameters of the CPU reference's `p` over (n, c, hw).
+fn gpu_params(p: &CpuLrn, (n, c, hw): (usize, usize, usize), relu: bool) -> LrnParams {
+    LrnParams::new(
+        n,
+        c,
+        hw,
+        p.size,
+        p.alpha as f32,
+        p.beta as f32,
+        p.k as f32,
+        relu,
+    )
+    .unwrap()
+}
+
 /// The CPU reference in f64 of the LRN of max(x, 0) (relu) or x: (y, scale).
 fn reference(x: &[f32], relu: bool) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let a: Vec<f64> = x
@@ -43,17 +58,7 @@ fn lrn_checks(e: &Emu, relu: bool) {
     let x = normal(len, 11 + relu as u64, 1.5);
     let dy = normal(len, 12, 1.0);
     let p = cpu_lrn();
-    let q = LrnParams::new(
-        N,
-        C,
-        HW,
-        p.size,
-        p.alpha as f32,
-        p.beta as f32,
-        p.k as f32,
-        relu,
-    )
-    .unwrap();
+    let q = gpu_params(&p, (N, C, HW), relu);
     let cfg = grid_for(len as u64).unwrap();
     let (a, y_ref, s_ref) = reference(&x, relu);
     let mut dx_ref = vec![0.0; len];
@@ -169,17 +174,7 @@ fn cols_check(
     let x = normal(len, seed, 1.5);
     let dy = normal(len, seed + 1, 1.0);
     let p = CpuLrn { size, ..p };
-    let q = LrnParams::new(
-        n,
-        c,
-        hw,
-        size,
-        p.alpha as f32,
-        p.beta as f32,
-        p.k as f32,
-        relu,
-    )
-    .unwrap();
+    let q = gpu_params(&p, (n, c, hw), relu);
     let g = LrnCols::new(&q, chunk).unwrap();
     let a: Vec<f32> = x
         .iter()
@@ -256,6 +251,67 @@ fn cols_checks(e: &Emu) {
     cols_check(e, (2, 40, 12), 5, 16, true, other, 1e-6);
 }
 
+/// The fused LRN + max-pool backward against the CPU's two passes (pool backward, then LRN
+/// backward): bit-identical (same gathers in the same order, same LRN arithmetic).
+fn fused_check(e: &Emu, (n, c, h, w): (usize, usize, usize, usize), size: usize, chunk: usize) {
+    let (hw, len) = (h * w, n * c * h * w);
+    let p = CpuLrn {
+        size,
+        alpha: 0.375,
+        beta: 0.75,
+        k: 2.0,
+    };
+    // Post-ReLU activations (exact zeros included, as in the network) with ties in the pools.
+    let x: Vec<f32> = normal(len, 31, 1.5)
+        .iter()
+        .map(|v| (v * 2.0).round().max(0.0) / 2.0)
+        .collect();
+    let q = gpu_params(&p, (n, c, hw), false);
+    let cols = LrnCols::new(&q, chunk).unwrap();
+    let g = PoolGeom::new(n * c, h, w, 3, 2).unwrap();
+    let s = PoolShape {
+        planes: n * c,
+        h,
+        w,
+        k: 3,
+        stride: 2,
+    };
+    // The forward on the CPU: LRN, then the pool's argmax over its output.
+    let (mut l, mut sc) = (vec![0.0f32; len], vec![0.0f32; len]);
+    lrn_forward(&x, &mut l, &mut sc, n, c, hw, &p).unwrap();
+    let mut py = vec![0.0f32; g.out_len()];
+    let mut am = vec![0u32; g.out_len()];
+    maxpool_forward(&l, &mut py, &mut am, &s).unwrap();
+    let pdy = normal(g.out_len(), 32, 1.0);
+    let mut dl = vec![0.0f32; len];
+    maxpool_backward(&pdy, &am, &mut dl, &s).unwrap();
+    let mut dx_ref = vec![0.0f32; len];
+    lrn_backward_relu(&x, &sc, &dl, &mut dx_ref, [n, c, hw], &p, false).unwrap();
+
+    let ai: Vec<i32> = am.iter().map(|&v| v as i32).collect();
+    let mut dx = vec![f32::NAN; len];
+    let (xp, pp, ap, dxp) = (x.as_ptr(), pdy.as_ptr(), ai.as_ptr(), dx.as_mut_ptr());
+    let cfg = grid_for(cols.threads(&q) as u64).unwrap();
+    let args = [
+        arg(&xp),
+        arg(&pp),
+        arg(&ap),
+        arg(&dxp),
+        arg(&q),
+        arg(&cols),
+        arg(&g),
+    ];
+    // SAFETY: x and dx hold n*c*h*w floats, pdy and arg the pool's output; the threads cover
+    // n * chunks * hw columns.
+    unsafe { e.launch("lrn_pool_bwd_cols", &cfg, &args) }.unwrap();
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        bits(&dx),
+        bits(&dx_ref),
+        "lrn_pool_bwd_cols (n, c, h, w) = ({n}, {c}, {h}, {w}), size {size}, chunk {chunk}"
+    );
+}
+
 #[test]
 fn lrn_pool_kernels_match_the_cpu_reference() {
     let Some(e) = emu(KernelFile::LrnPool) else {
@@ -264,6 +320,14 @@ fn lrn_pool_kernels_match_the_cpu_reference() {
     lrn_checks(&e, false);
     lrn_checks(&e, true);
     cols_checks(&e);
+    // The paper's 3/2 pool on odd planes (every pixel covered) and on planes whose last row and
+    // column no window reaches; chunks that split the channels.
+    fused_check(&e, (2, 9, 13, 13), 5, 4);
+    fused_check(&e, (1, 40, 8, 10), 5, 32);
+    fused_check(&e, (2, 3, 7, 6), 3, 32);
+    // One window row and column: the window ranges must be clamped (a pixel past the last
+    // window would otherwise gather from the next plane's windows).
+    fused_check(&e, (2, 6, 4, 4), 5, 2);
     // The paper's pool (3/2) on an odd plane, a plane whose last column no window reaches, a
     // non-overlapping pool, and ties.
     pool_checks(&e, 3, 13, 13, 3, 2, false);

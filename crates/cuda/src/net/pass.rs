@@ -7,7 +7,10 @@ use crate::hash::layer_seed;
 use crate::ops::conv::{conv_backward, conv_forward, ConvShape};
 use crate::ops::elementwise::{bias_act, col_sum, dropout_apply, relu_fwd, relu_mask};
 use crate::ops::gemm::{gemm, MatDesc};
-use crate::ops::lrn::{lrn_backward, lrn_fwd, maxpool_bwd, maxpool_fwd, LrnParams, PoolGeom};
+use crate::ops::lrn::{
+    columns, lrn_bwd_cols, lrn_bwd_inplace, lrn_fwd, lrn_pool_bwd_cols, maxpool_bwd, maxpool_fwd,
+    LrnCols, LrnParams, PoolGeom, LRN_CHUNK,
+};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use std::time::Instant;
 
@@ -365,16 +368,29 @@ impl GpuNet {
                     k,
                     ..
                 } => {
-                    // x, dy: (n, C, H, W) -> dx: (n, C, H, W) in the other buffer
                     let q = lrn_q(n, *c, *hw, *size, *alpha, *beta, *k)?;
                     let len = n * c * hw;
-                    lrn_backward(
-                        &gpu,
-                        &x.as_view(),
-                        &gc.slice(0..len),
-                        &mut go.slice_mut(0..len),
-                        q,
-                    )?;
+                    if columns(&gpu, &q) {
+                        // x, dy: (n, C, H, W) -> dx: (n, C, H, W) in the other buffer
+                        lrn_bwd_cols(
+                            &gpu,
+                            &x.as_view(),
+                            &gc.slice(0..len),
+                            &mut go.slice_mut(0..len),
+                            q,
+                            LrnCols::new(&q, LRN_CHUNK)?,
+                        )?;
+                    } else {
+                        // x, g: (n, C, H, W): dy -> dx in place, the other buffer as scratch
+                        lrn_bwd_inplace(
+                            &gpu,
+                            &x.as_view(),
+                            &mut gc.slice_mut(0..len),
+                            &mut go.slice_mut(0..len),
+                            q,
+                        )?;
+                        swap = false;
+                    }
                 }
                 Stage::Pool {
                     c,
@@ -409,26 +425,40 @@ impl GpuNet {
                     ..
                 } => {
                     let g = PoolGeom::new(n * c, *h, *w, *pk, *pstride)?;
-                    // dy, arg: (n*C, HO, WO) -> d(LRN out): (n, C, H, W) in the other buffer
-                    maxpool_bwd(
-                        &gpu,
-                        &gc.as_view(),
-                        &self.args[*arg].as_view(),
-                        &mut go.as_view_mut(),
-                        g,
-                    )?;
                     let q = lrn_q(n, *c, h * w, *size, *alpha, *beta, *k)?;
                     let len = n * c * h * w;
-                    // x, d(LRN out) -> dx: (n, C, H, W) back in the current buffer (its dy
-                    // was consumed by the pool's backward)
-                    lrn_backward(
-                        &gpu,
-                        &x.as_view(),
-                        &go.slice(0..len),
-                        &mut gc.slice_mut(0..len),
-                        q,
-                    )?;
-                    swap = false;
+                    if columns(&gpu, &q) {
+                        // x: (n, C, H, W), dy, arg: (n*C, HO, WO) -> dx: (n, C, H, W) in the
+                        // other buffer, the pool's backward gathered inside the LRN's
+                        lrn_pool_bwd_cols(
+                            &gpu,
+                            &x.as_view(),
+                            &gc.as_view(),
+                            &self.args[*arg].as_view(),
+                            &mut go.slice_mut(0..len),
+                            q,
+                            LrnCols::new(&q, LRN_CHUNK)?,
+                            g,
+                        )?;
+                    } else {
+                        // dy, arg: (n*C, HO, WO) -> d(LRN out): (n, C, H, W) in the other buffer
+                        maxpool_bwd(
+                            &gpu,
+                            &gc.as_view(),
+                            &self.args[*arg].as_view(),
+                            &mut go.as_view_mut(),
+                            g,
+                        )?;
+                        // x, d(LRN out) -> dx: (n, C, H, W) in place in the other buffer (the
+                        // current one, no longer needed, is the scratch)
+                        lrn_bwd_inplace(
+                            &gpu,
+                            &x.as_view(),
+                            &mut go.slice_mut(0..len),
+                            &mut gc.slice_mut(0..len),
+                            q,
+                        )?;
+                    }
                 }
                 Stage::Dropout { len, p, layer, .. } => {
                     if *p > 0.0 {

@@ -179,15 +179,21 @@ impl PoolGeom {
     }
 }
 
-/// x, y: (N, C, H, W): y = LRN(x). The column kernel (chunks of [`LRN_CHUNK`] channels) for
-/// windows up to 2 * [`LRN_COLS_MAX_HALF`] + 1, else the per-element kernel.
+/// Whether the LRN of `q` runs on the column kernels: [`Gpu::lrn_columns`] (default) and a
+/// window up to 2 * [`LRN_COLS_MAX_HALF`] + 1.
+pub fn columns(gpu: &Gpu, q: &LrnParams) -> bool {
+    gpu.lrn_columns() && q.half <= LRN_COLS_MAX_HALF
+}
+
+/// x, y: (N, C, H, W): y = LRN(x). The column kernel (chunks of [`LRN_CHUNK`] channels) where
+/// [`columns`] says so, else the per-element kernel.
 pub fn lrn_fwd(
     gpu: &Gpu,
     x: &CudaView<f32>,
     y: &mut CudaViewMut<f32>,
     q: LrnParams,
 ) -> Result<(), CudaError> {
-    if q.half <= LRN_COLS_MAX_HALF {
+    if columns(gpu, &q) {
         lrn_fwd_cols(gpu, x, y, q, LrnCols::new(&q, LRN_CHUNK)?)
     } else {
         lrn_fwd_elems(gpu, x, y, q)
@@ -219,23 +225,7 @@ pub fn lrn_fwd_cols(
 }
 
 /// x (the LRN input), dy -> dx: (N, C, H, W), dx a buffer other than dy (times the ReLU mask
-/// when `q.relu_input`). One pass of the column kernel for windows up to
-/// 2 * [`LRN_COLS_MAX_HALF`] + 1, else the one-kernel [`lrn_bwd`].
-pub fn lrn_backward(
-    gpu: &Gpu,
-    x: &CudaView<f32>,
-    dy: &CudaView<f32>,
-    dx: &mut CudaViewMut<f32>,
-    q: LrnParams,
-) -> Result<(), CudaError> {
-    if q.half <= LRN_COLS_MAX_HALF {
-        lrn_bwd_cols(gpu, x, dy, dx, q, LrnCols::new(&q, LRN_CHUNK)?)
-    } else {
-        lrn_bwd(gpu, x, dy, dx, q)
-    }
-}
-
-/// [`lrn_backward`] by the column kernel with chunks `g` (q.half <= 2).
+/// when `q.relu_input`), in one pass of the column kernel with chunks `g` (q.half <= 2).
 pub fn lrn_bwd_cols(
     gpu: &Gpu,
     x: &CudaView<f32>,
@@ -259,6 +249,56 @@ pub fn lrn_bwd_cols(
     // (one shared and one exclusive borrow).
     unsafe { l.launch(cfg) }
         .map_err(CudaError::driver("lrn_bwd_cols"))
+        .map(|_| ())
+}
+
+/// The network's LRN + max-pool backward in one pass: x (the LRN input), pdy and arg (the pool
+/// output's gradient and argmax, (N*C, HO, WO)) -> dx: (N, C, H, W). The pool's backward is
+/// gathered per pixel inside the column LRN backward (`lrn_pool_bwd_cols`): the same values
+/// as [`maxpool_bwd`] then [`lrn_bwd_cols`], without the full-size intermediate. q.half <= 2.
+#[allow(clippy::too_many_arguments)]
+pub fn lrn_pool_bwd_cols(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    pdy: &CudaView<f32>,
+    arg: &CudaView<i32>,
+    dx: &mut CudaViewMut<f32>,
+    q: LrnParams,
+    cols: LrnCols,
+    g: PoolGeom,
+) -> Result<(), CudaError> {
+    const OP: &str = "lrn + maxpool backward";
+    check_cols(OP, &q)?;
+    if g.planes != q.n * q.c || g.h as usize * g.w as usize != q.hw as usize {
+        return Err(CudaError::shape(
+            OP,
+            format!(
+                "pool over {} planes of {}x{}, LRN over (N, C, HW) = ({}, {}, {})",
+                g.planes, g.h, g.w, q.n, q.c, q.hw
+            ),
+        ));
+    }
+    check_len(OP, "x", x.len(), q.len())?;
+    check_len(OP, "dy", pdy.len(), g.out_len())?;
+    check_len(OP, "argmax", arg.len(), g.out_len())?;
+    check_len(OP, "dx", dx.len(), q.len())?;
+    let Some(cfg) = grid_for(cols.threads(&q) as u64) else {
+        return Ok(());
+    };
+    let f = gpu.function(F, "lrn_pool_bwd_cols")?;
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(x)
+        .arg(pdy)
+        .arg(arg)
+        .arg(dx)
+        .arg(&q)
+        .arg(&cols)
+        .arg(&g);
+    // SAFETY: types match `lrn_pool_bwd_cols(const float*, const float*, const int*, float*,
+    // LrnParams, LrnCols, PoolGeom)`; x and dx hold q.len() elements, dy and arg the pool's
+    // output (checked), and the pool's planes are the LRN's (checked).
+    unsafe { l.launch(cfg) }
+        .map_err(CudaError::driver("lrn_pool_bwd_cols"))
         .map(|_| ())
 }
 

@@ -6,8 +6,9 @@
 
 use super::{median_secs, Tally};
 use alexnet_cuda::ops::lrn::{
-    lrn_bwd_cols, lrn_bwd_inplace, lrn_fwd_cols, lrn_fwd_elems, lrn_pool_bwd_cols, maxpool_bwd,
-    maxpool_bwd_ref, maxpool_fwd, LrnCols, LrnParams, PoolGeom, LRN_CHUNK,
+    lrn_bwd_cols, lrn_bwd_inplace, lrn_fwd_cols, lrn_fwd_elems, lrn_pool_bwd_cols,
+    lrn_pool_fwd_cols, maxpool_bwd, maxpool_bwd_ref, maxpool_fwd, LrnCols, LrnParams, PoolGeom,
+    PoolTile, LRN_CHUNK, LRN_POOL_THREADS,
 };
 use alexnet_cuda::Gpu;
 use alexnet_layers::lrn::{lrn_backward, lrn_forward, LrnParams as CpuLrn};
@@ -151,6 +152,44 @@ pub(super) fn lrn_kernels(gpu: &Arc<Gpu>, t: &mut Tally) -> Result<()> {
             )?)
         })?;
         row("maxpool fwd", name, s, 4 * len + 8 * geom.out_len());
+        // The network's LRN + pool forward: the column LRN into a buffer then the pool
+        // (ALEXNET_LRN=elements runs the per-element LRN there), against the fused kernel.
+        let cols = LrnCols::new(&q, LRN_CHUNK)?;
+        let s = time(gpu, || {
+            lrn_fwd_cols(gpu, &x.as_view(), &mut y.as_view_mut(), q, cols)?;
+            let (yv, mut pv, mut av) = (y.as_view(), py.as_view_mut(), arg.as_view_mut());
+            Ok(maxpool_fwd(gpu, &yv, &mut pv, &mut av, geom)?)
+        })?;
+        row(
+            "lrn+pool fwd (2 kern)",
+            name,
+            s,
+            16 * len + 8 * geom.out_len(),
+        );
+        let (two_y, two_arg) = (gpu.download(&py)?, gpu.download(&arg)?);
+        let tile = PoolTile::new(&geom, LRN_POOL_THREADS)
+            .ok_or_else(|| anyhow::anyhow!("no LRN + pool tile for {geom:?}"))?;
+        let s = time(gpu, || {
+            let (xv, mut pv, mut av) = (x.as_view(), py.as_view_mut(), arg.as_view_mut());
+            Ok(lrn_pool_fwd_cols(
+                gpu, &xv, &mut pv, &mut av, q, cols, geom, tile,
+            )?)
+        })?;
+        row(
+            "lrn+pool fwd (fused)",
+            name,
+            s,
+            4 * len + 8 * geom.out_len(),
+        );
+        let (fy, farg) = (gpu.download(&py)?, gpu.download(&arg)?);
+        let moved = farg.iter().zip(&two_arg).filter(|(a, b)| a != b).count();
+        t.check(
+            &format!(
+                "{name}: LRN + max-pool forward, fused vs two kernels ({moved} argmax differ)"
+            ),
+            rel_l2(&fy, &two_y) + moved as f64,
+            0.0,
+        );
         // The backward of the pool's own output as its incoming gradient.
         let mut bwd = Vec::new();
         for (what, reference) in [("maxpool bwd", false), ("maxpool bwd (ref div)", true)] {
@@ -172,8 +211,8 @@ pub(super) fn lrn_kernels(gpu: &Arc<Gpu>, t: &mut Tally) -> Result<()> {
             0.0,
         );
         // The network's LRN + pool backward: the pool's backward then the two-pass LRN one
-        // (ALEXNET_LRN=elements), against the fused column kernel (the default). The pool ran
-        // over x here (not over the LRN output): any argmax is valid input for the check.
+        // (ALEXNET_LRN=elements), against the fused column kernel (the default), with the
+        // fused forward's pool output and argmax as the incoming gradient and argmax.
         let s = time(gpu, || {
             let (dyv, av, mut dx) = (py.as_view(), arg.as_view(), g.as_view_mut());
             maxpool_bwd(gpu, &dyv, &av, &mut dx, geom)?;

@@ -186,17 +186,22 @@ __device__ __forceinline__ float lrn_col_in(const float* x, u32 base, int j, Lrn
     return (j >= 0 && j < (int)q.c) ? lrn_in(x, base + (u32)j * q.hw, q.relu_input) : 0.0f;
 }
 
-// y = a / (k + alpha * window sum of a^2)^beta over the column chunk.
+// The LRN window of one pixel walking the channels: a and a^2 of channels ch - H .. ch + H in
+// registers. start(c0) loads c0 - H .. c0 + H - 1; step(ch) loads ch + H and returns the LRN
+// output at ch: a / (k + alpha * window sum of a^2)^beta.
 template <int H>
-__device__ __forceinline__ void lrn_fwd_col(const float* x, float* y, u32 base, int c0, int c1,
-                                            LrnParams q) {
-    float a[2 * H + 1], sq[2 * H + 1];  // channels ch - H .. ch + H
+struct LrnWindow {
+    float a[2 * H + 1], sq[2 * H + 1];
+
+    __device__ __forceinline__ void start(const float* x, u32 base, int c0, LrnParams q) {
 #pragma unroll
-    for (int k = 0; k < 2 * H; ++k) {
-        a[k] = lrn_col_in(x, base, c0 - H + k, q);
-        sq[k] = __fmul_rn(a[k], a[k]);
+        for (int k = 0; k < 2 * H; ++k) {
+            a[k] = lrn_col_in(x, base, c0 - H + k, q);
+            sq[k] = __fmul_rn(a[k], a[k]);
+        }
     }
-    for (int ch = c0; ch < c1; ++ch) {
+
+    __device__ __forceinline__ float step(const float* x, u32 base, int ch, LrnParams q) {
         a[2 * H] = lrn_col_in(x, base, ch + H, q);
         sq[2 * H] = __fmul_rn(a[2 * H], a[2 * H]);
         float s = 0.0f;
@@ -204,14 +209,24 @@ __device__ __forceinline__ void lrn_fwd_col(const float* x, float* y, u32 base, 
         for (int k = 0; k <= 2 * H; ++k) s = __fadd_rn(s, sq[k]);
         float d = __fadd_rn(q.k, __fmul_rn(q.alpha, s));
         float v = a[H];
-        y[base + (u32)ch * q.hw] =
-            q.beta == 0.75f ? v / __fmul_rn(sqrtf(d), sqrtf(sqrtf(d))) : v * powf(d, -q.beta);
+        float out = q.beta == 0.75f ? v / __fmul_rn(sqrtf(d), sqrtf(sqrtf(d)))
+                                    : v * powf(d, -q.beta);
 #pragma unroll
         for (int k = 0; k < 2 * H; ++k) {
             a[k] = a[k + 1];
             sq[k] = sq[k + 1];
         }
+        return out;
     }
+};
+
+// y = LRN(x) over the column chunk [c0, c1).
+template <int H>
+__device__ __forceinline__ void lrn_fwd_col(const float* x, float* y, u32 base, int c0, int c1,
+                                            LrnParams q) {
+    LrnWindow<H> win;
+    win.start(x, base, c0, q);
+    for (int ch = c0; ch < c1; ++ch) y[base + (u32)ch * q.hw] = win.step(x, base, ch, q);
 }
 
 // The incoming gradient of the LRN output at channel j of the column (base = n*C*HW + p).
@@ -441,5 +456,75 @@ extern "C" __global__ void lrn_pool_bwd_cols(const float* x, const float* pdy, c
             case 2: lrn_bwd_col<2>(x, src, dx, base, (int)c0, (int)c1, q); break;
             default: break;
         }
+    }
+}
+
+// ---- LRN + max-pool forward in one kernel -------------------------------------------------
+// A block takes one sample, a chunk of channels and a tile of to_y x to_x pool outputs, whose
+// windows cover ti_y x ti_x input pixels (ti = (to - 1) * stride + k; ti_y * ti_x <= blockDim.x
+// and <= 1024, checked by the host, which makes tiles wide: rows of up to 32 pixels keep the
+// loads coalesced). Each thread owns one input pixel of the tile and walks the chunk's channels
+// with the LRN window in registers, as the column kernels do; per channel the block's LRN values
+// go through shared memory to the pool: max and argmax (first maximum, row-major), exactly as
+// maxpool_fwd computes them. The LRN output is never stored (the backward recomputes it from x).
+// Tiles overlap by k - stride pixels, computed twice. Grid (tiles, chunks, N).
+// x: (N, C, H, W) -> y, arg: (N*C, HO, WO).
+struct PoolTile {
+    unsigned int to_y, to_x;  // pool outputs per tile
+    unsigned int threads;     // the block size the tile was made for (the launch's)
+    unsigned int pad_;
+};
+
+template <int H>
+__device__ __forceinline__ void lrn_pool_fwd_tile(const float* x, float* y, int* arg, LrnParams q,
+                                                  LrnCols gc, PoolGeom g, PoolTile pt,
+                                                  float* tile) {
+    u32 ti_y = (pt.to_y - 1) * g.stride + g.k, ti_x = (pt.to_x - 1) * g.stride + g.k;
+    u32 tiles_x = (g.wo + pt.to_x - 1) / pt.to_x;
+    u32 by = blockIdx.x / tiles_x, bx = blockIdx.x - by * tiles_x;
+    u32 n = blockIdx.z;
+    int c0 = (int)(blockIdx.y * gc.chunk);
+    int c1 = c0 + (int)gc.chunk < (int)q.c ? c0 + (int)gc.chunk : (int)q.c;
+    // This thread's input pixel (ih, iw) of the plane, if any.
+    u32 t = threadIdx.x;
+    u32 py = t / ti_x, px = t - (t / ti_x) * ti_x;
+    u32 ih = by * pt.to_y * g.stride + py, iw = bx * pt.to_x * g.stride + px;
+    bool pixel = py < ti_y && ih < g.h && iw < g.w;
+    u32 base = n * q.c * q.hw + (pixel ? ih * g.w + iw : 0);
+    // This thread's pool output (oy, ox), if any, and its window's corner in the tile.
+    u32 ty = t / pt.to_x, tx = t - (t / pt.to_x) * pt.to_x;
+    u32 oy = by * pt.to_y + ty, ox = bx * pt.to_x + tx;
+    bool out = ty < pt.to_y && oy < g.ho && ox < g.wo;
+    LrnWindow<H> win;
+    if (pixel) win.start(x, base, c0, q);
+    for (int ch = c0; ch < c1; ++ch) {
+        if (pixel) tile[py * ti_x + px] = win.step(x, base, ch, q);
+        __syncthreads();
+        if (out) {
+            u32 wy = ty * g.stride, wx = tx * g.stride;  // window corner in the tile
+            u32 h0 = oy * g.stride, w0 = ox * g.stride;  // ... and in the plane
+            int best = (int)(h0 * g.w + w0);
+            float m = tile[wy * ti_x + wx];
+            for (u32 u = 0; u < g.k; ++u)
+                for (u32 v = 0; v < g.k; ++v) {
+                    float val = tile[(wy + u) * ti_x + wx + v];
+                    if (val > m) { m = val; best = (int)((h0 + u) * g.w + w0 + v); }
+                }
+            u32 o = ((n * q.c + (u32)ch) * g.ho + oy) * g.wo + ox;
+            y[o] = m;
+            arg[o] = best;
+        }
+        __syncthreads();
+    }
+}
+
+extern "C" __global__ void lrn_pool_fwd_cols(const float* x, float* y, int* arg, LrnParams q,
+                                             LrnCols gc, PoolGeom g, PoolTile pt) {
+    __shared__ float tile[1024];
+    switch (q.half) {
+        case 0: lrn_pool_fwd_tile<0>(x, y, arg, q, gc, g, pt, tile); break;
+        case 1: lrn_pool_fwd_tile<1>(x, y, arg, q, gc, g, pt, tile); break;
+        case 2: lrn_pool_fwd_tile<2>(x, y, arg, q, gc, g, pt, tile); break;
+        default: break;
     }
 }

@@ -8,7 +8,7 @@ use alexnet_cuda::ops::conv::{ConvGeom, ConvShape};
 use alexnet_cuda::ops::convert::f32_to_bf16_bits;
 use alexnet_cuda::ops::elementwise::dropout_threshold;
 use alexnet_cuda::ops::gemm::{gemm_dims, MatDesc};
-use alexnet_cuda::ops::lrn::{LrnCols, LrnParams, PoolGeom};
+use alexnet_cuda::ops::lrn::{LrnCols, LrnParams, PoolGeom, PoolTile, LRN_POOL_THREADS};
 use alexnet_cuda::ops::sgd::SgdParams;
 use alexnet_cuda::{device_count, CudaError, Gpu, Precision};
 use std::mem::{align_of, size_of};
@@ -20,6 +20,7 @@ fn repr_c_structs_match_the_cuda_structs() {
     assert_eq!(size_of::<LrnParams>(), 48);
     assert_eq!(size_of::<PoolGeom>(), 56);
     assert_eq!(size_of::<LrnCols>(), 16);
+    assert_eq!(size_of::<PoolTile>(), 16);
     assert_eq!((size_of::<SgdParams>(), align_of::<SgdParams>()), (24, 8));
     assert_eq!(size_of::<AugmentParams>(), 32);
     assert_eq!(size_of::<AugmentSample>(), 32);
@@ -34,7 +35,7 @@ fn kernel_inventory() {
         .iter()
         .flat_map(|f| f.kernel_names())
         .collect();
-    assert_eq!(names.len(), 35, "{names:?}");
+    assert_eq!(names.len(), 36, "{names:?}");
     for n in [
         "im2col",
         "col2im",
@@ -47,6 +48,7 @@ fn kernel_inventory() {
         "lrn_fwd_cols",
         "lrn_bwd_cols",
         "lrn_pool_bwd_cols",
+        "lrn_pool_fwd_cols",
         "channel_sum",
         "relu_mask_to",
         "softmax_ce",
@@ -285,4 +287,31 @@ fn lrn_column_chunks() {
     // chunks <= C, so the threads never outnumber the elements (32-bit indices hold).
     let big = LrnParams::new(1 << 10, 64, 1 << 14, 5, 1e-4, 0.75, 2.0, false).unwrap();
     assert_eq!(LrnCols::new(&big, 1).unwrap().threads(&big), 1 << 30);
+}
+
+#[test]
+fn lrn_pool_tiles() {
+    // The paper's pools at 256 threads: pool1 (55 -> 27) in tiles of 3 x 15 outputs (7 x 31
+    // input pixels), pool2 (27 -> 13) in tiles of 4 x 13 (9 x 27).
+    let g1 = PoolGeom::new(96, 55, 55, 3, 2).unwrap();
+    let t1 = PoolTile::new(&g1, LRN_POOL_THREADS).unwrap();
+    assert_eq!(
+        (t1.to_y, t1.to_x, t1.pixels(&g1), t1.tiles(&g1)),
+        (3, 15, 217, 9 * 2)
+    );
+    let g2 = PoolGeom::new(256, 27, 27, 3, 2).unwrap();
+    let t2 = PoolTile::new(&g2, LRN_POOL_THREADS).unwrap();
+    assert_eq!(
+        (t2.to_y, t2.to_x, t2.pixels(&g2), t2.tiles(&g2)),
+        (4, 13, 243, 4)
+    );
+    // Rows narrow until k of them fit the block; a window larger than the block has no tile.
+    let g3 = PoolGeom::new(1, 40, 40, 5, 1).unwrap();
+    let t3 = PoolTile::new(&g3, 64).unwrap();
+    assert!(
+        t3.pixels(&g3) <= 64 && t3.to_x >= 1 && t3.to_y >= 1,
+        "{t3:?}"
+    );
+    assert!(PoolTile::new(&PoolGeom::new(1, 20, 20, 11, 4).unwrap(), 64).is_none());
+    assert!(PoolTile::new(&g1, 2048).is_none());
 }

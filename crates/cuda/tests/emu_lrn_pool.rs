@@ -9,10 +9,11 @@ mod common;
 use alexnet_cuda::emu::{arg, Emu};
 use alexnet_cuda::gpu::grid_for;
 use alexnet_cuda::kernels::KernelFile;
-use alexnet_cuda::ops::lrn::{LrnCols, LrnParams, PoolGeom};
+use alexnet_cuda::ops::lrn::{LrnCols, LrnParams, PoolGeom, PoolTile};
 use alexnet_layers::lrn::{lrn_backward_relu, lrn_forward, LrnParams as CpuLrn};
 use alexnet_layers::pool::{maxpool_backward, maxpool_forward, PoolShape};
 use common::{emu, f64s, normal, rel_l2};
+use cudarc::driver::LaunchConfig;
 
 const N: usize = 2;
 const C: usize = 7; // odd, so windows are clipped at both ends differently
@@ -312,6 +313,70 @@ fn fused_check(e: &Emu, (n, c, h, w): (usize, usize, usize, usize), size: usize,
     );
 }
 
+/// The fused LRN + max-pool forward against the CPU's LRN then max-pool: values and argmax
+/// bit-identical, with tiles made for `threads` (several tiles per plane when small).
+fn fused_fwd_check(
+    e: &Emu,
+    (n, c, h, w): (usize, usize, usize, usize),
+    (size, chunk): (usize, usize),
+    (pk, ps): (usize, usize),
+    threads: u32,
+) {
+    let (hw, len) = (h * w, n * c * h * w);
+    let p = CpuLrn {
+        size,
+        alpha: 0.375,
+        beta: 0.75,
+        k: 2.0,
+    };
+    // Post-ReLU activations: windows of zeros tie, and the first maximum must win.
+    let x: Vec<f32> = normal(len, 41, 1.0).iter().map(|v| v.max(0.0)).collect();
+    let q = gpu_params(&p, (n, c, hw), false);
+    let cols = LrnCols::new(&q, chunk).unwrap();
+    let g = PoolGeom::new(n * c, h, w, pk, ps).unwrap();
+    let tile = PoolTile::new(&g, threads).unwrap();
+    assert!(tile.pixels(&g) <= threads);
+    let s = PoolShape {
+        planes: n * c,
+        h,
+        w,
+        k: pk,
+        stride: ps,
+    };
+    let (mut l, mut sc) = (vec![0.0f32; len], vec![0.0f32; len]);
+    lrn_forward(&x, &mut l, &mut sc, n, c, hw, &p).unwrap();
+    let (mut y_ref, mut am_ref) = (vec![0.0f32; g.out_len()], vec![0u32; g.out_len()]);
+    maxpool_forward(&l, &mut y_ref, &mut am_ref, &s).unwrap();
+
+    let (mut y, mut am) = (vec![f32::NAN; g.out_len()], vec![-1i32; g.out_len()]);
+    let (xp, yp, ap) = (x.as_ptr(), y.as_mut_ptr(), am.as_mut_ptr());
+    let cfg = LaunchConfig {
+        grid_dim: (tile.tiles(&g), cols.chunks, n as u32),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let args = [
+        arg(&xp),
+        arg(&yp),
+        arg(&ap),
+        arg(&q),
+        arg(&cols),
+        arg(&g),
+        arg(&tile),
+    ];
+    // SAFETY: x holds n*c*h*w floats, y and arg the pool's output; the grid covers every tile,
+    // chunk and sample, and each tile's pixels fit the block.
+    unsafe { e.launch("lrn_pool_fwd_cols", &cfg, &args) }.unwrap();
+    let what = format!(
+        "lrn_pool_fwd_cols (n, c, h, w) = ({n}, {c}, {h}, {w}), size {size}, chunk {chunk}, \
+         pool {pk}/{ps}, {threads} threads, tile {tile:?}"
+    );
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&y), bits(&y_ref), "{what}: values");
+    let am_u: Vec<u32> = am.iter().map(|&v| v as u32).collect();
+    assert_eq!(am_u, am_ref, "{what}: argmax");
+}
+
 #[test]
 fn lrn_pool_kernels_match_the_cpu_reference() {
     let Some(e) = emu(KernelFile::LrnPool) else {
@@ -328,6 +393,15 @@ fn lrn_pool_kernels_match_the_cpu_reference() {
     // One window row and column: the window ranges must be clamped (a pixel past the last
     // window would otherwise gather from the next plane's windows).
     fused_check(&e, (2, 6, 4, 4), 5, 2);
+    // The fused forward: one tile per plane, several (wide and narrow), leftovers no window
+    // reaches, a non-overlapping pool, windows of 3 and 1 channels.
+    fused_fwd_check(&e, (2, 9, 13, 13), (5, 4), (3, 2), 256);
+    fused_fwd_check(&e, (2, 9, 13, 13), (5, 4), (3, 2), 64);
+    fused_fwd_check(&e, (1, 40, 8, 10), (5, 32), (3, 2), 32);
+    fused_fwd_check(&e, (2, 3, 7, 6), (3, 32), (3, 2), 256);
+    fused_fwd_check(&e, (2, 5, 8, 8), (1, 2), (2, 2), 16);
+    // A wide plane: 3 x 2 tiles of 15 x 3 outputs (rows of 31 input pixels).
+    fused_fwd_check(&e, (1, 4, 9, 80), (5, 32), (3, 2), 256);
     // The paper's pool (3/2) on an odd plane, a plane whose last column no window reaches, a
     // non-overlapping pool, and ties.
     pool_checks(&e, 3, 13, 13, 3, 2, false);

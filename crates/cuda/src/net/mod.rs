@@ -3,7 +3,8 @@
 //! the CPU and back.
 //!
 //! Fusions: conv + ReLU and linear + ReLU (bias and ReLU in the GEMM epilogue), LRN + max-pool
-//! (the LRN output is never stored; its backward is recomputed from the LRN input), SGD over the
+//! (one kernel each way with the column LRN kernels, the default: the LRN output and its
+//! gradient are never stored, the backward recomputes the LRN from its input), SGD over the
 //! whole flat buffer in one launch.
 
 mod pass;

@@ -8,8 +8,8 @@ use crate::ops::conv::{conv_backward, conv_forward, ConvShape};
 use crate::ops::elementwise::{bias_act, col_sum, dropout_apply, relu_fwd, relu_mask};
 use crate::ops::gemm::{gemm, MatDesc};
 use crate::ops::lrn::{
-    columns, lrn_bwd_cols, lrn_bwd_inplace, lrn_fwd, lrn_pool_bwd_cols, maxpool_bwd, maxpool_fwd,
-    LrnCols, LrnParams, PoolGeom, LRN_CHUNK,
+    columns, lrn_bwd_cols, lrn_bwd_inplace, lrn_fwd, lrn_pool_bwd_cols, lrn_pool_fwd_cols,
+    maxpool_bwd, maxpool_fwd, LrnCols, LrnParams, PoolGeom, PoolTile, LRN_CHUNK, LRN_POOL_THREADS,
 };
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use std::time::Instant;
@@ -200,19 +200,29 @@ impl GpuNet {
                 } => {
                     let q = lrn_q(n, *c, h * w, *size, *alpha, *beta, *k)?;
                     let g = PoolGeom::new(n * c, *h, *w, *pk, *pstride)?;
-                    let len = n * c * h * w;
-                    // The LRN output goes to the (free during the forward) gradient buffer:
-                    // x: (n, C, H, W) -> l: (n, C, H, W) -> y, arg: (n, C, HO, WO). Two
-                    // memory-bound passes beat recomputing the LRN at every overlapping window.
-                    let mut l = self.gbuf[0].slice_mut(0..len);
-                    lrn_fwd(&gpu, &x, &mut l, q)?;
-                    maxpool_fwd(
-                        &gpu,
-                        &self.gbuf[0].slice(0..len),
-                        &mut y,
-                        &mut self.args[*arg].as_view_mut(),
-                        g,
-                    )?;
+                    let tile = PoolTile::new(&g, LRN_POOL_THREADS);
+                    if let (true, Some(tile)) = (columns(&gpu, &q), tile) {
+                        // x: (n, C, H, W) -> y, arg: (n*C, HO, WO), one kernel: the LRN
+                        // output stays in shared memory
+                        let cols = LrnCols::new(&q, LRN_CHUNK)?;
+                        let a = &mut self.args[*arg].as_view_mut();
+                        lrn_pool_fwd_cols(&gpu, &x, &mut y, a, q, cols, g, tile)?;
+                    } else {
+                        let len = n * c * h * w;
+                        // The LRN output goes to the (free during the forward) gradient buffer:
+                        // x: (n, C, H, W) -> l: (n, C, H, W) -> y, arg: (n, C, HO, WO). Two
+                        // memory-bound passes beat recomputing the LRN at every overlapping
+                        // window.
+                        let mut l = self.gbuf[0].slice_mut(0..len);
+                        lrn_fwd(&gpu, &x, &mut l, q)?;
+                        maxpool_fwd(
+                            &gpu,
+                            &self.gbuf[0].slice(0..len),
+                            &mut y,
+                            &mut self.args[*arg].as_view_mut(),
+                            g,
+                        )?;
+                    }
                 }
                 Stage::Dropout { len, p, layer, .. } => {
                     if train && *p > 0.0 {

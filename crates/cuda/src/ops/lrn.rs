@@ -9,7 +9,7 @@ use super::{check_len, u32_of, FastDiv};
 use crate::error::CudaError;
 use crate::gpu::{grid_for, Gpu};
 use crate::kernels::KernelFile;
-use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
 
 const F: KernelFile = KernelFile::LrnPool;
 
@@ -269,15 +269,7 @@ pub fn lrn_pool_bwd_cols(
 ) -> Result<(), CudaError> {
     const OP: &str = "lrn + maxpool backward";
     check_cols(OP, &q)?;
-    if g.planes != q.n * q.c || g.h as usize * g.w as usize != q.hw as usize {
-        return Err(CudaError::shape(
-            OP,
-            format!(
-                "pool over {} planes of {}x{}, LRN over (N, C, HW) = ({}, {}, {})",
-                g.planes, g.h, g.w, q.n, q.c, q.hw
-            ),
-        ));
-    }
+    check_pool_planes(OP, &q, &g)?;
     check_len(OP, "x", x.len(), q.len())?;
     check_len(OP, "dy", pdy.len(), g.out_len())?;
     check_len(OP, "argmax", arg.len(), g.out_len())?;
@@ -300,6 +292,134 @@ pub fn lrn_pool_bwd_cols(
     unsafe { l.launch(cfg) }
         .map_err(CudaError::driver("lrn_pool_bwd_cols"))
         .map(|_| ())
+}
+
+/// Threads per block of `lrn_pool_fwd_cols` (one per input pixel of a tile).
+pub const LRN_POOL_THREADS: u32 = 256;
+
+/// `PoolTile` of kernels/lrn_pool.cu: the pool outputs one block of `lrn_pool_fwd_cols` takes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolTile {
+    pub to_y: u32,
+    pub to_x: u32,
+    /// The block size the tile was made for (the launch's).
+    pub threads: u32,
+    pub pad_: u32,
+}
+
+// SAFETY: `#[repr(C)]` of four u32, identical to the C struct `PoolTile`.
+unsafe impl DeviceRepr for PoolTile {}
+
+impl PoolTile {
+    /// The widest tile of `g`'s outputs whose input pixels fit `threads` (at most 1024): rows of
+    /// up to 32 input pixels (coalesced loads), then as many rows as fit. `None` when not even
+    /// one window fits.
+    pub fn new(g: &PoolGeom, threads: u32) -> Option<PoolTile> {
+        let (k, s) = (g.k, g.stride);
+        if threads > 1024 || k * k > threads {
+            return None;
+        }
+        let ti = |to: u32| (to - 1) * s + k;
+        let mut to_x = ((32u32.max(k) - k) / s + 1).min(g.wo).max(1);
+        // Narrower rows until k of them fit (to_x = 1 always does: k * k <= threads).
+        while to_x > 1 && threads / ti(to_x) < k {
+            to_x -= 1;
+        }
+        let rows = threads / ti(to_x);
+        let to_y = ((rows - k) / s + 1).min(g.ho).max(1);
+        Some(PoolTile {
+            to_y,
+            to_x,
+            threads,
+            pad_: 0,
+        })
+    }
+
+    /// Input pixels of a tile (threads with a pixel).
+    pub fn pixels(&self, g: &PoolGeom) -> u32 {
+        ((self.to_y - 1) * g.stride + g.k) * ((self.to_x - 1) * g.stride + g.k)
+    }
+
+    /// Tiles over one plane's outputs.
+    pub fn tiles(&self, g: &PoolGeom) -> u32 {
+        g.ho.div_ceil(self.to_y) * g.wo.div_ceil(self.to_x)
+    }
+}
+
+/// The network's LRN + max-pool forward in one kernel: x: (N, C, H, W) -> y, arg: (N*C, HO, WO)
+/// with the LRN output never stored (`lrn_pool_fwd_cols`; the same values and argmax as
+/// [`lrn_fwd_cols`] then [`maxpool_fwd`]). Blocks of `tile.threads` over (tiles, chunks, N).
+#[allow(clippy::too_many_arguments)]
+pub fn lrn_pool_fwd_cols(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    y: &mut CudaViewMut<f32>,
+    arg: &mut CudaViewMut<i32>,
+    q: LrnParams,
+    cols: LrnCols,
+    g: PoolGeom,
+    tile: PoolTile,
+) -> Result<(), CudaError> {
+    const OP: &str = "lrn + maxpool";
+    check_cols(OP, &q)?;
+    check_pool_planes(OP, &q, &g)?;
+    check_len(OP, "x", x.len(), q.len())?;
+    check_len(OP, "y", y.len(), g.out_len())?;
+    check_len(OP, "argmax", arg.len(), g.out_len())?;
+    if tile.to_y == 0 || tile.to_x == 0 || tile.pixels(&g) > tile.threads || tile.threads > 1024 {
+        return Err(CudaError::invalid(
+            OP,
+            format!("tile {tile:?} does not fit its block"),
+        ));
+    }
+    if q.n > 65_535 || cols.chunks > 65_535 {
+        return Err(CudaError::invalid(
+            OP,
+            format!(
+                "grid of {} chunks x {} samples exceeds 65535",
+                cols.chunks, q.n
+            ),
+        ));
+    }
+    if q.len() == 0 || g.out_len() == 0 {
+        return Ok(());
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (tile.tiles(&g), cols.chunks, q.n),
+        block_dim: (tile.threads, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let f = gpu.function(F, "lrn_pool_fwd_cols")?;
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(x)
+        .arg(y)
+        .arg(arg)
+        .arg(&q)
+        .arg(&cols)
+        .arg(&g)
+        .arg(&tile);
+    // SAFETY: types match `lrn_pool_fwd_cols(const float*, float*, int*, LrnParams, LrnCols,
+    // PoolGeom, PoolTile)`; x holds q.len() elements, y and arg the pool's output (checked); the
+    // pool's planes are the LRN's and the tile's pixels fit the block and the kernel's
+    // 1024-float shared tile (checked).
+    unsafe { l.launch(cfg) }
+        .map_err(CudaError::driver("lrn_pool_fwd_cols"))
+        .map(|_| ())
+}
+
+/// The pool's planes must be the LRN's (N*C planes of H*W = HW).
+fn check_pool_planes(op: &'static str, q: &LrnParams, g: &PoolGeom) -> Result<(), CudaError> {
+    if g.planes != q.n * q.c || g.h as usize * g.w as usize != q.hw as usize {
+        return Err(CudaError::shape(
+            op,
+            format!(
+                "pool over {} planes of {}x{}, LRN over (N, C, HW) = ({}, {}, {})",
+                g.planes, g.h, g.w, q.n, q.c, q.hw
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_cols(op: &'static str, q: &LrnParams) -> Result<(), CudaError> {

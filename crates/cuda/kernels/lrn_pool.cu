@@ -201,21 +201,36 @@ struct LrnWindow {
         }
     }
 
-    __device__ __forceinline__ float step(const float* x, u32 base, int ch, LrnParams q) {
-        a[2 * H] = lrn_col_in(x, base, ch + H, q);
+    // Loads channel j into the window's last slot (the window is then j - 2H .. j).
+    __device__ __forceinline__ void push(const float* x, u32 base, int j, LrnParams q) {
+        a[2 * H] = lrn_col_in(x, base, j, q);
         sq[2 * H] = __fmul_rn(a[2 * H], a[2 * H]);
+    }
+
+    // k + alpha * (window sum of a^2), summed in channel order from 0 as the CPU does.
+    __device__ __forceinline__ float denom(LrnParams q) const {
         float s = 0.0f;
 #pragma unroll
         for (int k = 0; k <= 2 * H; ++k) s = __fadd_rn(s, sq[k]);
-        float d = __fadd_rn(q.k, __fmul_rn(q.alpha, s));
-        float v = a[H];
-        float out = q.beta == 0.75f ? v / __fmul_rn(sqrtf(d), sqrtf(sqrtf(d)))
-                                    : v * powf(d, -q.beta);
+        return __fadd_rn(q.k, __fmul_rn(q.alpha, s));
+    }
+
+    // Drops the first channel of the window.
+    __device__ __forceinline__ void shift() {
 #pragma unroll
         for (int k = 0; k < 2 * H; ++k) {
             a[k] = a[k + 1];
             sq[k] = sq[k + 1];
         }
+    }
+
+    __device__ __forceinline__ float step(const float* x, u32 base, int ch, LrnParams q) {
+        push(x, base, ch + H, q);
+        float d = denom(q);
+        float v = a[H];
+        float out = q.beta == 0.75f ? v / __fmul_rn(sqrtf(d), sqrtf(sqrtf(d)))
+                                    : v * powf(d, -q.beta);
+        shift();
         return out;
     }
 };
@@ -246,28 +261,21 @@ __device__ __forceinline__ void lrn_bwd_col(const float* x, Dy dyp, float* dx, u
                                             int c1, LrnParams q) {
     // 2 alpha beta rounded once from the exact product, as the CPU computes it (in f64).
     float coef = (float)(2.0 * (double)q.alpha * (double)q.beta);
-    float a[2 * H + 1], sq[2 * H + 1];  // channels L - H .. L + H
-    float r[2 * H + 1];                 // r_j, channels c - H .. c + H (= L - 2H .. L)
-    float u[H + 1];                     // dy_j t_j, channels c .. L
+    LrnWindow<H> win;  // channels L - H .. L + H
+    float r[2 * H + 1];  // r_j, channels c - H .. c + H (= L - 2H .. L)
+    float u[H + 1];      // dy_j t_j, channels c .. L
+    win.start(x, base, c0 - H, q);
 #pragma unroll
-    for (int k = 0; k < 2 * H; ++k) {
-        a[k] = lrn_col_in(x, base, c0 - 2 * H + k, q);
-        sq[k] = __fmul_rn(a[k], a[k]);
-        r[k] = 0.0f;
-    }
+    for (int k = 0; k < 2 * H; ++k) r[k] = 0.0f;
 #pragma unroll
     for (int k = 0; k < H; ++k) u[k] = 0.0f;
     for (int lead = c0 - H; lead < c1 + H; ++lead) {
-        a[2 * H] = lrn_col_in(x, base, lead + H, q);
-        sq[2 * H] = __fmul_rn(a[2 * H], a[2 * H]);
+        win.push(x, base, lead + H, q);
         float rl = 0.0f, ul = 0.0f;
         if (lead >= 0 && lead < (int)q.c) {
-            float s = 0.0f;
-#pragma unroll
-            for (int k = 0; k <= 2 * H; ++k) s = __fadd_rn(s, sq[k]);
-            s = __fadd_rn(q.k, __fmul_rn(q.alpha, s));
+            float s = win.denom(q);
             float dy = dyp.at(base, lead, q.hw);
-            float al = a[H];
+            float al = win.a[H];
             if (q.beta == 0.75f) {
                 // s^-0.75 = 1 / (sqrt(s) sqrt(sqrt(s))), s^-1.75 = (s^-0.75)^3 sqrt(s).
                 float qs = sqrtf(s);
@@ -287,17 +295,14 @@ __device__ __forceinline__ void lrn_bwd_col(const float* x, Dy dyp, float* dx, u
             float acc = 0.0f;
 #pragma unroll
             for (int k = 0; k <= 2 * H; ++k) acc = __fadd_rn(acc, r[k]);
-            float ac = a[0];  // channel c = lead - H
+            float ac = win.a[0];  // channel c = lead - H
             float v = __fsub_rn(u[0], __fmul_rn(__fmul_rn(coef, ac), acc));
             if (q.relu_input && !(ac > 0.0f)) v = 0.0f;
             dx[base + (u32)c * q.hw] = v;
         }
+        win.shift();
 #pragma unroll
-        for (int k = 0; k < 2 * H; ++k) {
-            a[k] = a[k + 1];
-            sq[k] = sq[k + 1];
-            r[k] = r[k + 1];
-        }
+        for (int k = 0; k < 2 * H; ++k) r[k] = r[k + 1];
 #pragma unroll
         for (int k = 0; k < H; ++k) u[k] = u[k + 1];
     }
@@ -376,6 +381,21 @@ __device__ __forceinline__ float maxpool_gather(const float* dy, const int* arg,
     return acc;
 }
 
+// The windows [i_lo, i_hi] x [j_lo, j_hi] covering input pixel (h, w) (empty when i_lo > i_hi:
+// a row or column no window reaches), with fast division.
+struct PoolCover {
+    u32 i_lo, i_hi, j_lo, j_hi;
+};
+
+__device__ __forceinline__ PoolCover pool_cover(PoolGeom g, u32 h, u32 w) {
+    PoolCover c;
+    c.i_lo = h >= g.k ? fdiv(h - g.k, g.div_stride) + 1 : 0;
+    c.i_hi = fdiv(h, g.div_stride); if (c.i_hi > g.ho - 1) c.i_hi = g.ho - 1;
+    c.j_lo = w >= g.k ? fdiv(w - g.k, g.div_stride) + 1 : 0;
+    c.j_hi = fdiv(w, g.div_stride); if (c.j_hi > g.wo - 1) c.j_hi = g.wo - 1;
+    return c;
+}
+
 // Gather form (deterministic): dx[plane, h, w] = sum of dy over the windows that cover (h, w)
 // and whose argmax is (h, w), in row-major window order. dy, arg: (planes, HO, WO) -> dx:
 // (planes, H, W) (overwritten). Every division is a FastDiv: with plain divisions (the
@@ -387,11 +407,8 @@ extern "C" __global__ void maxpool_bwd(const float* dy, const int* arg, float* d
         u32 w = t - r * g.w;
         u32 plane = fdiv(r, g.div_h);
         u32 h = r - plane * g.h;
-        u32 i_lo = h >= g.k ? fdiv(h - g.k, g.div_stride) + 1 : 0;
-        u32 i_hi = fdiv(h, g.div_stride); if (i_hi > g.ho - 1) i_hi = g.ho - 1;
-        u32 j_lo = w >= g.k ? fdiv(w - g.k, g.div_stride) + 1 : 0;
-        u32 j_hi = fdiv(w, g.div_stride); if (j_hi > g.wo - 1) j_hi = g.wo - 1;
-        dx[t] = maxpool_gather(dy, arg, g, plane, h, w, i_lo, i_hi, j_lo, j_hi);
+        PoolCover cv = pool_cover(g, h, w);
+        dx[t] = maxpool_gather(dy, arg, g, plane, h, w, cv.i_lo, cv.i_hi, cv.j_lo, cv.j_hi);
     }
 }
 
@@ -423,9 +440,11 @@ struct DyPool {
     const int* arg;   // (N*C, HO, WO)
     PoolGeom g;
     u32 plane0;       // n * C
-    u32 h, w, i_lo, i_hi, j_lo, j_hi;
+    u32 h, w;
+    PoolCover cv;  // the windows covering (h, w)
     __device__ __forceinline__ float at(u32, int j, u32) const {
-        return maxpool_gather(dy, arg, g, plane0 + (u32)j, h, w, i_lo, i_hi, j_lo, j_hi);
+        return maxpool_gather(dy, arg, g, plane0 + (u32)j, h, w, cv.i_lo, cv.i_hi, cv.j_lo,
+                              cv.j_hi);
     }
 };
 
@@ -444,12 +463,7 @@ extern "C" __global__ void lrn_pool_bwd_cols(const float* x, const float* pdy, c
         src.plane0 = n * q.c;
         src.h = fdiv(p, g.div_w);
         src.w = p - src.h * g.w;
-        src.i_lo = src.h >= g.k ? fdiv(src.h - g.k, g.div_stride) + 1 : 0;
-        src.i_hi = fdiv(src.h, g.div_stride);
-        if (src.i_hi > g.ho - 1) src.i_hi = g.ho - 1;
-        src.j_lo = src.w >= g.k ? fdiv(src.w - g.k, g.div_stride) + 1 : 0;
-        src.j_hi = fdiv(src.w, g.div_stride);
-        if (src.j_hi > g.wo - 1) src.j_hi = g.wo - 1;
+        src.cv = pool_cover(g, src.h, src.w);
         switch (q.half) {
             case 0: lrn_bwd_col<0>(x, src, dx, base, (int)c0, (int)c1, q); break;
             case 1: lrn_bwd_col<1>(x, src, dx, base, (int)c0, (int)c1, q); break;

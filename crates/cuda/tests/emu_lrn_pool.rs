@@ -12,7 +12,7 @@ use alexnet_cuda::kernels::KernelFile;
 use alexnet_cuda::ops::lrn::{LrnCols, LrnParams, PoolGeom, PoolTile};
 use alexnet_layers::lrn::{lrn_backward_relu, lrn_forward, LrnParams as CpuLrn};
 use alexnet_layers::pool::{maxpool_backward, maxpool_forward, PoolShape};
-use common::{emu, f64s, normal, rel_l2};
+use common::{bits, emu, f64s, normal, rel_l2};
 use cudarc::driver::LaunchConfig;
 
 const N: usize = 2;
@@ -205,7 +205,6 @@ fn cols_check(
     }
     let what = format!("(n, c, hw) = ({n}, {c}, {hw}), size {size}, chunk {chunk}, relu {relu}");
     if tol == 0.0 {
-        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&y), bits(&y_ref), "lrn_fwd_cols {what}");
         assert_eq!(bits(&dx), bits(&dx_ref), "lrn_bwd_cols {what}");
     } else {
@@ -305,7 +304,6 @@ fn fused_check(e: &Emu, (n, c, h, w): (usize, usize, usize, usize), size: usize,
     // SAFETY: x and dx hold n*c*h*w floats, pdy and arg the pool's output; the threads cover
     // n * chunks * hw columns.
     unsafe { e.launch("lrn_pool_bwd_cols", &cfg, &args) }.unwrap();
-    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
     assert_eq!(
         bits(&dx),
         bits(&dx_ref),
@@ -371,7 +369,6 @@ fn fused_fwd_check(
         "lrn_pool_fwd_cols (n, c, h, w) = ({n}, {c}, {h}, {w}), size {size}, chunk {chunk}, \
          pool {pk}/{ps}, {threads} threads, tile {tile:?}"
     );
-    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&y), bits(&y_ref), "{what}: values");
     let am_u: Vec<u32> = am.iter().map(|&v| v as u32).collect();
     assert_eq!(am_u, am_ref, "{what}: argmax");

@@ -43,6 +43,11 @@ pub fn rel_l2(a: &[f32], b: &[f64]) -> f64 {
     }
 }
 
+/// The bit patterns of `v` (for bit-identical comparisons that NaN and -0 cannot fool).
+pub fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|f| f.to_bits()).collect()
+}
+
 /// f32 -> f64 copy.
 pub fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()

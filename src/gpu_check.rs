@@ -2,8 +2,9 @@
 //!
 //! [`gpu_check`] is one prepared command for a GPU machine (about 90 s on an H200):
 //!
-//! 1. every parity fixture through the CUDA ops in f32, once with cuDNN convolutions and once
-//!    with im2col (where cuDNN is there), judged at the fixture's own tolerance
+//! 1. every parity fixture through the CUDA ops in f32, once with cuDNN convolutions (where
+//!    cuDNN is there), once with im2col and once with Winograd for the 3x3 and 5x5 stride-1
+//!    convolutions (`ops::winograd`), judged at the fixture's own tolerance
 //!    (`pca_lighting` is "n/a": its delta is computed on the host, the augment kernel only adds
 //!    it); then the conv2d and linear fixtures in TF32 and bf16 at [`Precision::tolerance`];
 //! 2. the LRN kernels' two thread mappings against each other on the paper shapes (identical
@@ -22,7 +23,8 @@
 //! 5. `N passed, M failed` over all of the above;
 //! 6. a benchmark table (preset paper; f32 and TF32 with each convolution implementation, cuDNN
 //!    with heuristic and with timed algorithm choice, bf16 at batch 128 and 256) with the
-//!    fraction of the measured GEMM peak reached.
+//!    fraction of the measured GEMM peak reached;
+//! 7. an f32 training step by stage with im2col and with Winograd convolutions, side by side.
 //!
 //! Bounds (relative L2 error against the CPU's f32 result):
 //!
@@ -48,7 +50,7 @@ mod lrn_kernels;
 mod model;
 
 pub use bench::{bench_cuda, CudaBench};
-use bench::{bench_table, ImagePool};
+use bench::{bench_table, f32_conv_profile, ImagePool};
 use model::{model_checks, CpuReference};
 
 use crate::bench::{median, BenchResult};
@@ -214,13 +216,14 @@ pub fn gpu_check(fixture_dir: &Path) -> Result<bool> {
     let started = Instant::now();
     let mut tally = Tally::default();
     let default_impl = gpu.conv_impl();
-    // Every f32 check runs on both implementations where cuDNN is there; the reduced
-    // precisions run on `impls[0]` (cuDNN for TF32; bf16 is always im2col).
+    // Every f32 check runs on each implementation (cuDNN where it is there, im2col, and
+    // Winograd for the 3x3 and 5x5 layers); the reduced precisions run on `impls[0]` (cuDNN for
+    // TF32; bf16 is always im2col).
     let impls = if cudnn_available() {
-        vec![ConvImpl::Cudnn, ConvImpl::Im2col]
+        vec![ConvImpl::Cudnn, ConvImpl::Im2col, ConvImpl::Winograd]
     } else {
         println!("info: convolutions use im2col + cuBLAS (libcudnn not found)");
-        vec![ConvImpl::Im2col]
+        vec![ConvImpl::Im2col, ConvImpl::Winograd]
     };
     println!(
         "info: default convolutions: {} ({CONV_ENV} overrides), cuDNN layout {} ({LAYOUT_ENV})",
@@ -328,13 +331,14 @@ pub fn gpu_check(fixture_dir: &Path) -> Result<bool> {
 
     let default_algo = gpu.algo_search();
     let bench_ok = bench_table(&gpu, &impls)?;
+    let profile_ok = f32_conv_profile(&gpu)?;
     gpu.set_conv_impl(default_impl)?;
     gpu.set_algo_search(default_algo);
     println!(
         "gpu-check: done in {:.0} s",
         started.elapsed().as_secs_f64()
     );
-    Ok(tally.failed == 0 && bench_ok)
+    Ok(tally.failed == 0 && bench_ok && profile_ok)
 }
 
 /// One fixture at precision `p`; `None` (after printing an "n/a" line) when the op has no CUDA

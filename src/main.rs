@@ -95,8 +95,9 @@ struct BenchArgs {
     /// Also print the time per layer (forward and backward) of a training step.
     #[arg(long)]
     profile: bool,
-    /// CUDA: convolution implementation, auto, cudnn or im2col (default auto: cuDNN for TF32
-    /// (NCHW) and bf16 (NHWC copies), im2col + cuBLAS for f32; ALEXNET_CONV overrides;
+    /// CUDA: convolution implementation, auto, cudnn, im2col or winograd (default auto: cuDNN
+    /// for TF32 (NCHW) and bf16 (NHWC copies), im2col + cuBLAS for f32; winograd: im2col, with
+    /// the 3x3 and 5x5 stride-1 layers in f32 by Winograd F(4x4); ALEXNET_CONV overrides;
     /// ALEXNET_CONV_LAYOUT=auto|nchw|nhwc picks cuDNN's layout, ALEXNET_CONV_S2D=off keeps
     /// cuDNN's conv1 direct, ALEXNET_LRN=elements runs the per-element LRN kernels)
     #[arg(long)]

@@ -85,6 +85,7 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
     }
     rows.push((f32_, ConvImpl::Im2col, h, 128, true, auto));
     elems_rows.push(rows.len() - 1);
+    rows.push((f32_, ConvImpl::Winograd, h, 128, true, auto));
     if cudnn {
         for lay in [nchw, nhwc] {
             if lay == nchw {
@@ -118,13 +119,13 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
         gpu.set_conv_layout(layout);
         let nhwc = layout.nhwc_for(p);
         let mut conv_name = ci.name().to_string();
-        if ci != ConvImpl::Im2col {
+        if ci.uses_cudnn() {
             conv_name = format!("{conv_name} {}", a.name());
         }
         if !s2d {
             conv_name.push_str(" no-s2d");
         }
-        if ci != ConvImpl::Im2col {
+        if ci.uses_cudnn() {
             conv_name.push_str(if nhwc { " nhwc" } else { " nchw" });
         }
         if !lrn_cols {
@@ -189,7 +190,8 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
          measured {PEAK_GEMM}^3 GEMM through our cuBLAS path (bf16 including the operand casts); \
          auto: cuDNN for TF32 (NCHW) and bf16 (NHWC), im2col + cuBLAS for f32; bf16 auto \
          nchw: im2col + bf16 GEMMs with conv1 on cuDNN in TF32; no-s2d: conv1 without the \
-         space-to-depth form; nhwc: cuDNN on NHWC copies (bf16 for bf16); lrn-el: the \
+         space-to-depth form; winograd: im2col, with conv1 (space-to-depth form) and conv2-5 by \
+         Winograd F(4x4) in f32; nhwc: cuDNN on NHWC copies (bf16 for bf16); lrn-el: the \
          per-element LRN kernels and a separate pool backward (ALEXNET_LRN=elements) instead \
          of the column kernels",
         FLOP_PER_TRAINED_IMAGE / 1e9,
@@ -307,6 +309,49 @@ impl ImagePool {
                 }
             });
     }
+}
+
+/// Where an f32 training step goes (paper net, batch 128, compute only, every stage
+/// synchronised, as `bench --profile`) with im2col and with Winograd convolutions, side by
+/// side in ms: the per-layer A/B of `--conv winograd`. False when a profile could not run.
+pub(super) fn f32_conv_profile(gpu: &Arc<Gpu>) -> Result<bool> {
+    println!("-- f32 step by stage (ms, forward / backward): im2col vs winograd");
+    let mut cols = Vec::new();
+    for ci in [ConvImpl::Im2col, ConvImpl::Winograd] {
+        gpu.set_conv_impl(ci)?;
+        let o = CudaBench {
+            preset: "paper",
+            batch: 128,
+            classes: 1000,
+            precision: "f32",
+            synthetic_data: true,
+            warmup: BENCH_WARMUP,
+            steps: 10,
+            profile: true,
+            conv: None,
+            algo: None,
+        };
+        match bench_on(gpu, &o, Precision::F32) {
+            Ok(r) => cols.push((r.train_img_per_s, r.layers.unwrap_or_default())),
+            Err(e) => {
+                println!("error: {} profile: {e:#}", ci.name());
+                return Ok(false);
+            }
+        }
+    }
+    let (base, wino) = (&cols[0], &cols[1]);
+    println!("{:<28} {:>17} {:>17}", "stage", "im2col", "winograd");
+    let (mut tb, mut tw) = (0.0, 0.0);
+    for ((name, f0, b0), (_, f1, b1)) in base.1.iter().zip(&wino.1) {
+        println!("{name:<28} {f0:>8.3} {b0:>8.3} {f1:>8.3} {b1:>8.3}");
+        tb += f0 + b0;
+        tw += f1 + b1;
+    }
+    println!(
+        "{:<28} {tb:>17.3} {tw:>17.3}  (unsynchronised: {:.0} vs {:.0} img/s)",
+        "total", base.0, wino.0
+    );
+    Ok(true)
 }
 
 /// Random N(0, std^2) weights / constant biases as the plan asks (what `Model::init` draws,

@@ -75,29 +75,56 @@ pub enum ConvImpl {
     Cudnn,
     /// Our im2col / col2im kernels + cuBLAS GEMMs.
     Im2col,
+    /// As [`ConvImpl::Im2col`], except the 3x3 and 5x5 stride-1 convolutions in strict f32:
+    /// Winograd F(4x4, k x k), our transforms around batched cuBLAS GEMMs (`ops::winograd`).
+    Winograd,
 }
 
 impl ConvImpl {
-    /// Parses `auto`, `cudnn` or `im2col`.
+    /// Parses `auto`, `cudnn`, `im2col` or `winograd`.
     pub fn parse(s: &str) -> Result<ConvImpl, CudaError> {
         match s.to_ascii_lowercase().as_str() {
             "auto" => Ok(ConvImpl::Auto),
             "cudnn" => Ok(ConvImpl::Cudnn),
             "im2col" => Ok(ConvImpl::Im2col),
+            "winograd" => Ok(ConvImpl::Winograd),
             other => Err(CudaError::invalid(
                 "conv implementation",
-                format!("unknown {other:?}: expected auto, cudnn or im2col"),
+                format!("unknown {other:?}: expected auto, cudnn, im2col or winograd"),
             )),
         }
     }
 
-    /// `auto`, `cudnn` or `im2col`.
+    /// `auto`, `cudnn`, `im2col` or `winograd`.
     pub fn name(self) -> &'static str {
         match self {
             ConvImpl::Auto => "auto",
             ConvImpl::Cudnn => "cudnn",
             ConvImpl::Im2col => "im2col",
+            ConvImpl::Winograd => "winograd",
         }
+    }
+
+    /// Every implementation, in the order of their codes (`self as u8`).
+    pub const ALL: [ConvImpl; 4] = [
+        ConvImpl::Auto,
+        ConvImpl::Cudnn,
+        ConvImpl::Im2col,
+        ConvImpl::Winograd,
+    ];
+
+    /// The implementation whose code (`self as u8`, how [`Gpu`] stores it) is `c`; im2col for
+    /// codes that name none.
+    pub fn from_code(c: u8) -> ConvImpl {
+        ConvImpl::ALL
+            .get(c as usize)
+            .copied()
+            .unwrap_or(ConvImpl::Im2col)
+    }
+
+    /// Whether this implementation runs convolutions on cuDNN (and so needs libcudnn).
+    pub fn uses_cudnn(self) -> bool {
+        matches!(self, ConvImpl::Auto | ConvImpl::Cudnn)
     }
 
     /// The precision at which cuDNN runs a convolution at precision `p`, or `None` when it runs
@@ -110,7 +137,7 @@ impl ConvImpl {
             (ConvImpl::Auto, Precision::Bf16) => s2d.then_some(Precision::Tf32),
             (ConvImpl::Auto, Precision::F32)
             | (ConvImpl::Cudnn, Precision::Bf16)
-            | (ConvImpl::Im2col, _) => None,
+            | (ConvImpl::Im2col | ConvImpl::Winograd, _) => None,
             (ConvImpl::Cudnn, p) => Some(p),
         }
     }
@@ -321,9 +348,9 @@ fn default_conv_impl() -> Result<ConvImpl, CudaError> {
     match std::env::var(CONV_ENV) {
         Ok(v) if !v.is_empty() => {
             let c = ConvImpl::parse(&v)?;
-            if c != ConvImpl::Im2col && !cudnn_available() {
+            if c.uses_cudnn() && !cudnn_available() {
                 return Err(CudaError::NoDevice(format!(
-                    "{CONV_ENV}=cudnn but libcudnn could not be loaded"
+                    "{CONV_ENV}={v} but libcudnn could not be loaded"
                 )));
             }
             Ok(c)
@@ -428,16 +455,12 @@ impl Gpu {
 
     /// How convolutions run.
     pub fn conv_impl(&self) -> ConvImpl {
-        match self.conv_impl.load(Ordering::Relaxed) {
-            0 => ConvImpl::Auto,
-            1 => ConvImpl::Cudnn,
-            _ => ConvImpl::Im2col,
-        }
+        ConvImpl::from_code(self.conv_impl.load(Ordering::Relaxed))
     }
 
     /// Switches the convolution implementation (cuDNN needs libcudnn).
     pub fn set_conv_impl(&self, c: ConvImpl) -> Result<(), CudaError> {
-        if c != ConvImpl::Im2col && !cudnn_available() {
+        if c.uses_cudnn() && !cudnn_available() {
             return Err(CudaError::NoDevice(
                 "libcudnn could not be loaded (install cuDNN 9 or use ALEXNET_CONV=im2col)".into(),
             ));

@@ -16,11 +16,12 @@ pub enum KernelFile {
     Sgd,
     Augment,
     Convert,
+    Winograd,
 }
 
 impl KernelFile {
     /// Every kernel file.
-    pub const ALL: [KernelFile; 7] = [
+    pub const ALL: [KernelFile; 8] = [
         KernelFile::Elementwise,
         KernelFile::Im2col,
         KernelFile::LrnPool,
@@ -28,6 +29,7 @@ impl KernelFile {
         KernelFile::Sgd,
         KernelFile::Augment,
         KernelFile::Convert,
+        KernelFile::Winograd,
     ];
 
     /// File name under `kernels/`.
@@ -40,6 +42,7 @@ impl KernelFile {
             KernelFile::Sgd => "sgd.cu",
             KernelFile::Augment => "augment.cu",
             KernelFile::Convert => "convert.cu",
+            KernelFile::Winograd => "winograd.cu",
         }
     }
 
@@ -53,6 +56,7 @@ impl KernelFile {
             KernelFile::Sgd => include_str!("../kernels/sgd.cu"),
             KernelFile::Augment => include_str!("../kernels/augment.cu"),
             KernelFile::Convert => include_str!("../kernels/convert.cu"),
+            KernelFile::Winograd => include_str!("../kernels/winograd.cu"),
         }
     }
 

@@ -10,6 +10,7 @@ use alexnet_cuda::ops::elementwise::dropout_threshold;
 use alexnet_cuda::ops::gemm::{gemm_dims, MatDesc};
 use alexnet_cuda::ops::lrn::{LrnCols, LrnParams, PoolGeom, PoolTile, LRN_POOL_THREADS};
 use alexnet_cuda::ops::sgd::SgdParams;
+use alexnet_cuda::ops::winograd::{WinoGeom, WinoMats};
 use alexnet_cuda::{device_count, CudaError, Gpu, Precision};
 use std::mem::{align_of, size_of};
 
@@ -24,6 +25,8 @@ fn repr_c_structs_match_the_cuda_structs() {
     assert_eq!((size_of::<SgdParams>(), align_of::<SgdParams>()), (24, 8));
     assert_eq!(size_of::<AugmentParams>(), 32);
     assert_eq!(size_of::<AugmentSample>(), 32);
+    assert_eq!(size_of::<WinoGeom>(), 64);
+    assert_eq!(size_of::<WinoMats>(), (48 + 40 + 64) * 4);
     // Each C struct declares the same field count as its Rust mirror.
     let src = KernelFile::LrnPool.source();
     assert!(src.contains("struct LrnParams") && src.contains("struct PoolGeom"));
@@ -35,7 +38,7 @@ fn kernel_inventory() {
         .iter()
         .flat_map(|f| f.kernel_names())
         .collect();
-    assert_eq!(names.len(), 36, "{names:?}");
+    assert_eq!(names.len(), 43, "{names:?}");
     for n in [
         "im2col",
         "col2im",
@@ -55,6 +58,13 @@ fn kernel_inventory() {
         "sgd_step",
         "augment_u8",
         "f32_to_bf16",
+        "wino_filter",
+        "wino_filter_grad",
+        "wino_input",
+        "wino_output",
+        "wino_output_grad",
+        "wino_input_grad_tiles",
+        "wino_input_grad",
     ] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
     }
@@ -184,7 +194,7 @@ fn precision_parsing() {
 
 #[test]
 fn convolution_implementation_per_precision_and_shape() {
-    use alexnet_cuda::ConvImpl::{Auto, Cudnn, Im2col};
+    use alexnet_cuda::ConvImpl::{Auto, Cudnn, Im2col, Winograd};
     use Precision::{Bf16, Tf32, F32};
     // (implementation, precision, conv in space-to-depth form) -> cuDNN's precision or im2col.
     for (ci, p, s2d, want) in [
@@ -198,6 +208,8 @@ fn convolution_implementation_per_precision_and_shape() {
         (Cudnn, Tf32, false, Some(Tf32)),
         (Cudnn, Bf16, true, None),
         (Im2col, Tf32, true, None),
+        (Winograd, F32, false, None),
+        (Winograd, Tf32, true, None),
     ] {
         assert_eq!(
             ci.cudnn_precision(p, s2d, false),
@@ -209,6 +221,17 @@ fn convolution_implementation_per_precision_and_shape() {
     assert_eq!(Auto.cudnn_precision(Bf16, false, true), Some(Bf16));
     assert_eq!(Cudnn.cudnn_precision(Bf16, true, true), Some(Bf16));
     assert_eq!(Im2col.cudnn_precision(Bf16, true, true), None);
+    assert_eq!(Winograd.cudnn_precision(Bf16, true, true), None);
+    // Names, parsing and the codes the Gpu stores round-trip; only auto and cudnn need cuDNN.
+    for ci in alexnet_cuda::ConvImpl::ALL {
+        assert_eq!(alexnet_cuda::ConvImpl::parse(ci.name()).unwrap(), ci);
+        assert_eq!(alexnet_cuda::ConvImpl::from_code(ci as u8), ci);
+        assert_eq!(ci.uses_cudnn(), matches!(ci, Auto | Cudnn), "{ci:?}");
+    }
+    let e = alexnet_cuda::ConvImpl::parse("fft")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("auto, cudnn, im2col or winograd"), "{e}");
     assert_eq!(Auto.cudnn_precision(F32, true, true), None);
     assert_eq!(Auto.cudnn_precision(Tf32, false, true), Some(Tf32));
     // The layout: auto is NHWC for bf16 only.

@@ -9,13 +9,12 @@
 #[path = "emu/common.rs"]
 mod common;
 
-use alexnet_cuda::emu::{arg, Emu};
-use alexnet_cuda::gpu::grid_for;
+use alexnet_cuda::emu::Emu;
 use alexnet_cuda::kernels::KernelFile;
-use alexnet_cuda::ops::conv::{ConvGeom, ConvShape};
+use alexnet_cuda::ops::conv::ConvShape;
 use alexnet_cuda::ops::space_to_depth::s2d_shape;
-use alexnet_layers::conv::{conv2d_backward, conv2d_forward, ConvShape as CpuShape};
-use common::{emu, f64s, normal, rel_l2};
+use alexnet_layers::conv::{conv2d_backward, conv2d_forward};
+use common::{cpu_shape, emu, extents, f64s, geom, launch_cfg, normal, rel_l2, run, weight_geom};
 use cudarc::driver::LaunchConfig;
 
 #[allow(clippy::too_many_arguments)]
@@ -43,84 +42,6 @@ fn shape(
     };
     s.validate().unwrap();
     s
-}
-
-fn cpu(s: &ConvShape) -> CpuShape {
-    CpuShape {
-        n: s.n,
-        c: s.c,
-        h: s.h,
-        w: s.w,
-        o: s.o,
-        k: s.k,
-        stride: s.stride,
-        pad: s.pad,
-        groups: s.groups,
-    }
-}
-
-/// The geometry of `nb` samples of `s`, as `ConvGeom::of` builds it for the launches.
-fn geom(s: &ConvShape, nb: usize) -> ConvGeom {
-    let u = |v: usize| u32::try_from(v).unwrap();
-    ConvGeom {
-        nb: u(nb),
-        c: u(s.c),
-        h: u(s.h),
-        w: u(s.w),
-        k: u(s.k),
-        stride: u(s.stride),
-        pad: u(s.pad),
-        ho: u(s.ho()),
-        wo: u(s.wo()),
-    }
-}
-
-/// The weight geometry of the s2d_weight kernels, as `space_to_depth::weight_geom` builds it:
-/// `nb` = O, `c` = input channels per group.
-fn weight_geom(s: &ConvShape) -> ConvGeom {
-    ConvGeom {
-        c: (s.c / s.groups) as u32,
-        ..geom(s, s.o)
-    }
-}
-
-/// (source, destination) element counts of kernel `name` for `g`, as the launch functions'
-/// length checks require; the destination count is the launch extent.
-fn extents(name: &str, g: &ConvGeom) -> (usize, usize) {
-    let [nb, c, h, w, k, st, ho, wo] =
-        [g.nb, g.c, g.h, g.w, g.k, g.stride, g.ho, g.wo].map(|v| v as usize);
-    let ks = k.div_ceil(st);
-    let image = nb * c * h * w;
-    let col = c * k * k * nb * ho * wo;
-    let xs = nb * c * st * st * (ho + ks - 1) * (wo + ks - 1);
-    let (wt, wts) = (nb * c * k * k, nb * c * st * st * ks * ks);
-    match name {
-        "im2col" => (image, col),
-        "col2im" => (col, image),
-        "s2d_input" => (image, xs),
-        "s2d_input_grad" => (xs, image),
-        "s2d_weight" => (wt, wts),
-        "s2d_weight_grad" => (wts, wt),
-        _ => panic!("no kernel {name}"),
-    }
-}
-
-/// `name(src, dst, g)` over `cfg`; dst starts as NaN, so an element never written shows.
-fn launch_cfg(e: &Emu, name: &str, cfg: &LaunchConfig, src: &[f32], g: ConvGeom) -> Vec<f32> {
-    let (ns, nd) = extents(name, &g);
-    assert_eq!(src.len(), ns, "{name}: source length");
-    let mut dst = vec![f32::NAN; nd];
-    let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
-    // SAFETY: src and dst hold exactly the elements the kernel reads and writes for `g`
-    // (`extents`, asserted above and by construction of dst).
-    unsafe { e.launch(name, cfg, &[arg(&sp), arg(&dp), arg(&g)]) }.unwrap();
-    dst
-}
-
-/// `name(src, dst, g)` launched as the launch functions do: `grid_for` over the destination.
-fn run(e: &Emu, name: &str, src: &[f32], g: ConvGeom) -> Vec<f32> {
-    let cfg = grid_for(extents(name, &g).1 as u64).unwrap();
-    launch_cfg(e, name, &cfg, src, g)
 }
 
 /// The index of x[n, c, hp - P, wp - P] for padded coordinates (hp, wp); None in the padding
@@ -169,7 +90,7 @@ fn rel64(a: &[f64], b: &[f64]) -> f64 {
 
 /// The layers crate's convolution in f64: (y, dx, dw) for x, w and dy.
 fn reference(s: &ConvShape, x: &[f64], w: &[f64], dy: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let c = cpu(s);
+    let c = cpu_shape(s);
     let mut y = vec![0.0; s.n * s.o * s.ho() * s.wo()];
     conv2d_forward(x, w, &vec![0.0; s.o], &mut y, &c).unwrap();
     let (mut dx, mut dw, mut db) = (vec![0.0; x.len()], vec![0.0; w.len()], vec![0.0; s.o]);

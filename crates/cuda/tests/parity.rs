@@ -1,9 +1,10 @@
 //! Per-op parity of the CUDA kernels against every fixture in tests/fixtures/parity through
 //! [`alexnet_cuda::parity::run_fixture`]: f32 at each fixture's tolerance, TF32 / bf16 at
-//! [`Precision::tolerance`] (ops with GEMMs only). Skips with one line without a CUDA device.
+//! [`Precision::tolerance`] (ops with GEMMs only); the conv and model fixtures once more with
+//! Winograd convolutions. Skips with one line without a CUDA device.
 
 use alexnet_cuda::parity::{applicable, run_fixture};
-use alexnet_cuda::{device_count, Gpu, Precision};
+use alexnet_cuda::{device_count, ConvImpl, Gpu, Precision};
 use alexnet_tensor::fixture::Fixture;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -77,6 +78,17 @@ fn run_all(
 fn cuda_parity_with_every_fixture() {
     let Some(gpu) = device() else { return };
     let errors = run_all(&gpu, Precision::F32, |_| true, |t| t);
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+/// The convolution and model fixtures with the 3x3 and 5x5 stride-1 convolutions by Winograd
+/// (`--conv winograd`), at the fixtures' f32 tolerance.
+#[test]
+fn cuda_parity_winograd() {
+    let Some(gpu) = device() else { return };
+    gpu.set_conv_impl(ConvImpl::Winograd).unwrap();
+    let conv_ops = |op: &str| matches!(op, "conv2d" | "model");
+    let errors = run_all(&gpu, Precision::F32, conv_ops, |t| t);
     assert!(errors.is_empty(), "{}", errors.join("\n"));
 }
 

@@ -32,6 +32,7 @@ use crate::conv::{grow, lane_sum, ConvShape};
 use crate::error::LayerError;
 use crate::relu::relu_mask;
 use alexnet_tensor::gemm::{f32_backend, gemm_ld, F32Backend, Float};
+use alexnet_tensor::toom_cook::ToomCook;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -98,13 +99,8 @@ pub(crate) fn applies(s: &ConvShape) -> bool {
     (s.k == 3 || s.k == 5) && s.stride == 1 && s.cg() >= MIN_CHANNELS && enabled()
 }
 
-/// The matrices of F(m, r), a = m + r - 1, by Toom-Cook on a - 1 of the points 0, 1, -1, 2,
-/// -1/2, -2, 1/2 and infinity: with the a x a Vandermonde matrix W (row i = powers of point i;
-/// the last row, for infinity, picks the leading coefficient), `G` = W's first r columns,
-/// `A^T` = W's first m columns transposed, and `B^T = W^-T`, so that the linear convolution
-/// `s = W^-1 [(G g) . (W_2 h)]` transposes into the correlation
-/// `y = A^T [(G g) . (B^T d)]`. Built in f64 (exact for these small integers and their
-/// inverse's fractions) and rounded once to T. Row-major.
+/// The matrices of F(m, r), a = m + r - 1 ([`ToomCook`], shared with the CUDA convolutions),
+/// rounded once from f64 to T. Row-major.
 struct Transforms<T> {
     /// Outputs per tile side (the m of F(m x m, r x r)), filter side r, tile side a = m + r - 1.
     m: usize,
@@ -117,97 +113,25 @@ struct Transforms<T> {
 }
 
 impl<T: Float> Transforms<T> {
+    /// F(m, r) for the m of [`tile_m`] (2 or 4) and r = 3 or 5 (a <= 8, which [`ToomCook`]
+    /// supports).
     fn new(m: usize, r: usize) -> Self {
-        let a = r + m - 1;
-        // 2 and -1/2 rather than +-2: f32 errors of F(2, 5) 0.6-0.7x those of +-2 (test below).
-        // 2 and -1/2 before -2 and 1/2: F(4, 3)'s f32 errors with 0, +-1, 2, -1/2 are 0.8x
-        // those with 0, +-1, +-2 (Lavin's) and 0.7x those with 0, +-1, +-1/2.
-        let points: [f64; 7] = [0.0, 1.0, -1.0, 2.0, -0.5, -2.0, 0.5];
-        // W (a, a): rows for the a - 1 finite points, then infinity.
-        let w = |i: usize, j: usize| -> f64 {
-            if i + 1 == a {
-                if j + 1 == a {
-                    1.0
-                } else {
-                    0.0
-                }
-            } else {
-                points[i].powi(j as i32)
-            }
+        // Invariant: callers pass m in {2, 4} and r in {3, 5} (`applies`), so a <= 8.
+        let t = ToomCook::new(m, r).expect("F(m, r) with m + r - 1 <= 8");
+        let cast = |v: &[f64]| -> Vec<T> {
+            v.iter()
+                .map(|&e| T::from_f64(e).unwrap_or_else(T::nan))
+                .collect()
         };
-        // The truncated Vandermonde W_k (a, k): finite rows as W's, infinity picks the
-        // coefficient of degree k - 1.
-        let wk = |k: usize, i: usize, j: usize| -> f64 {
-            if i + 1 == a {
-                if j + 1 == k {
-                    1.0
-                } else {
-                    0.0
-                }
-            } else {
-                w(i, j)
-            }
-        };
-        let inv = invert((0..a * a).map(|e| w(e / a, e % a)).collect(), a);
-        // B^T = W^-T (B^T[i][j] = W^-1[j][i]), each row i scaled by d_i so that its smallest
-        // nonzero entry is +-1, and row i of G by 1 / d_i (the product's factor i is
-        // unchanged): the data transforms then mostly add and subtract, and the divisions
-        // land in G, applied once per filter (for r = 3 this gives Lavin's matrices).
-        let bt: Vec<f64> = (0..a * a).map(|e| inv[(e % a) * a + e / a]).collect();
-        let d: Vec<f64> = (0..a)
-            .map(|i| {
-                let row = &bt[i * a..(i + 1) * a];
-                let min = row
-                    .iter()
-                    .filter(|v| **v != 0.0)
-                    .fold(f64::INFINITY, |m, v| m.min(v.abs()));
-                1.0 / min
-            })
-            .collect();
-        let cast = |v: f64| T::from_f64(v).unwrap_or_else(T::nan);
         Transforms {
             m,
-            a,
+            a: t.a,
             r,
-            at: (0..m * a).map(|e| cast(wk(m, e % a, e / a))).collect(),
-            g: (0..a * r)
-                .map(|e| cast(wk(r, e / r, e % r) / d[e / r]))
-                .collect(),
-            bt: (0..a * a).map(|e| cast(bt[e] * d[e / a])).collect(),
+            at: cast(&t.at),
+            g: cast(&t.g),
+            bt: cast(&t.bt),
         }
     }
-}
-
-/// The inverse of the n x n matrix `m` (row-major) by Gauss-Jordan elimination with partial
-/// pivoting; `m` is a Vandermonde matrix on distinct points, so it is invertible.
-fn invert(mut m: Vec<f64>, n: usize) -> Vec<f64> {
-    let mut inv: Vec<f64> = (0..n * n)
-        .map(|e| if e / n == e % n { 1.0 } else { 0.0 })
-        .collect();
-    for col in 0..n {
-        let piv = (col..n)
-            .max_by(|&i, &j| m[i * n + col].abs().total_cmp(&m[j * n + col].abs()))
-            .unwrap_or(col);
-        for j in 0..n {
-            m.swap(col * n + j, piv * n + j);
-            inv.swap(col * n + j, piv * n + j);
-        }
-        let d = m[col * n + col];
-        for j in 0..n {
-            m[col * n + j] /= d;
-            inv[col * n + j] /= d;
-        }
-        for i in (0..n).filter(|&i| i != col) {
-            let f = m[i * n + col];
-            if f != 0.0 {
-                for j in 0..n {
-                    m[i * n + j] -= f * m[col * n + j];
-                    inv[i * n + j] -= f * inv[col * n + j];
-                }
-            }
-        }
-    }
-    inv
 }
 
 /// Tile geometry of one shape.

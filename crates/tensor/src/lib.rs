@@ -6,6 +6,7 @@
 //!   flat parameter layout (names, shapes, offsets) that both devices and the checkpoints use.
 //! - [`fixture`]: the reader for the parity fixtures (safetensors + JSON params).
 //! - [`rng`]: a small, serialisable, deterministic RNG (xoshiro256**).
+//! - [`toom_cook`]: the Winograd transform matrices shared by the CPU and CUDA convolutions.
 //! - [`simd`]: run-time dispatch of the layers' element-wise loops to AVX-512 / AVX2 code.
 
 pub mod amx;
@@ -18,6 +19,7 @@ pub mod rng;
 pub mod simd;
 pub mod spec;
 mod tensor;
+pub mod toom_cook;
 
 pub use error::TensorError;
 pub use tensor::{rel_l2, Tensor};

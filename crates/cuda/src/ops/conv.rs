@@ -1,6 +1,7 @@
 //! Convolution (cross-correlation, zero padding, groups). Runs on cuDNN
 //! ([`super::conv_cudnn`]) when [`Gpu::conv_impl`] says so for the precision, shape and layout
-//! (by default TF32 and bf16); otherwise as im2col and cuBLAS GEMMs, processed in
+//! (by default TF32 and bf16), by Winograd ([`super::winograd`]) for 3x3 and 5x5 stride-1
+//! layers in strict f32 with `--conv winograd`; otherwise as im2col and cuBLAS GEMMs, processed in
 //! chunks of samples so the column buffer stays bounded. Forward fuses bias (+ReLU) into the
 //! CNHW -> NCHW epilogue; backward fuses the ReLU mask into the NCHW -> CNHW transpose.
 
@@ -113,10 +114,14 @@ impl ConvGeom {
     }
 }
 
-/// Scratch for the GEMM formulation: `col` holds (C*k*k, NB*HO*WO), `tmp` (O, NB*HO*WO).
+/// Scratch for the GEMM formulation: `col` holds (C*k*k, NB*HO*WO), `tmp` (O, NB*HO*WO);
+/// `wino` and `s2d`, grown on first use, the transformed tensors of [`super::winograd`] and the
+/// space-to-depth copies of the strided convolutions it runs.
 pub struct ConvWorkspace {
     pub col: CudaSlice<f32>,
     pub tmp: CudaSlice<f32>,
+    pub wino: Option<CudaSlice<f32>>,
+    pub s2d: Option<CudaSlice<f32>>,
 }
 
 impl ConvWorkspace {
@@ -125,6 +130,8 @@ impl ConvWorkspace {
         Ok(ConvWorkspace {
             col: gpu.zeros(col_cap)?,
             tmp: gpu.zeros(tmp_cap)?,
+            wino: None,
+            s2d: None,
         })
     }
     /// A workspace that processes `s` in chunks of at most `chunk` samples.
@@ -211,6 +218,9 @@ pub fn conv_forward(
     if let Some(p) = cudnn_precision(gpu, prec, s) {
         return super::conv_cudnn::forward(gpu, p, s, x, w, b, y, relu);
     }
+    if super::winograd::applies(gpu, prec, s) {
+        return super::winograd::forward(gpu, s, x, w, b, y, relu, ws);
+    }
     let (hw, kd, og) = (s.ho() * s.wo(), s.kdim(), s.o / s.groups);
     let nb_max = s.chunk(ws.col.len(), ws.tmp.len());
     check_len(
@@ -296,6 +306,9 @@ pub fn conv_backward(
     }
     if let Some(p) = cudnn_precision(gpu, prec, s) {
         return super::conv_cudnn::backward(gpu, p, s, x, w, y, dy, dx, dw, db);
+    }
+    if super::winograd::applies(gpu, prec, s) {
+        return super::winograd::backward(gpu, s, x, w, y, dy, dx, dw, db, ws);
     }
     check_len(
         "conv2d",

@@ -95,6 +95,28 @@ pub fn gemm_dims(a: MatDesc, b: MatDesc, c: MatDesc) -> Result<(usize, usize, us
     Ok((m, n, k))
 }
 
+/// cuBLAS's integer arguments of a row-major C = op(A) op(B) of dims (m, n, k): the dims
+/// (swapped to n, m, k for column-major) and the leading dimensions of A, B, C.
+fn blas_dims(
+    (m, n, k): (usize, usize, usize),
+    ad: MatDesc,
+    bd: MatDesc,
+    cd: MatDesc,
+) -> Result<([i32; 3], [i32; 3]), CudaError> {
+    Ok((
+        [int(n)?, int(m)?, int(k.max(1))?],
+        [int(ad.ld.max(1))?, int(bd.ld.max(1))?, int(cd.ld.max(1))?],
+    ))
+}
+
+/// cuBLAS's compute type for f32 operands at `prec` (TF32 tensor cores or strict f32).
+fn compute_type(prec: Precision) -> cublasComputeType_t {
+    match prec {
+        Precision::Tf32 => cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+        _ => cublasComputeType_t::CUBLAS_COMPUTE_32F,
+    }
+}
+
 /// Row-major C = alpha * op(A) op(B) + beta * C.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
@@ -116,13 +138,9 @@ pub fn gemm(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let (mi, ni, ki) = (int(m)?, int(n)?, int(k.max(1))?);
-    let (lda, ldb, ldc) = (int(ad.ld.max(1))?, int(bd.ld.max(1))?, int(cd.ld.max(1))?);
+    let ([ni, mi, ki], [lda, ldb, ldc]) = blas_dims((m, n, k), ad, bd, cd)?;
     let s = &gpu.stream;
-    let compute = match prec {
-        Precision::Tf32 => cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
-        _ => cublasComputeType_t::CUBLAS_COMPUTE_32F,
-    };
+    let compute = compute_type(prec);
     let f32t = cudaDataType::CUDA_R_32F;
     let (pc, _gc) = c.device_ptr_mut(s);
     if prec == Precision::Bf16 {
@@ -199,4 +217,115 @@ pub fn gemm(
         )
     }
     .map_err(CudaError::blas(format!("gemm {m}x{n}x{k}")))
+}
+
+/// A strided batch of GEMMs: `count` products, the i-th operands `stride_*` elements after the
+/// (i-1)-th.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batch {
+    pub count: usize,
+    pub stride_a: usize,
+    pub stride_b: usize,
+    pub stride_c: usize,
+}
+
+/// Row-major C_i = alpha * op(A_i) op(B_i) + beta * C_i for i < `batch.count`, in one cuBLAS
+/// call (`cublasGemmStridedBatchedEx`); f32 (strict) or TF32 operands.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_batched(
+    gpu: &Gpu,
+    prec: Precision,
+    alpha: f32,
+    (a, ad): (&CudaView<f32>, MatDesc),
+    (b, bd): (&CudaView<f32>, MatDesc),
+    beta: f32,
+    (c, cd): (&mut CudaViewMut<f32>, MatDesc),
+    batch: Batch,
+) -> Result<(), CudaError> {
+    let (m, n, k) = gemm_dims(ad, bd, cd)?;
+    if prec == Precision::Bf16 {
+        return Err(CudaError::invalid(
+            "batched gemm",
+            "f32 or tf32 only (bf16 operands are not converted here)",
+        ));
+    }
+    if batch.count == 0 || m == 0 || n == 0 {
+        return Ok(());
+    }
+    let last = batch.count - 1;
+    check_len(
+        "batched gemm",
+        "A",
+        a.len(),
+        last * batch.stride_a + ad.extent(),
+    )?;
+    check_len(
+        "batched gemm",
+        "B",
+        b.len(),
+        last * batch.stride_b + bd.extent(),
+    )?;
+    check_len(
+        "batched gemm",
+        "C",
+        c.len(),
+        last * batch.stride_c + cd.extent(),
+    )?;
+    if batch.stride_c < cd.extent() {
+        return Err(CudaError::shape(
+            "batched gemm",
+            format!("C stride {} < its extent {}", batch.stride_c, cd.extent()),
+        ));
+    }
+    let ([ni, mi, ki], [lda, ldb, ldc]) = blas_dims((m, n, k), ad, bd, cd)?;
+    let count = int(batch.count)?;
+    let stride = |v: usize| {
+        i64::try_from(v).map_err(|_| CudaError::invalid("batched gemm", "stride exceeds i64"))
+    };
+    let (sa, sb, sc) = (
+        stride(batch.stride_a)?,
+        stride(batch.stride_b)?,
+        stride(batch.stride_c)?,
+    );
+    let compute = compute_type(prec);
+    let f32t = cudaDataType::CUDA_R_32F;
+    let s = &gpu.stream;
+    let (pc, _gc) = c.device_ptr_mut(s);
+    let (pa, _ga) = a.device_ptr(s);
+    let (pb, _gb) = b.device_ptr(s);
+    // SAFETY: every A_i, B_i, C_i lies within its buffer for the given leading dimensions and
+    // strides (checked above), the C_i do not overlap (stride >= extent), dims fit in i32, and
+    // alpha/beta are host f32 values matching the 32F compute type. Operands swapped as in
+    // [`gemm`] (row-major through column-major cuBLAS).
+    unsafe {
+        cudarc::cublas::result::gemm_strided_batched_ex(
+            *gpu.blas.handle(),
+            bd.op(),
+            ad.op(),
+            ni,
+            mi,
+            ki,
+            (&alpha) as *const f32 as *const c_void,
+            pb as *const c_void,
+            f32t,
+            ldb,
+            sb,
+            pa as *const c_void,
+            f32t,
+            lda,
+            sa,
+            (&beta) as *const f32 as *const c_void,
+            pc as *mut c_void,
+            f32t,
+            ldc,
+            sc,
+            count,
+            compute,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+    .map_err(CudaError::blas(format!(
+        "batched gemm {}x {m}x{n}x{k}",
+        batch.count
+    )))
 }

@@ -15,6 +15,7 @@ pub mod loss;
 pub mod lrn;
 pub mod sgd;
 pub mod space_to_depth;
+pub mod winograd;
 
 use crate::error::CudaError;
 use cudarc::driver::{CudaView, CudaViewMut};

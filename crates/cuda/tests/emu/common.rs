@@ -3,9 +3,14 @@
 
 #![allow(dead_code)]
 
+use alexnet_cuda::emu::arg;
 use alexnet_cuda::emu::Emu;
+use alexnet_cuda::gpu::grid_for;
 use alexnet_cuda::kernels::KernelFile;
+use alexnet_cuda::ops::conv::{ConvGeom, ConvShape};
+use alexnet_layers::conv::ConvShape as CpuShape;
 use alexnet_tensor::rng::Rng;
+use cudarc::driver::LaunchConfig;
 use std::sync::Arc;
 
 /// The emulated kernel file, or `None` (after printing the skip line) without a C++ compiler.
@@ -68,4 +73,85 @@ pub fn assert_all_launched(e: &Emu) {
         "kernels of {} never run: {missing:?}",
         e.file().file_name()
     );
+}
+
+/// The layers crate's description of convolution shape `s`.
+pub fn cpu_shape(s: &ConvShape) -> CpuShape {
+    CpuShape {
+        n: s.n,
+        c: s.c,
+        h: s.h,
+        w: s.w,
+        o: s.o,
+        k: s.k,
+        stride: s.stride,
+        pad: s.pad,
+        groups: s.groups,
+    }
+}
+
+// Launches of kernels/im2col.cu's (src, dst, ConvGeom) kernels.
+
+/// The geometry of `nb` samples of `s`, as `ConvGeom::of` builds it for the launches.
+pub fn geom(s: &ConvShape, nb: usize) -> ConvGeom {
+    let u = |v: usize| u32::try_from(v).unwrap();
+    ConvGeom {
+        nb: u(nb),
+        c: u(s.c),
+        h: u(s.h),
+        w: u(s.w),
+        k: u(s.k),
+        stride: u(s.stride),
+        pad: u(s.pad),
+        ho: u(s.ho()),
+        wo: u(s.wo()),
+    }
+}
+
+/// The weight geometry of the s2d_weight kernels, as `space_to_depth::weight_geom` builds it:
+/// `nb` = O, `c` = input channels per group.
+pub fn weight_geom(s: &ConvShape) -> ConvGeom {
+    ConvGeom {
+        c: (s.c / s.groups) as u32,
+        ..geom(s, s.o)
+    }
+}
+
+/// (source, destination) element counts of kernel `name` for `g`, as the launch functions'
+/// length checks require; the destination count is the launch extent.
+pub fn extents(name: &str, g: &ConvGeom) -> (usize, usize) {
+    let [nb, c, h, w, k, st, ho, wo] =
+        [g.nb, g.c, g.h, g.w, g.k, g.stride, g.ho, g.wo].map(|v| v as usize);
+    let ks = k.div_ceil(st);
+    let image = nb * c * h * w;
+    let col = c * k * k * nb * ho * wo;
+    let xs = nb * c * st * st * (ho + ks - 1) * (wo + ks - 1);
+    let (wt, wts) = (nb * c * k * k, nb * c * st * st * ks * ks);
+    match name {
+        "im2col" => (image, col),
+        "col2im" => (col, image),
+        "s2d_input" => (image, xs),
+        "s2d_input_grad" => (xs, image),
+        "s2d_weight" => (wt, wts),
+        "s2d_weight_grad" => (wts, wt),
+        _ => panic!("no kernel {name}"),
+    }
+}
+
+/// `name(src, dst, g)` over `cfg`; dst starts as NaN, so an element never written shows.
+pub fn launch_cfg(e: &Emu, name: &str, cfg: &LaunchConfig, src: &[f32], g: ConvGeom) -> Vec<f32> {
+    let (ns, nd) = extents(name, &g);
+    assert_eq!(src.len(), ns, "{name}: source length");
+    let mut dst = vec![f32::NAN; nd];
+    let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+    // SAFETY: src and dst hold exactly the elements the kernel reads and writes for `g`
+    // (`extents`, asserted above and by construction of dst).
+    unsafe { e.launch(name, cfg, &[arg(&sp), arg(&dp), arg(&g)]) }.unwrap();
+    dst
+}
+
+/// `name(src, dst, g)` launched as the launch functions do: `grid_for` over the destination.
+pub fn run(e: &Emu, name: &str, src: &[f32], g: ConvGeom) -> Vec<f32> {
+    let cfg = grid_for(extents(name, &g).1 as u64).unwrap();
+    launch_cfg(e, name, &cfg, src, g)
 }

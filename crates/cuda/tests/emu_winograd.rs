@@ -1,0 +1,362 @@
+//! kernels/winograd.cu on the CPU emulator (no GPU): the Winograd transforms composed as
+//! `ops::winograd` composes them (chunks of samples, the filter gradient accumulated over the
+//! chunks in the transformed domain), with the batched GEMMs done here in f64, against the
+//! layers crate's convolution in f64: forward (with and without ReLU), dx, dw, for F(2x2) and
+//! F(4x4) tiles, 3x3 and 5x5 kernels, groups, pads 0-2, planes the tiles overhang, a 1x1
+//! output.
+
+#[path = "emu/common.rs"]
+mod common;
+
+use alexnet_cuda::emu::{arg, Emu, EmuArg};
+use alexnet_cuda::gpu::grid_for;
+use alexnet_cuda::kernels::KernelFile;
+use alexnet_cuda::ops::conv::ConvShape;
+use alexnet_cuda::ops::winograd::{chunk, winograd_shape, WinoGeom, WinoMats};
+use alexnet_layers::conv::{conv2d_backward, conv2d_forward};
+use common::{assert_all_launched, cpu_shape, emu, f64s, geom, normal, rel_l2, run, weight_geom};
+
+#[allow(clippy::too_many_arguments)]
+fn shape(
+    n: usize,
+    c: usize,
+    hw: [usize; 2],
+    o: usize,
+    k: usize,
+    pad: usize,
+    groups: usize,
+) -> ConvShape {
+    let s = ConvShape {
+        n,
+        c,
+        h: hw[0],
+        w: hw[1],
+        o,
+        k,
+        stride: 1,
+        pad,
+        groups,
+    };
+    s.validate().unwrap();
+    s
+}
+
+/// Launches `name` over `threads` grid-stride threads, as the launch functions do.
+fn launch(e: &Emu, name: &str, threads: usize, args: &[EmuArg]) {
+    let cfg = grid_for(threads as u64).unwrap();
+    // SAFETY: every caller passes buffers of the lengths the kernel reads and writes for its
+    // geometry (the launch functions' checks, mirrored by the callers' allocations).
+    unsafe { e.launch(name, &cfg, args) }.unwrap();
+}
+
+/// The per-batch products of `ops::winograd`, in f64 over f32 operands: batch b of
+/// `count` = groups a^2, row-major.
+struct Gemms {
+    count: usize,
+    og: usize,
+    cg: usize,
+    p: usize,
+}
+
+impl Gemms {
+    /// M (og, p) = U (og, cg) V (cg, p).
+    fn forward(&self, u: &[f32], v: &[f32]) -> Vec<f32> {
+        let (og, cg, p) = (self.og, self.cg, self.p);
+        let mut m = vec![0.0f32; self.count * og * p];
+        for b in 0..self.count {
+            for o in 0..og {
+                for j in 0..p {
+                    let s: f64 = (0..cg)
+                        .map(|c| u[(b * og + o) * cg + c] as f64 * v[(b * cg + c) * p + j] as f64)
+                        .sum();
+                    m[(b * og + o) * p + j] = s as f32;
+                }
+            }
+        }
+        m
+    }
+    /// dU (og, cg) += dM (og, p) V^T (p, cg).
+    fn filter_grad(&self, dm: &[f32], v: &[f32], du: &mut [f32]) {
+        let (og, cg, p) = (self.og, self.cg, self.p);
+        for b in 0..self.count {
+            for o in 0..og {
+                for c in 0..cg {
+                    let s: f64 = (0..p)
+                        .map(|j| dm[(b * og + o) * p + j] as f64 * v[(b * cg + c) * p + j] as f64)
+                        .sum();
+                    du[(b * og + o) * cg + c] += s as f32;
+                }
+            }
+        }
+    }
+    /// dV (cg, p) = U^T (cg, og) dM (og, p).
+    fn input_grad(&self, u: &[f32], dm: &[f32]) -> Vec<f32> {
+        let (og, cg, p) = (self.og, self.cg, self.p);
+        let mut dv = vec![0.0f32; self.count * cg * p];
+        for b in 0..self.count {
+            for c in 0..cg {
+                for j in 0..p {
+                    let s: f64 = (0..og)
+                        .map(|o| u[(b * og + o) * cg + c] as f64 * dm[(b * og + o) * p + j] as f64)
+                        .sum();
+                    dv[(b * cg + c) * p + j] = s as f32;
+                }
+            }
+        }
+        dv
+    }
+}
+
+/// y, dx, dw of the Winograd composition with m x m tiles over chunks of `chunk` samples.
+/// The ReLU (forward) applies when `relu`; dy is the already-masked gradient.
+fn winograd(
+    e: &Emu,
+    s: &ConvShape,
+    m: usize,
+    chunk: usize,
+    [x, w, b, dy]: [&[f32]; 4],
+    relu: bool,
+) -> [Vec<f32>; 3] {
+    let t = WinoMats::new(m, s.k).unwrap();
+    let full = WinoGeom::new(s, chunk, m).unwrap();
+    let (cg, og, hw) = (s.c / s.groups, s.o / s.groups, s.ho() * s.wo());
+    let (chw, ohw) = (s.c * s.h * s.w, s.o * hw);
+    let mut u = vec![f32::NAN; full.u_len()];
+    let (wp, up) = (w.as_ptr(), u.as_mut_ptr());
+    launch(
+        e,
+        "wino_filter",
+        s.o * cg,
+        &[arg(&wp), arg(&up), arg(&full), arg(&t)],
+    );
+    let mut y = vec![f32::NAN; s.n * ohw];
+    let mut dx = vec![f32::NAN; s.n * chw];
+    let mut du = vec![0.0f32; full.u_len()];
+    let mut n0 = 0;
+    while n0 < s.n {
+        let nb = chunk.min(s.n - n0);
+        let g = WinoGeom::new(s, nb, m).unwrap();
+        let p = g.p as usize;
+        let gemms = Gemms {
+            count: s.groups * (g.a * g.a) as usize,
+            og,
+            cg,
+            p,
+        };
+        let xc = &x[n0 * chw..(n0 + nb) * chw];
+        let mut v = vec![f32::NAN; g.v_len()];
+        let (xp, vp) = (xc.as_ptr(), v.as_mut_ptr());
+        launch(
+            e,
+            "wino_input",
+            s.c * p,
+            &[arg(&xp), arg(&vp), arg(&g), arg(&t)],
+        );
+        // Forward.
+        let mm = gemms.forward(&u, &v);
+        let yc = &mut y[n0 * ohw..(n0 + nb) * ohw];
+        let (mp, bp, yp, r) = (mm.as_ptr(), b.as_ptr(), yc.as_mut_ptr(), relu as i32);
+        let args = [arg(&mp), arg(&bp), arg(&yp), arg(&g), arg(&t), arg(&r)];
+        launch(e, "wino_output", s.o * p, &args);
+        // Backward: dy chunk (nb, O, HO, WO) -> (O, nb, HO, WO), as nchw_to_cnhw_mask does.
+        let mut tc = vec![0.0f32; g.t_len()];
+        for n in 0..nb {
+            for o in 0..s.o {
+                let src = &dy[(n0 + n) * ohw + o * hw..][..hw];
+                tc[(o * nb + n) * hw..][..hw].copy_from_slice(src);
+            }
+        }
+        let mut dm = vec![f32::NAN; g.m_len()];
+        let (tp, dmp) = (tc.as_ptr(), dm.as_mut_ptr());
+        launch(
+            e,
+            "wino_output_grad",
+            s.o * p,
+            &[arg(&tp), arg(&dmp), arg(&g), arg(&t)],
+        );
+        gemms.filter_grad(&dm, &v, &mut du);
+        let dv = gemms.input_grad(&u, &dm);
+        // The patches' gradients go into V's buffer, as in ops::winograd.
+        v.fill(f32::NAN);
+        let (dvp, ddp) = (dv.as_ptr(), v.as_mut_ptr());
+        launch(
+            e,
+            "wino_input_grad_tiles",
+            s.c * p,
+            &[arg(&dvp), arg(&ddp), arg(&g), arg(&t)],
+        );
+        let dxc = &mut dx[n0 * chw..(n0 + nb) * chw];
+        let (ddp, dxp) = (v.as_ptr(), dxc.as_mut_ptr());
+        launch(
+            e,
+            "wino_input_grad",
+            nb * chw,
+            &[arg(&ddp), arg(&dxp), arg(&g)],
+        );
+        n0 += nb;
+    }
+    let mut dw = vec![f32::NAN; w.len()];
+    let (dup, dwp) = (du.as_ptr(), dw.as_mut_ptr());
+    launch(
+        e,
+        "wino_filter_grad",
+        s.o * cg,
+        &[arg(&dup), arg(&dwp), arg(&full), arg(&t)],
+    );
+    [y, dx, dw]
+}
+
+#[test]
+fn winograd_transforms_compute_the_convolution() {
+    let Some(e) = emu(KernelFile::Winograd) else {
+        return;
+    };
+    let shapes = [
+        // conv3-5-like: 13x13 "same", groups, the tiles overhang (16x16 for m = 4).
+        shape(3, 4, [13, 13], 6, 3, 1, 2),
+        // Non-square, no padding; pad 2 with a 3x3 kernel (output larger than the input).
+        shape(2, 3, [6, 7], 5, 3, 0, 1),
+        shape(2, 2, [5, 4], 3, 3, 2, 1),
+        // A 1x1 output plane.
+        shape(2, 3, [3, 3], 2, 3, 0, 1),
+        // conv2-like 5x5 "same" with groups, an odd plane; pads 0 and 1.
+        shape(3, 4, [9, 9], 6, 5, 2, 2),
+        shape(2, 3, [7, 6], 4, 5, 1, 1),
+        shape(1, 2, [6, 6], 3, 5, 0, 1),
+    ];
+    let mut worst = [0.0f64; 3];
+    for (si, s) in shapes.iter().enumerate() {
+        let seed = 100 * si as u64;
+        let x = normal(s.n * s.c * s.h * s.w, seed + 1, 1.0);
+        let w = normal(s.o * s.kdim(), seed + 2, 0.3);
+        let b = normal(s.o, seed + 3, 0.5);
+        let dy = normal(s.n * s.o * s.ho() * s.wo(), seed + 4, 1.0);
+        let cs = cpu_shape(s);
+        let mut y_ref = vec![0.0f64; dy.len()];
+        conv2d_forward(&f64s(&x), &f64s(&w), &f64s(&b), &mut y_ref, &cs).unwrap();
+        let (mut dx_ref, mut dw_ref, mut db_ref) =
+            (vec![0.0; x.len()], vec![0.0; w.len()], vec![0.0; s.o]);
+        let (xd, wd, dyd) = (f64s(&x), f64s(&w), f64s(&dy));
+        conv2d_backward(&xd, &wd, &dyd, &mut dx_ref, &mut dw_ref, &mut db_ref, &cs).unwrap();
+        let relu_ref: Vec<f64> = y_ref.iter().map(|&v| v.max(0.0)).collect();
+        for m in [2, 4] {
+            // One chunk of every sample, and chunks of 2 (the last one shorter when n = 3).
+            for chunk in [s.n, 2.min(s.n)] {
+                for relu in [false, true] {
+                    let [y, dx, dw] = winograd(&e, s, m, chunk, [&x, &w, &b, &dy], relu);
+                    let want = if relu { &relu_ref } else { &y_ref };
+                    // f32 against f64 (measured worst: F(2x2) 7.0e-7, F(4x4, 3x3) 7.8e-7,
+                    // F(4x4, 5x5) 3.2e-6; the CPU's Winograd has the same orders).
+                    let bound = if m == 4 && s.k == 5 { 1e-5 } else { 2e-6 };
+                    let errs = [rel_l2(&y, want), rel_l2(&dx, &dx_ref), rel_l2(&dw, &dw_ref)];
+                    for (i, (&err, what)) in errs.iter().zip(["y", "dx", "dw"]).enumerate() {
+                        assert!(
+                            err < bound,
+                            "{s:?} F({m}x{m}) chunk {chunk} relu {relu}: {what} rel L2 {err:e} \
+                             (bound {bound:e})"
+                        );
+                        worst[i] = worst[i].max(err);
+                    }
+                }
+            }
+        }
+    }
+    println!(
+        "winograd on the emulator: worst rel L2 y {:e}, dx {:e}, dw {:e}",
+        worst[0], worst[1], worst[2]
+    );
+    assert_all_launched(&e);
+}
+
+/// The strided convolutions `ops::winograd` runs in space-to-depth form, composed as it composes
+/// them: im2col.cu's s2d kernels around the Winograd transforms, against the strided
+/// convolution in f64.
+#[test]
+fn strided_convolutions_by_winograd_in_space_to_depth_form() {
+    let (Some(ew), Some(ei)) = (emu(KernelFile::Winograd), emu(KernelFile::Im2col)) else {
+        return;
+    };
+    let strided = |s: ConvShape, stride| ConvShape { stride, ..s };
+    for s in [
+        // conv1-like: 11x11 stride 4 (3x3 over 48 channels); 5x5 stride 2 with pad 2, groups.
+        strided(shape(2, 3, [23, 27], 4, 11, 0, 1), 4),
+        strided(shape(2, 4, [9, 9], 6, 5, 2, 2), 2),
+    ] {
+        let t = winograd_shape(&s, true).unwrap();
+        assert_eq!((t.k, t.stride, t.pad), (3, 1, 0), "{s:?}");
+        let x = normal(s.n * s.c * s.h * s.w, 7, 1.0);
+        let w = normal(s.o * s.kdim(), 8, 0.2);
+        let b = normal(s.o, 9, 0.5);
+        let dy = normal(s.n * s.o * s.ho() * s.wo(), 10, 1.0);
+        let xs = run(&ei, "s2d_input", &x, geom(&s, s.n));
+        let wt = run(&ei, "s2d_weight", &w, weight_geom(&s));
+        let [y, dxs, dwt] = winograd(&ew, &t, 4, t.n, [&xs, &wt, &b, &dy], false);
+        let dx = run(&ei, "s2d_input_grad", &dxs, geom(&s, s.n));
+        let dw = run(&ei, "s2d_weight_grad", &dwt, weight_geom(&s));
+        let cs = cpu_shape(&s);
+        let (xd, wd, dyd) = (f64s(&x), f64s(&w), f64s(&dy));
+        let mut y_ref = vec![0.0f64; dy.len()];
+        conv2d_forward(&xd, &wd, &f64s(&b), &mut y_ref, &cs).unwrap();
+        let (mut dx_ref, mut dw_ref, mut db_ref) =
+            (vec![0.0; x.len()], vec![0.0; w.len()], vec![0.0; s.o]);
+        conv2d_backward(&xd, &wd, &dyd, &mut dx_ref, &mut dw_ref, &mut db_ref, &cs).unwrap();
+        for (what, got, want) in [
+            ("y", &y, &y_ref),
+            ("dx", &dx, &dx_ref),
+            ("dw", &dw, &dw_ref),
+        ] {
+            let err = rel_l2(got, want);
+            assert!(err < 2e-6, "{s:?} in s2d form: {what} rel L2 {err:e}");
+        }
+    }
+}
+
+#[test]
+fn geometry_and_matrices_are_checked() {
+    // F(4x4, 3x3) of the paper's conv3: 13x13 -> 4x4 tiles of 4 outputs, a = 6.
+    let s = shape(128, 256, [13, 13], 384, 3, 1, 1);
+    let g = WinoGeom::new(&s, 128, 4).unwrap();
+    assert_eq!((g.th, g.tw, g.p, g.a), (4, 4, 128 * 16, 6));
+    assert_eq!(g.v_len(), 36 * 256 * 2048);
+    assert_eq!(g.m_len(), 36 * 384 * 2048);
+    assert_eq!(g.u_len(), 36 * 384 * 256);
+    // conv2 (5x5, two groups): 27x27 -> 7x7 tiles, a = 8.
+    let s2 = shape(128, 96, [27, 27], 256, 5, 2, 2);
+    let g2 = WinoGeom::new(&s2, 1, 4).unwrap();
+    assert_eq!((g2.th, g2.p, g2.a), (7, 49, 8));
+    assert_eq!(g2.u_len(), 64 * 256 * 48);
+    // No instance: strided, 7x7, m = 3; too many elements for 32-bit indices.
+    let strided = ConvShape { stride: 2, ..s };
+    assert!(WinoGeom::new(&strided, 1, 4).is_err());
+    assert!(WinoGeom::new(&shape(1, 2, [9, 9], 2, 7, 3, 1), 1, 4).is_err());
+    assert!(WinoGeom::new(&s, 1, 3).is_err());
+    assert!(WinoGeom::new(&shape(4096, 256, [27, 27], 256, 5, 2, 1), 4096, 4).is_err());
+    // Chunks keep V, dV, M and the masked gradient within WINO_BUDGET (2^27 elements): conv2's
+    // 1,591,552 per sample (plus U and dU, 1,572,864) give 83 samples; conv3 fits the batch.
+    assert_eq!(chunk(&s2, 4).unwrap(), 83);
+    assert_eq!(chunk(&s, 4).unwrap(), 128);
+    assert_eq!(chunk(&ConvShape { n: 7, ..s }, 4).unwrap(), 7);
+    // Which convolutions have a Winograd form: 3x3 and 5x5 stride 1 as they are; the paper's
+    // conv1 (11x11 stride 4) in space-to-depth form (48 channels, 3x3 over 57x57) when on.
+    assert_eq!(winograd_shape(&s2, false), Some(s2));
+    let conv1 = shape(128, 3, [227, 227], 96, 11, 0, 1);
+    let conv1 = ConvShape { stride: 4, ..conv1 };
+    let t = winograd_shape(&conv1, true).unwrap();
+    assert_eq!(
+        (t.c, t.h, t.w, t.k, t.stride, t.pad, t.o),
+        (48, 57, 57, 3, 1, 0, 96)
+    );
+    assert_eq!(winograd_shape(&conv1, false), None);
+    assert_eq!(
+        winograd_shape(&strided, true),
+        None,
+        "3x3 stride 2 has no s2d form"
+    );
+    assert_eq!(winograd_shape(&shape(1, 2, [9, 9], 2, 7, 3, 1), true), None);
+    // The matrices' f32 copies: those of F(2, 3), in the fixed-size arrays' first entries.
+    let t = WinoMats::new(2, 3).unwrap();
+    assert_eq!(t.at[..8], [1., 1., 1., 0., 0., 1., -1., 1.]);
+    assert_eq!(t.g[..3], [1., 0., 0.]);
+    assert!(t.at[8..].iter().all(|&v| v == 0.0));
+    assert!(WinoMats::new(6, 5).is_err(), "a = 10 has no matrices");
+}

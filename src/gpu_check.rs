@@ -24,7 +24,8 @@
 //! 6. a benchmark table (preset paper; f32 and TF32 with each convolution implementation, cuDNN
 //!    with heuristic and with timed algorithm choice, bf16 at batch 128 and 256) with the
 //!    fraction of the measured GEMM peak reached;
-//! 7. an f32 training step by stage with im2col and with Winograd convolutions, side by side.
+//! 7. an f32 and a TF32 training step by stage with Winograd convolutions beside im2col (f32)
+//!    and the default (TF32).
 //!
 //! Bounds (relative L2 error against the CPU's f32 result):
 //!
@@ -50,7 +51,7 @@ mod lrn_kernels;
 mod model;
 
 pub use bench::{bench_cuda, CudaBench};
-use bench::{bench_table, f32_conv_profile, ImagePool};
+use bench::{bench_table, conv_profile, ImagePool};
 use model::{model_checks, CpuReference};
 
 use crate::bench::{median, BenchResult};
@@ -288,6 +289,12 @@ pub fn gpu_check(fixture_dir: &Path) -> Result<bool> {
         let kinds = ["conv2d", "linear"];
         fixture_pass(&gpu, &files, &kinds, p, precision_name(p), &mut tally);
     }
+    // TF32 GEMMs inside Winograd's transforms (`--conv winograd --precision tf32`).
+    gpu.set_conv_impl(ConvImpl::Winograd)?;
+    println!("-- conv2d fixtures in tf32 with Winograd convolutions at relative L2 2e-2");
+    let tag = "tf32 (winograd)";
+    fixture_pass(&gpu, &files, &["conv2d"], Precision::Tf32, tag, &mut tally);
+    gpu.set_conv_impl(default_impl)?;
 
     if let Err(e) = lrn_kernels::lrn_kernels(&gpu, &mut tally) {
         println!("FAIL LRN kernel check: {e:#}");
@@ -318,8 +325,8 @@ pub fn gpu_check(fixture_dir: &Path) -> Result<bool> {
                 case.classes,
                 ci.name()
             );
-            // Reduced precisions only with the first implementation.
-            let reduced = ci == impls[0];
+            // Reduced precisions with the first implementation, and with Winograd (TF32).
+            let reduced = ci == impls[0] || ci == ConvImpl::Winograd;
             if let Err(e) = model_checks(&gpu, case, &reference, reduced, &mut tally) {
                 println!("FAIL {} model comparison: {e:#}", case.preset);
                 tally.record(false);
@@ -331,7 +338,8 @@ pub fn gpu_check(fixture_dir: &Path) -> Result<bool> {
 
     let default_algo = gpu.algo_search();
     let bench_ok = bench_table(&gpu, &impls)?;
-    let profile_ok = f32_conv_profile(&gpu)?;
+    let profile_ok = conv_profile(&gpu, Precision::F32, [ConvImpl::Im2col, ConvImpl::Winograd])?
+        && conv_profile(&gpu, Precision::Tf32, [default_impl, ConvImpl::Winograd])?;
     gpu.set_conv_impl(default_impl)?;
     gpu.set_algo_search(default_algo);
     println!(

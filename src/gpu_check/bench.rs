@@ -97,6 +97,7 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
         rows.push((tf32, ConvImpl::Cudnn, h, 128, false, nchw));
     }
     rows.push((tf32, ConvImpl::Im2col, h, 128, true, auto));
+    rows.push((tf32, ConvImpl::Winograd, h, 128, true, auto));
     if cudnn {
         rows.push((bf16, ConvImpl::Auto, h, 128, true, auto));
         elems_rows.push(rows.len() - 1);
@@ -191,7 +192,7 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
          auto: cuDNN for TF32 (NCHW) and bf16 (NHWC), im2col + cuBLAS for f32; bf16 auto \
          nchw: im2col + bf16 GEMMs with conv1 on cuDNN in TF32; no-s2d: conv1 without the \
          space-to-depth form; winograd: im2col, with conv1 (space-to-depth form) and conv2-5 by \
-         Winograd F(4x4) in f32; nhwc: cuDNN on NHWC copies (bf16 for bf16); lrn-el: the \
+         Winograd (F(4x4); TF32: F(2x2) for conv2) in f32 and TF32; nhwc: cuDNN on NHWC copies (bf16 for bf16); lrn-el: the \
          per-element LRN kernels and a separate pool backward (ALEXNET_LRN=elements) instead \
          of the column kernels",
         FLOP_PER_TRAINED_IMAGE / 1e9,
@@ -311,19 +312,26 @@ impl ImagePool {
     }
 }
 
-/// Where an f32 training step goes (paper net, batch 128, compute only, every stage
-/// synchronised, as `bench --profile`) with im2col and with Winograd convolutions, side by
-/// side in ms: the per-layer A/B of `--conv winograd`. False when a profile could not run.
-pub(super) fn f32_conv_profile(gpu: &Arc<Gpu>) -> Result<bool> {
-    println!("-- f32 step by stage (ms, forward / backward): im2col vs winograd");
+/// Where a training step at precision `p` goes (paper net, batch 128, compute only, every
+/// stage synchronised, as `bench --profile`) with the two convolution implementations `impls`,
+/// side by side in ms: the per-layer A/B of `--conv winograd`. False when a profile could not
+/// run.
+pub(super) fn conv_profile(gpu: &Arc<Gpu>, p: Precision, impls: [ConvImpl; 2]) -> Result<bool> {
+    let names = impls.map(|c| c.name());
+    println!(
+        "-- {} step by stage (ms, forward / backward): {} vs {}",
+        precision_name(p),
+        names[0],
+        names[1]
+    );
     let mut cols = Vec::new();
-    for ci in [ConvImpl::Im2col, ConvImpl::Winograd] {
+    for ci in impls {
         gpu.set_conv_impl(ci)?;
         let o = CudaBench {
             preset: "paper",
             batch: 128,
             classes: 1000,
-            precision: "f32",
+            precision: precision_name(p),
             synthetic_data: true,
             warmup: BENCH_WARMUP,
             steps: 10,
@@ -331,7 +339,7 @@ pub(super) fn f32_conv_profile(gpu: &Arc<Gpu>) -> Result<bool> {
             conv: None,
             algo: None,
         };
-        match bench_on(gpu, &o, Precision::F32) {
+        match bench_on(gpu, &o, p) {
             Ok(r) => cols.push((r.train_img_per_s, r.layers.unwrap_or_default())),
             Err(e) => {
                 println!("error: {} profile: {e:#}", ci.name());
@@ -339,17 +347,17 @@ pub(super) fn f32_conv_profile(gpu: &Arc<Gpu>) -> Result<bool> {
             }
         }
     }
-    let (base, wino) = (&cols[0], &cols[1]);
-    println!("{:<28} {:>17} {:>17}", "stage", "im2col", "winograd");
-    let (mut tb, mut tw) = (0.0, 0.0);
-    for ((name, f0, b0), (_, f1, b1)) in base.1.iter().zip(&wino.1) {
+    let (a, b) = (&cols[0], &cols[1]);
+    println!("{:<28} {:>17} {:>17}", "stage", names[0], names[1]);
+    let (mut ta, mut tb) = (0.0, 0.0);
+    for ((name, f0, b0), (_, f1, b1)) in a.1.iter().zip(&b.1) {
         println!("{name:<28} {f0:>8.3} {b0:>8.3} {f1:>8.3} {b1:>8.3}");
-        tb += f0 + b0;
-        tw += f1 + b1;
+        ta += f0 + b0;
+        tb += f1 + b1;
     }
     println!(
-        "{:<28} {tb:>17.3} {tw:>17.3}  (unsynchronised: {:.0} vs {:.0} img/s)",
-        "total", base.0, wino.0
+        "{:<28} {ta:>17.3} {tb:>17.3}  (unsynchronised: {:.0} vs {:.0} img/s)",
+        "total", a.0, b.0
     );
     Ok(true)
 }

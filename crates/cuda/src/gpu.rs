@@ -75,8 +75,9 @@ pub enum ConvImpl {
     Cudnn,
     /// Our im2col / col2im kernels + cuBLAS GEMMs.
     Im2col,
-    /// As [`ConvImpl::Im2col`], except the 3x3 and 5x5 stride-1 convolutions in strict f32:
-    /// Winograd F(4x4, k x k), our transforms around batched cuBLAS GEMMs (`ops::winograd`).
+    /// As [`ConvImpl::Im2col`], except the 3x3 and 5x5 stride-1 convolutions (and strided ones
+    /// in space-to-depth form, the paper's conv1) in f32 and TF32: Winograd F(m x m, k x k), our
+    /// transforms around batched cuBLAS GEMMs (`ops::winograd`).
     Winograd,
 }
 

@@ -12,7 +12,8 @@ use alexnet_cuda::emu::{arg, Emu, EmuArg};
 use alexnet_cuda::gpu::grid_for;
 use alexnet_cuda::kernels::KernelFile;
 use alexnet_cuda::ops::conv::ConvShape;
-use alexnet_cuda::ops::winograd::{chunk, winograd_shape, WinoGeom, WinoMats};
+use alexnet_cuda::ops::winograd::{chunk, tile_m, winograd_shape, WinoGeom, WinoMats};
+use alexnet_cuda::Precision;
 use alexnet_layers::conv::{conv2d_backward, conv2d_forward};
 use common::{assert_all_launched, cpu_shape, emu, f64s, geom, normal, rel_l2, run, weight_geom};
 
@@ -56,9 +57,26 @@ struct Gemms {
     og: usize,
     cg: usize,
     p: usize,
+    /// Operands rounded to TF32 first, as cuBLAS's TF32 mode does (products in f64 here).
+    tf32: bool,
+}
+
+/// `v` rounded to TF32 (10 mantissa bits, to nearest even); finite values only.
+fn tf32(v: f32) -> f32 {
+    let b = v.to_bits();
+    f32::from_bits(b.wrapping_add(0xFFF + ((b >> 13) & 1)) & !0x1FFF)
 }
 
 impl Gemms {
+    /// An operand as the GEMM sees it.
+    fn op(&self, v: f32) -> f64 {
+        if self.tf32 {
+            tf32(v) as f64
+        } else {
+            v as f64
+        }
+    }
+
     /// M (og, p) = U (og, cg) V (cg, p).
     fn forward(&self, u: &[f32], v: &[f32]) -> Vec<f32> {
         let (og, cg, p) = (self.og, self.cg, self.p);
@@ -67,7 +85,9 @@ impl Gemms {
             for o in 0..og {
                 for j in 0..p {
                     let s: f64 = (0..cg)
-                        .map(|c| u[(b * og + o) * cg + c] as f64 * v[(b * cg + c) * p + j] as f64)
+                        .map(|c| {
+                            self.op(u[(b * og + o) * cg + c]) * self.op(v[(b * cg + c) * p + j])
+                        })
                         .sum();
                     m[(b * og + o) * p + j] = s as f32;
                 }
@@ -82,7 +102,9 @@ impl Gemms {
             for o in 0..og {
                 for c in 0..cg {
                     let s: f64 = (0..p)
-                        .map(|j| dm[(b * og + o) * p + j] as f64 * v[(b * cg + c) * p + j] as f64)
+                        .map(|j| {
+                            self.op(dm[(b * og + o) * p + j]) * self.op(v[(b * cg + c) * p + j])
+                        })
                         .sum();
                     du[(b * og + o) * cg + c] += s as f32;
                 }
@@ -97,7 +119,9 @@ impl Gemms {
             for c in 0..cg {
                 for j in 0..p {
                     let s: f64 = (0..og)
-                        .map(|o| u[(b * og + o) * cg + c] as f64 * dm[(b * og + o) * p + j] as f64)
+                        .map(|o| {
+                            self.op(u[(b * og + o) * cg + c]) * self.op(dm[(b * og + o) * p + j])
+                        })
                         .sum();
                     dv[(b * cg + c) * p + j] = s as f32;
                 }
@@ -112,8 +136,7 @@ impl Gemms {
 fn winograd(
     e: &Emu,
     s: &ConvShape,
-    m: usize,
-    chunk: usize,
+    (m, chunk, tf32): (usize, usize, bool),
     [x, w, b, dy]: [&[f32]; 4],
     relu: bool,
 ) -> [Vec<f32>; 3] {
@@ -142,6 +165,7 @@ fn winograd(
             og,
             cg,
             p,
+            tf32,
         };
         let xc = &x[n0 * chw..(n0 + nb) * chw];
         let mut v = vec![f32::NAN; g.v_len()];
@@ -243,7 +267,7 @@ fn winograd_transforms_compute_the_convolution() {
             // One chunk of every sample, and chunks of 2 (the last one shorter when n = 3).
             for chunk in [s.n, 2.min(s.n)] {
                 for relu in [false, true] {
-                    let [y, dx, dw] = winograd(&e, s, m, chunk, [&x, &w, &b, &dy], relu);
+                    let [y, dx, dw] = winograd(&e, s, (m, chunk, false), [&x, &w, &b, &dy], relu);
                     let want = if relu { &relu_ref } else { &y_ref };
                     // f32 against f64 (measured worst: F(2x2) 7.0e-7, F(4x4, 3x3) 7.8e-7,
                     // F(4x4, 5x5) 3.2e-6; the CPU's Winograd has the same orders).
@@ -268,6 +292,56 @@ fn winograd_transforms_compute_the_convolution() {
     assert_all_launched(&e);
 }
 
+/// TF32 products (`--conv winograd --precision tf32`): the operands of the GEMMs rounded to
+/// TF32, as cuBLAS rounds them, against the f64 convolution, beside the error of TF32 products
+/// in the direct form (x, w and dy rounded to TF32, products exact) on the same data. The
+/// transforms' coefficients amplify the rounding; the documented TF32 bound is 2e-2.
+#[test]
+fn tf32_products_stay_within_the_tf32_bound() {
+    let Some(e) = emu(KernelFile::Winograd) else {
+        return;
+    };
+    let round = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| tf32(x) as f64).collect() };
+    for s in [
+        shape(2, 64, [13, 13], 32, 3, 1, 1),
+        shape(2, 32, [27, 27], 16, 5, 2, 2),
+    ] {
+        let x = normal(s.n * s.c * s.h * s.w, 21, 1.0);
+        let w = normal(s.o * s.kdim(), 22, 0.1);
+        let b = normal(s.o, 23, 0.5);
+        let dy = normal(s.n * s.o * s.ho() * s.wo(), 24, 1.0);
+        let cs = cpu_shape(&s);
+        let grads = |x: &[f64], w: &[f64], dy: &[f64]| {
+            let mut y = vec![0.0f64; dy.len()];
+            conv2d_forward(x, w, &f64s(&b), &mut y, &cs).unwrap();
+            let (mut dx, mut dw, mut db) = (vec![0.0; x.len()], vec![0.0; w.len()], vec![0.0; s.o]);
+            conv2d_backward(x, w, dy, &mut dx, &mut dw, &mut db, &cs).unwrap();
+            [y, dx, dw]
+        };
+        let exact = grads(&f64s(&x), &f64s(&w), &f64s(&dy));
+        let direct = grads(&round(&x), &round(&w), &round(&dy));
+        let rel = |a: &[f64], b: &[f64]| {
+            let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+            (num / b.iter().map(|y| y * y).sum::<f64>()).sqrt()
+        };
+        for m in [2, 4] {
+            let got = winograd(&e, &s, (m, s.n, true), [&x, &w, &b, &dy], false);
+            for (i, what) in ["y", "dx", "dw"].iter().enumerate() {
+                let (err, base) = (rel_l2(&got[i], &exact[i]), rel(&direct[i], &exact[i]));
+                let used = m == tile_m(Precision::Tf32, s.k);
+                let tag = if used { " (the tiles tf32 uses)" } else { "" };
+                println!(
+                    "tf32 k{} F({m}x{m}) {what}: rel L2 {err:.2e} (direct form {base:.2e}){tag}",
+                    s.k
+                );
+                // Measured: F(4x4, 3x3) 2.0e-3, F(2x2, 5x5) 2.3e-3 (F(4x4, 5x5): 5.5e-3).
+                let bound = if used { 3e-3 } else { 1e-2 };
+                assert!(err < bound, "{s:?} F({m}x{m}) tf32 {what}: rel L2 {err:e}");
+            }
+        }
+    }
+}
+
 /// The strided convolutions `ops::winograd` runs in space-to-depth form, composed as it composes
 /// them: im2col.cu's s2d kernels around the Winograd transforms, against the strided
 /// convolution in f64.
@@ -290,7 +364,7 @@ fn strided_convolutions_by_winograd_in_space_to_depth_form() {
         let dy = normal(s.n * s.o * s.ho() * s.wo(), 10, 1.0);
         let xs = run(&ei, "s2d_input", &x, geom(&s, s.n));
         let wt = run(&ei, "s2d_weight", &w, weight_geom(&s));
-        let [y, dxs, dwt] = winograd(&ew, &t, 4, t.n, [&xs, &wt, &b, &dy], false);
+        let [y, dxs, dwt] = winograd(&ew, &t, (4, t.n, false), [&xs, &wt, &b, &dy], false);
         let dx = run(&ei, "s2d_input_grad", &dxs, geom(&s, s.n));
         let dw = run(&ei, "s2d_weight_grad", &dwt, weight_geom(&s));
         let cs = cpu_shape(&s);

@@ -1,7 +1,8 @@
-//! Winograd convolutions F(m x m, r x r) for the 3x3 and 5x5 stride-1 layers in strict f32
-//! (`--conv winograd`, [`crate::ConvImpl::Winograd`]): the transforms are our kernels
-//! (`kernels/winograd.cu`), the products one strided-batched cuBLAS SGEMM per pass, over the
-//! a^2 positions of the transformed tiles and the groups. Forward, data and filter gradients
+//! Winograd convolutions F(m x m, r x r) for the 3x3 and 5x5 stride-1 layers in f32 and TF32
+//! (`--conv winograd`, [`crate::ConvImpl::Winograd`]), and for strided ones in space-to-depth
+//! form (the paper's conv1): the transforms are our kernels (`kernels/winograd.cu`), the
+//! products one strided-batched cuBLAS GEMM per pass, over the a^2 positions of the
+//! transformed tiles and the groups. Forward, data and filter gradients
 //! all run in the transformed domain, as on the CPU (`alexnet-layers`' winograd module, whose
 //! Toom-Cook matrices these are): with F(4x4, 5x5) conv2 costs 5.8x fewer multiply-adds than
 //! the direct form on its 27x27 planes, and F(4x4, 3x3) conv3-5 2.6x fewer on 13x13 (tiles
@@ -26,8 +27,17 @@ use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 const F: KernelFile = KernelFile::Winograd;
 const OP: &str = "winograd conv2d";
 
-/// Outputs per tile side: F(4x4, 3x3) and F(4x4, 5x5).
-pub const WINO_M: usize = 4;
+/// Outputs per tile side for a k x k kernel at precision `prec`: 4 in f32; in TF32 4 for 3x3
+/// and 2 for 5x5. The transforms amplify the GEMMs' rounding: with TF32 operands (10 mantissa
+/// bits), against direct TF32's 2.9e-4, F(4x4, 3x3) gave 2.0e-3, F(2x2, 5x5) 2.3e-3 and
+/// F(4x4, 5x5) 5.5e-3 relative error on the emulator (`tests/emu_winograd.rs`; TF32's bound
+/// is 2e-2). In f32 all stay near 1e-6.
+pub fn tile_m(prec: Precision, k: usize) -> usize {
+    match (prec, k) {
+        (Precision::Tf32, 5) => 2,
+        _ => 4,
+    }
+}
 
 /// Elements of the chunk-sized buffers (V, dV, M and the masked gradient) together, above
 /// which the batch runs in chunks of samples (512 MiB).
@@ -182,11 +192,12 @@ pub fn winograd_shape(s: &ConvShape, s2d: bool) -> Option<ConvShape> {
     (matches!(t.k, 3 | 5) && t.stride == 1).then_some(t)
 }
 
-/// Whether a convolution of shape `s` at precision `prec` runs here: `--conv winograd`, strict
-/// f32, and a [`winograd_shape`] (space-to-depth as [`Gpu::space_to_depth`] says).
+/// Whether a convolution of shape `s` at precision `prec` runs here: `--conv winograd`, f32 or
+/// TF32 (whose GEMMs then take TF32 operands), and a [`winograd_shape`] (space-to-depth as
+/// [`Gpu::space_to_depth`] says).
 pub fn applies(gpu: &Gpu, prec: Precision, s: &ConvShape) -> bool {
     gpu.conv_impl() == ConvImpl::Winograd
-        && prec == Precision::F32
+        && matches!(prec, Precision::F32 | Precision::Tf32)
         && winograd_shape(s, gpu.space_to_depth()).is_some()
 }
 
@@ -266,6 +277,7 @@ fn with_parts<R>(
 /// C (rows x cols) (+)= op(A) op(B) with the operands of [`MatDesc`]s `ad`, `bd`.
 fn products(
     gpu: &Gpu,
+    prec: Precision,
     g: &WinoGeom,
     a: (&CudaView<f32>, MatDesc),
     b: (&CudaView<f32>, MatDesc),
@@ -280,15 +292,16 @@ fn products(
         stride_b: size(b.1),
         stride_c: size(c.1),
     };
-    gemm_batched(gpu, Precision::F32, 1.0, a, b, beta, c, batch)
+    gemm_batched(gpu, prec, 1.0, a, b, beta, c, batch)
 }
 
-/// y = conv(x, w) + b (then ReLU when `relu`) by Winograd F(4x4, k x k), a strided
+/// y = conv(x, w) + b (then ReLU when `relu`) by Winograd F(m x m, k x k) ([`tile_m`]), a strided
 /// convolution in its space-to-depth form ([`winograd_shape`]): x (N, C, H, W),
 /// w (O, C/g, K, K), b (O), y (N, O, HO, WO).
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     gpu: &Gpu,
+    prec: Precision,
     s: &ConvShape,
     x: &CudaView<f32>,
     w: &CudaView<f32>,
@@ -299,14 +312,14 @@ pub fn forward(
 ) -> Result<(), CudaError> {
     let t = stride1_shape(gpu, s)?;
     if t == *s {
-        return forward_stride1(gpu, s, x, w, b, y, relu, ws);
+        return forward_stride1(gpu, prec, s, x, w, b, y, relu, ws);
     }
     let lens = [t.n * t.c * t.h * t.w, t.o * t.kdim(), 0, 0];
     with_s2d_scratch(gpu, ws, lens, |ws, [mut xs, mut wt, _, _]| {
         // x (N, C, H, W) -> xs (N, C S^2, HS, WS); w -> (O, C/g S^2, KS, KS)
         space_to_depth::input(gpu, s, x, &mut xs)?;
         space_to_depth::weight(gpu, s, w, &mut wt)?;
-        forward_stride1(gpu, &t, &xs.as_view(), &wt.as_view(), b, y, relu, ws)
+        forward_stride1(gpu, prec, &t, &xs.as_view(), &wt.as_view(), b, y, relu, ws)
     })
 }
 
@@ -314,6 +327,7 @@ pub fn forward(
 #[allow(clippy::too_many_arguments)]
 fn forward_stride1(
     gpu: &Gpu,
+    prec: Precision,
     s: &ConvShape,
     x: &CudaView<f32>,
     w: &CudaView<f32>,
@@ -322,7 +336,7 @@ fn forward_stride1(
     relu: bool,
     ws: &mut ConvWorkspace,
 ) -> Result<(), CudaError> {
-    let m = WINO_M;
+    let m = tile_m(prec, s.k);
     let t = WinoMats::new(m, s.k)?;
     let nb_max = chunk(s, m)?;
     let full = WinoGeom::new(s, nb_max, m)?;
@@ -342,6 +356,7 @@ fn forward_stride1(
             // M[g][xi] (O/g, P) = U[g][xi] (O/g, C/g) V[g][xi] (C/g, P)
             products(
                 gpu,
+                prec,
                 &g,
                 (&ps.u.as_view(), MatDesc::new(og, cg)),
                 (&ps.v.as_view(), MatDesc::new(cg, p)),
@@ -358,12 +373,13 @@ fn forward_stride1(
 }
 
 /// Gradients of a convolution (+ReLU when `y`, the layer's ReLU output, is given) by Winograd
-/// F(4x4, k x k), a strided convolution in its space-to-depth form ([`winograd_shape`]):
+/// F(m x m, k x k) ([`tile_m`]), a strided convolution in its space-to-depth form ([`winograd_shape`]):
 /// dy (N, O, HO, WO) -> dw (O, C/g, K, K) and db (O) overwritten, dx (N, C, H, W) overwritten
 /// when given.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     gpu: &Gpu,
+    prec: Precision,
     s: &ConvShape,
     x: &CudaView<f32>,
     w: &CudaView<f32>,
@@ -376,7 +392,7 @@ pub fn backward(
 ) -> Result<(), CudaError> {
     let t = stride1_shape(gpu, s)?;
     if t == *s {
-        return backward_stride1(gpu, s, x, w, y, dy, dx, dw, db, ws);
+        return backward_stride1(gpu, prec, s, x, w, y, dy, dx, dw, db, ws);
     }
     let (xl, wl) = (t.n * t.c * t.h * t.w, t.o * t.kdim());
     let dxl = if dx.is_some() { xl } else { 0 };
@@ -389,7 +405,7 @@ pub fn backward(
             space_to_depth::weight(gpu, s, w, &mut wt)?;
             let (xs, wt) = (xs.as_view(), wt.as_view());
             let dxs_opt = if dx.is_some() { Some(&mut dxs) } else { None };
-            backward_stride1(gpu, &t, &xs, &wt, y, dy, dxs_opt, &mut dwt, db, ws)?;
+            backward_stride1(gpu, prec, &t, &xs, &wt, y, dy, dxs_opt, &mut dwt, db, ws)?;
             if let Some(dx) = dx {
                 // dxs (N, C S^2, HS, WS) -> dx (N, C, H, W)
                 space_to_depth::input_grad(gpu, s, &dxs.as_view(), dx)?;
@@ -404,6 +420,7 @@ pub fn backward(
 #[allow(clippy::too_many_arguments)]
 fn backward_stride1(
     gpu: &Gpu,
+    prec: Precision,
     s: &ConvShape,
     x: &CudaView<f32>,
     w: &CudaView<f32>,
@@ -414,7 +431,7 @@ fn backward_stride1(
     db: &mut CudaViewMut<f32>,
     ws: &mut ConvWorkspace,
 ) -> Result<(), CudaError> {
-    let m = WINO_M;
+    let m = tile_m(prec, s.k);
     let t = WinoMats::new(m, s.k)?;
     let nb_max = chunk(s, m)?;
     let full = WinoGeom::new(s, nb_max, m)?;
@@ -450,6 +467,7 @@ fn backward_stride1(
             // dU[g][xi] (O/g, C/g) (+)= dM[g][xi] (O/g, P) V[g][xi]^T (P, C/g)
             products(
                 gpu,
+                prec,
                 &g,
                 (&ps.mm.as_view(), MatDesc::new(og, p)),
                 (&ps.v.as_view(), MatDesc::new(cg, p).t()),
@@ -460,6 +478,7 @@ fn backward_stride1(
                 // dV[g][xi] (C/g, P) = U[g][xi]^T (C/g, O/g) dM[g][xi] (O/g, P)
                 products(
                     gpu,
+                    prec,
                     &g,
                     (&ps.u.as_view(), MatDesc::new(og, cg).t()),
                     (&ps.mm.as_view(), MatDesc::new(og, p)),

@@ -12,7 +12,10 @@ use alexnet_cuda::emu::{arg, Emu, EmuArg};
 use alexnet_cuda::gpu::grid_for;
 use alexnet_cuda::kernels::KernelFile;
 use alexnet_cuda::ops::conv::ConvShape;
-use alexnet_cuda::ops::winograd::{chunk, tile_m, winograd_shape, WinoGeom, WinoMats};
+use alexnet_cuda::ops::gemm::MatDesc;
+use alexnet_cuda::ops::winograd::{
+    chunk, chunks, tile_m, winograd_shape, Pass, Products, WinoGeom, WinoMats, WINO_BUDGET,
+};
 use alexnet_cuda::Precision;
 use alexnet_layers::conv::{conv2d_backward, conv2d_forward};
 use common::{assert_all_launched, cpu_shape, emu, f64s, geom, normal, rel_l2, run, weight_geom};
@@ -50,99 +53,70 @@ fn launch(e: &Emu, name: &str, threads: usize, args: &[EmuArg]) {
     unsafe { e.launch(name, &cfg, args) }.unwrap();
 }
 
-/// The per-batch products of `ops::winograd`, in f64 over f32 operands: batch b of
-/// `count` = groups a^2, row-major.
-struct Gemms {
-    count: usize,
-    og: usize,
-    cg: usize,
-    p: usize,
-    /// Operands rounded to TF32 first, as cuBLAS's TF32 mode does (products in f64 here).
-    tf32: bool,
-}
-
 /// `v` rounded to TF32 (10 mantissa bits, to nearest even); finite values only.
 fn tf32(v: f32) -> f32 {
     let b = v.to_bits();
     f32::from_bits(b.wrapping_add(0xFFF + ((b >> 13) & 1)) & !0x1FFF)
 }
 
-impl Gemms {
-    /// An operand as the GEMM sees it.
-    fn op(&self, v: f32) -> f64 {
-        if self.tf32 {
-            tf32(v) as f64
-        } else {
-            v as f64
-        }
-    }
-
-    /// M (og, p) = U (og, cg) V (cg, p).
-    fn forward(&self, u: &[f32], v: &[f32]) -> Vec<f32> {
-        let (og, cg, p) = (self.og, self.cg, self.p);
-        let mut m = vec![0.0f32; self.count * og * p];
-        for b in 0..self.count {
-            for o in 0..og {
-                for j in 0..p {
-                    let s: f64 = (0..cg)
-                        .map(|c| {
-                            self.op(u[(b * og + o) * cg + c]) * self.op(v[(b * cg + c) * p + j])
-                        })
-                        .sum();
-                    m[(b * og + o) * p + j] = s as f32;
-                }
-            }
-        }
-        m
-    }
-    /// dU (og, cg) += dM (og, p) V^T (p, cg).
-    fn filter_grad(&self, dm: &[f32], v: &[f32], du: &mut [f32]) {
-        let (og, cg, p) = (self.og, self.cg, self.p);
-        for b in 0..self.count {
-            for o in 0..og {
-                for c in 0..cg {
-                    let s: f64 = (0..p)
-                        .map(|j| {
-                            self.op(dm[(b * og + o) * p + j]) * self.op(v[(b * cg + c) * p + j])
-                        })
-                        .sum();
-                    du[(b * og + o) * cg + c] += s as f32;
-                }
-            }
-        }
-    }
-    /// dV (cg, p) = U^T (cg, og) dM (og, p).
-    fn input_grad(&self, u: &[f32], dm: &[f32]) -> Vec<f32> {
-        let (og, cg, p) = (self.og, self.cg, self.p);
-        let mut dv = vec![0.0f32; self.count * cg * p];
-        for b in 0..self.count {
-            for c in 0..cg {
-                for j in 0..p {
-                    let s: f64 = (0..og)
-                        .map(|o| {
-                            self.op(u[(b * og + o) * cg + c]) * self.op(dm[(b * og + o) * p + j])
-                        })
-                        .sum();
-                    dv[(b * cg + c) * p + j] = s as f32;
-                }
-            }
-        }
-        dv
+/// Element (i, j) of op(M) for a stored row-major matrix described by `d`.
+fn at(m: &[f32], d: MatDesc, i: usize, j: usize) -> f32 {
+    if d.trans {
+        m[j * d.ld + i]
+    } else {
+        m[i * d.ld + j]
     }
 }
 
-/// y, dx, dw of the Winograd composition with m x m tiles over chunks of `chunk` samples.
-/// The ReLU (forward) applies when `relu`; dy is the already-masked gradient.
+/// What `gemm_batched` asks of cuBLAS, on the host: C_i = op(A_i) op(B_i) + beta C_i with
+/// the descriptors and strides of `pr`, products in f64 (of TF32-rounded operands when `tf32`).
+fn host_gemm(pr: &Products, a: &[f32], b: &[f32], beta: f32, c: &mut [f32], tf32_ops: bool) {
+    let op = |v: f32| if tf32_ops { tf32(v) as f64 } else { v as f64 };
+    let (rows, inner) = pr.a.op_shape();
+    let (inner_b, cols) = pr.b.op_shape();
+    assert_eq!(inner, inner_b, "op(A) and op(B) do not chain");
+    assert_eq!((pr.c.rows, pr.c.cols), (rows, cols));
+    let bt = pr.batch;
+    for i in 0..bt.count {
+        let (ai, bi) = (&a[i * bt.stride_a..], &b[i * bt.stride_b..]);
+        let ci = &mut c[i * bt.stride_c..];
+        for r in 0..rows {
+            for q in 0..cols {
+                let s: f64 = (0..inner)
+                    .map(|k| op(at(ai, pr.a, r, k)) * op(at(bi, pr.b, k, q)))
+                    .sum();
+                let dst = &mut ci[r * pr.c.ld + q];
+                *dst = if beta == 0.0 {
+                    s as f32
+                } else {
+                    (beta as f64 * *dst as f64 + s) as f32
+                };
+            }
+        }
+    }
+}
+
+/// The workspace budget (elements) that makes `chunk` take `nb` samples per chunk.
+fn budget_for(s: &ConvShape, m: usize, nb: usize) -> usize {
+    let one = WinoGeom::new(s, 1, m).unwrap();
+    2 * one.u_len() + nb * (one.workspace_len() - 2 * one.u_len())
+}
+
+/// y, dx, dw of the Winograd composition with m x m tiles, composed as `ops::winograd` composes
+/// it: the chunks of `chunks` for a workspace of `budget` elements, the GEMMs of
+/// `Products::of` (done on the host, with TF32 operands when `tf32`), the filter gradient
+/// accumulated over the chunks, the patches' gradients in V's buffer. The ReLU (forward)
+/// applies when `relu`; dy is the already-masked gradient.
 fn winograd(
     e: &Emu,
     s: &ConvShape,
-    (m, chunk, tf32): (usize, usize, bool),
+    (m, budget, tf32): (usize, usize, bool),
     [x, w, b, dy]: [&[f32]; 4],
     relu: bool,
 ) -> [Vec<f32>; 3] {
     let t = WinoMats::new(m, s.k).unwrap();
-    let full = WinoGeom::new(s, chunk, m).unwrap();
-    let (cg, og, hw) = (s.c / s.groups, s.o / s.groups, s.ho() * s.wo());
+    let (full, parts) = chunks(s, m, budget).unwrap();
+    let (cg, hw) = (s.c / s.groups, s.ho() * s.wo());
     let (chw, ohw) = (s.c * s.h * s.w, s.o * hw);
     let mut u = vec![f32::NAN; full.u_len()];
     let (wp, up) = (w.as_ptr(), u.as_mut_ptr());
@@ -154,21 +128,12 @@ fn winograd(
     );
     let mut y = vec![f32::NAN; s.n * ohw];
     let mut dx = vec![f32::NAN; s.n * chw];
-    let mut du = vec![0.0f32; full.u_len()];
-    let mut n0 = 0;
-    while n0 < s.n {
-        let nb = chunk.min(s.n - n0);
-        let g = WinoGeom::new(s, nb, m).unwrap();
-        let p = g.p as usize;
-        let gemms = Gemms {
-            count: s.groups * (g.a * g.a) as usize,
-            og,
-            cg,
-            p,
-            tf32,
-        };
+    let mut du = vec![f32::NAN; full.u_len()];
+    let (mut v, mut dv) = (vec![f32::NAN; full.v_len()], vec![f32::NAN; full.v_len()]);
+    let mut mm = vec![f32::NAN; full.m_len()];
+    for (n0, g) in parts {
+        let (nb, p) = (g.nb as usize, g.p as usize);
         let xc = &x[n0 * chw..(n0 + nb) * chw];
-        let mut v = vec![f32::NAN; g.v_len()];
         let (xp, vp) = (xc.as_ptr(), v.as_mut_ptr());
         launch(
             e,
@@ -177,7 +142,7 @@ fn winograd(
             &[arg(&xp), arg(&vp), arg(&g), arg(&t)],
         );
         // Forward.
-        let mm = gemms.forward(&u, &v);
+        host_gemm(&Products::of(&g, Pass::Forward), &u, &v, 0.0, &mut mm, tf32);
         let yc = &mut y[n0 * ohw..(n0 + nb) * ohw];
         let (mp, bp, yp, r) = (mm.as_ptr(), b.as_ptr(), yc.as_mut_ptr(), relu as i32);
         let args = [arg(&mp), arg(&bp), arg(&yp), arg(&g), arg(&t), arg(&r)];
@@ -190,18 +155,31 @@ fn winograd(
                 tc[(o * nb + n) * hw..][..hw].copy_from_slice(src);
             }
         }
-        let mut dm = vec![f32::NAN; g.m_len()];
-        let (tp, dmp) = (tc.as_ptr(), dm.as_mut_ptr());
+        let (tp, dmp) = (tc.as_ptr(), mm.as_mut_ptr());
         launch(
             e,
             "wino_output_grad",
             s.o * p,
             &[arg(&tp), arg(&dmp), arg(&g), arg(&t)],
         );
-        gemms.filter_grad(&dm, &v, &mut du);
-        let dv = gemms.input_grad(&u, &dm);
+        let beta = if n0 == 0 { 0.0 } else { 1.0 };
+        host_gemm(
+            &Products::of(&g, Pass::FilterGrad),
+            &mm,
+            &v,
+            beta,
+            &mut du,
+            tf32,
+        );
+        host_gemm(
+            &Products::of(&g, Pass::InputGrad),
+            &u,
+            &mm,
+            0.0,
+            &mut dv,
+            tf32,
+        );
         // The patches' gradients go into V's buffer, as in ops::winograd.
-        v.fill(f32::NAN);
         let (dvp, ddp) = (dv.as_ptr(), v.as_mut_ptr());
         launch(
             e,
@@ -217,7 +195,6 @@ fn winograd(
             nb * chw,
             &[arg(&ddp), arg(&dxp), arg(&g)],
         );
-        n0 += nb;
     }
     let mut dw = vec![f32::NAN; w.len()];
     let (dup, dwp) = (du.as_ptr(), dw.as_mut_ptr());
@@ -267,7 +244,13 @@ fn winograd_transforms_compute_the_convolution() {
             // One chunk of every sample, and chunks of 2 (the last one shorter when n = 3).
             for chunk in [s.n, 2.min(s.n)] {
                 for relu in [false, true] {
-                    let [y, dx, dw] = winograd(&e, s, (m, chunk, false), [&x, &w, &b, &dy], relu);
+                    let [y, dx, dw] = winograd(
+                        &e,
+                        s,
+                        (m, budget_for(s, m, chunk), false),
+                        [&x, &w, &b, &dy],
+                        relu,
+                    );
                     let want = if relu { &relu_ref } else { &y_ref };
                     // f32 against f64 (measured worst: F(2x2) 7.0e-7, F(4x4, 3x3) 7.8e-7,
                     // F(4x4, 5x5) 3.2e-6; the CPU's Winograd has the same orders).
@@ -325,7 +308,7 @@ fn tf32_products_stay_within_the_tf32_bound() {
             (num / b.iter().map(|y| y * y).sum::<f64>()).sqrt()
         };
         for m in [2, 4] {
-            let got = winograd(&e, &s, (m, s.n, true), [&x, &w, &b, &dy], false);
+            let got = winograd(&e, &s, (m, WINO_BUDGET, true), [&x, &w, &b, &dy], false);
             for (i, what) in ["y", "dx", "dw"].iter().enumerate() {
                 let (err, base) = (rel_l2(&got[i], &exact[i]), rel(&direct[i], &exact[i]));
                 let used = m == tile_m(Precision::Tf32, s.k);
@@ -364,7 +347,7 @@ fn strided_convolutions_by_winograd_in_space_to_depth_form() {
         let dy = normal(s.n * s.o * s.ho() * s.wo(), 10, 1.0);
         let xs = run(&ei, "s2d_input", &x, geom(&s, s.n));
         let wt = run(&ei, "s2d_weight", &w, weight_geom(&s));
-        let [y, dxs, dwt] = winograd(&ew, &t, (4, t.n, false), [&xs, &wt, &b, &dy], false);
+        let [y, dxs, dwt] = winograd(&ew, &t, (4, WINO_BUDGET, false), [&xs, &wt, &b, &dy], false);
         let dx = run(&ei, "s2d_input_grad", &dxs, geom(&s, s.n));
         let dw = run(&ei, "s2d_weight_grad", &dwt, weight_geom(&s));
         let cs = cpu_shape(&s);
@@ -407,9 +390,9 @@ fn geometry_and_matrices_are_checked() {
     assert!(WinoGeom::new(&shape(4096, 256, [27, 27], 256, 5, 2, 1), 4096, 4).is_err());
     // Chunks keep V, dV, M and the masked gradient within WINO_BUDGET (2^27 elements): conv2's
     // 1,591,552 per sample (plus U and dU, 1,572,864) give 83 samples; conv3 fits the batch.
-    assert_eq!(chunk(&s2, 4).unwrap(), 83);
-    assert_eq!(chunk(&s, 4).unwrap(), 128);
-    assert_eq!(chunk(&ConvShape { n: 7, ..s }, 4).unwrap(), 7);
+    assert_eq!(chunk(&s2, 4, WINO_BUDGET).unwrap(), 83);
+    assert_eq!(chunk(&s, 4, WINO_BUDGET).unwrap(), 128);
+    assert_eq!(chunk(&ConvShape { n: 7, ..s }, 4, WINO_BUDGET).unwrap(), 7);
     // Which convolutions have a Winograd form: 3x3 and 5x5 stride 1 as they are; the paper's
     // conv1 (11x11 stride 4) in space-to-depth form (48 channels, 3x3 over 57x57) when on.
     assert_eq!(winograd_shape(&s2, false), Some(s2));

@@ -229,13 +229,13 @@ fn with_s2d_scratch<R>(
     r
 }
 
-/// Samples per chunk: as many as keep [`WinoGeom::workspace_len`] within [`WINO_BUDGET`] (at
-/// least one), at most `s.n`.
-pub fn chunk(s: &ConvShape, m: usize) -> Result<usize, CudaError> {
+/// Samples per chunk: as many as keep [`WinoGeom::workspace_len`] within `budget` elements
+/// ([`WINO_BUDGET`] on the GPU; at least one sample), at most `s.n`.
+pub fn chunk(s: &ConvShape, m: usize, budget: usize) -> Result<usize, CudaError> {
     let one = WinoGeom::new(s, 1, m)?;
     let fixed = 2 * one.u_len();
     let per = (one.workspace_len() - fixed).max(1);
-    Ok((WINO_BUDGET.saturating_sub(fixed) / per).clamp(1, s.n.max(1)))
+    Ok((budget.saturating_sub(fixed) / per).clamp(1, s.n.max(1)))
 }
 
 /// The parts of the workspace, in the order of [`WinoGeom::workspace_len`].
@@ -273,26 +273,104 @@ fn with_parts<R>(
     })
 }
 
-/// The batched GEMM over the groups and the a^2 positions of chunk `g`: per batch,
-/// C (rows x cols) (+)= op(A) op(B) with the operands of [`MatDesc`]s `ad`, `bd`.
+/// The three products of the transformed domain, per group and position xi of the a x a grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// M[g][xi] (O/g, P) = U[g][xi] (O/g, C/g) V[g][xi] (C/g, P).
+    Forward,
+    /// dU[g][xi] (O/g, C/g) (+)= dM[g][xi] (O/g, P) V[g][xi]^T (P, C/g).
+    FilterGrad,
+    /// dV[g][xi] (C/g, P) = U[g][xi]^T (C/g, O/g) dM[g][xi] (O/g, P).
+    InputGrad,
+}
+
+/// One strided-batched GEMM: C_i = op(A_i) op(B_i) (+ beta C_i) for i < `batch.count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Products {
+    pub a: MatDesc,
+    pub b: MatDesc,
+    pub c: MatDesc,
+    pub batch: Batch,
+}
+
+impl Products {
+    /// The GEMM of `pass` over chunk `g`: one product per group and xi, the operands stored
+    /// densely one after another in the layouts of kernels/winograd.cu.
+    pub fn of(g: &WinoGeom, pass: Pass) -> Products {
+        let groups = g.groups.max(1);
+        let (cg, og, p) = (
+            (g.c / groups) as usize,
+            (g.o / groups) as usize,
+            g.p as usize,
+        );
+        let (u, v, mm) = (
+            MatDesc::new(og, cg),
+            MatDesc::new(cg, p),
+            MatDesc::new(og, p),
+        );
+        let (a, b, c) = match pass {
+            Pass::Forward => (u, v, mm),
+            Pass::FilterGrad => (mm, v.t(), u),
+            Pass::InputGrad => (u.t(), mm, v),
+        };
+        let size = |d: MatDesc| d.rows * d.cols;
+        Products {
+            a,
+            b,
+            c,
+            batch: Batch {
+                count: g.a2() * groups as usize,
+                stride_a: size(a),
+                stride_b: size(b),
+                stride_c: size(c),
+            },
+        }
+    }
+}
+
+/// The batched GEMM of `pass` over chunk `g` on cuBLAS.
+#[allow(clippy::too_many_arguments)]
 fn products(
     gpu: &Gpu,
     prec: Precision,
     g: &WinoGeom,
-    a: (&CudaView<f32>, MatDesc),
-    b: (&CudaView<f32>, MatDesc),
+    pass: Pass,
+    a: &CudaView<f32>,
+    b: &CudaView<f32>,
     beta: f32,
-    c: (&mut CudaViewMut<f32>, MatDesc),
+    c: &mut CudaViewMut<f32>,
 ) -> Result<(), CudaError> {
-    let count = g.a2() * g.groups as usize;
-    let size = |d: MatDesc| d.rows * d.cols;
-    let batch = Batch {
-        count,
-        stride_a: size(a.1),
-        stride_b: size(b.1),
-        stride_c: size(c.1),
-    };
-    gemm_batched(gpu, prec, 1.0, a, b, beta, c, batch)
+    let pr = Products::of(g, pass);
+    gemm_batched(
+        gpu,
+        prec,
+        1.0,
+        (a, pr.a),
+        (b, pr.b),
+        beta,
+        (c, pr.c),
+        pr.batch,
+    )
+}
+
+/// The chunks of samples the batch of `s` runs in with m x m tiles and a workspace of `budget`
+/// elements ([`chunk`]): the geometry of the largest (which sizes the workspace), then each
+/// chunk's first sample and geometry.
+pub fn chunks(
+    s: &ConvShape,
+    m: usize,
+    budget: usize,
+) -> Result<(WinoGeom, Vec<(usize, WinoGeom)>), CudaError> {
+    let nb_max = chunk(s, m, budget)?;
+    let full = WinoGeom::new(s, nb_max, m)?;
+    let mut out = Vec::with_capacity(s.n.div_ceil(nb_max));
+    let mut n0 = 0;
+    while n0 < s.n {
+        let nb = nb_max.min(s.n - n0);
+        out.push((n0, WinoGeom::new(s, nb, m)?));
+        n0 += nb;
+    }
+    Ok((full, out))
 }
 
 /// y = conv(x, w) + b (then ReLU when `relu`) by Winograd F(m x m, k x k) ([`tile_m`]), a strided
@@ -338,35 +416,22 @@ fn forward_stride1(
 ) -> Result<(), CudaError> {
     let m = tile_m(prec, s.k);
     let t = WinoMats::new(m, s.k)?;
-    let nb_max = chunk(s, m)?;
-    let full = WinoGeom::new(s, nb_max, m)?;
-    let (cg, og) = (s.c / s.groups, s.o / s.groups);
+    let (full, parts) = chunks(s, m, WINO_BUDGET)?;
     let (chw, ohw) = (s.c * s.h * s.w, s.o * s.ho() * s.wo());
     with_parts(gpu, ws, &full, |mut ps| {
         // w (O, C/g, k, k) -> U [g][xi][o'][c']
         filter(gpu, w, &mut ps.u, &full, &t)?;
-        let mut n0 = 0;
-        while n0 < s.n {
-            let nb = nb_max.min(s.n - n0);
-            let g = WinoGeom::new(s, nb, m)?;
-            let p = g.p as usize;
+        for (n0, g) in parts {
+            let nb = g.nb as usize;
             let xc = sub(OP, x, n0 * chw, nb * chw)?;
             // x chunk (nb, C, H, W) -> V [g][xi][c'][p]
             input(gpu, &xc, &mut ps.v, &g, &t)?;
-            // M[g][xi] (O/g, P) = U[g][xi] (O/g, C/g) V[g][xi] (C/g, P)
-            products(
-                gpu,
-                prec,
-                &g,
-                (&ps.u.as_view(), MatDesc::new(og, cg)),
-                (&ps.v.as_view(), MatDesc::new(cg, p)),
-                0.0,
-                (&mut ps.mm, MatDesc::new(og, p)),
-            )?;
+            // M = U V
+            let (u, v) = (ps.u.as_view(), ps.v.as_view());
+            products(gpu, prec, &g, Pass::Forward, &u, &v, 0.0, &mut ps.mm)?;
             let mut yc = sub_mut(OP, y, n0 * ohw, nb * ohw)?;
             // M -> y chunk (nb, O, HO, WO) + b (ReLU)
             output(gpu, &ps.mm.as_view(), b, &mut yc, &g, &t, relu)?;
-            n0 += nb;
         }
         Ok(())
     })
@@ -433,9 +498,8 @@ fn backward_stride1(
 ) -> Result<(), CudaError> {
     let m = tile_m(prec, s.k);
     let t = WinoMats::new(m, s.k)?;
-    let nb_max = chunk(s, m)?;
-    let full = WinoGeom::new(s, nb_max, m)?;
-    let (cg, og, hw) = (s.c / s.groups, s.o / s.groups, s.ho() * s.wo());
+    let (full, parts) = chunks(s, m, WINO_BUDGET)?;
+    let hw = s.ho() * s.wo();
     let (chw, ohw) = (s.c * s.h * s.w, s.o * hw);
     let mut dx = dx;
     with_parts(gpu, ws, &full, |mut ps| {
@@ -443,11 +507,8 @@ fn backward_stride1(
             // w -> U, for dV
             filter(gpu, w, &mut ps.u, &full, &t)?;
         }
-        let mut n0 = 0;
-        while n0 < s.n {
-            let nb = nb_max.min(s.n - n0);
-            let g = WinoGeom::new(s, nb, m)?;
-            let p = g.p as usize;
+        for (n0, g) in parts {
+            let nb = g.nb as usize;
             let first = n0 == 0;
             let dyc = sub(OP, dy, n0 * ohw, nb * ohw)?;
             let yc = match y {
@@ -464,34 +525,20 @@ fn backward_stride1(
             input(gpu, &xc, &mut ps.v, &g, &t)?;
             // t -> dM [g][xi][o'][p]
             output_grad(gpu, &tc.as_view(), &mut ps.mm, &g, &t)?;
-            // dU[g][xi] (O/g, C/g) (+)= dM[g][xi] (O/g, P) V[g][xi]^T (P, C/g)
-            products(
-                gpu,
-                prec,
-                &g,
-                (&ps.mm.as_view(), MatDesc::new(og, p)),
-                (&ps.v.as_view(), MatDesc::new(cg, p).t()),
-                if first { 0.0 } else { 1.0 },
-                (&mut ps.du, MatDesc::new(og, cg)),
-            )?;
+            // dU (+)= dM V^T, accumulated over the chunks
+            let (dm, v) = (ps.mm.as_view(), ps.v.as_view());
+            let beta = if first { 0.0 } else { 1.0 };
+            products(gpu, prec, &g, Pass::FilterGrad, &dm, &v, beta, &mut ps.du)?;
             if let Some(dxv) = dx.as_deref_mut() {
-                // dV[g][xi] (C/g, P) = U[g][xi]^T (C/g, O/g) dM[g][xi] (O/g, P)
-                products(
-                    gpu,
-                    prec,
-                    &g,
-                    (&ps.u.as_view(), MatDesc::new(og, cg).t()),
-                    (&ps.mm.as_view(), MatDesc::new(og, p)),
-                    0.0,
-                    (&mut ps.dv, MatDesc::new(cg, p)),
-                )?;
+                // dV = U^T dM
+                let u = ps.u.as_view();
+                products(gpu, prec, &g, Pass::InputGrad, &u, &dm, 0.0, &mut ps.dv)?;
                 // dV -> the patches' gradients, into V's buffer (V is no longer read)
                 input_grad_tiles(gpu, &ps.dv.as_view(), &mut ps.v, &g, &t)?;
                 let mut dxc = sub_mut(OP, dxv, n0 * chw, nb * chw)?;
                 // patches -> dx chunk (nb, C, H, W)
                 input_grad(gpu, &ps.v.as_view(), &mut dxc, &g)?;
             }
-            n0 += nb;
         }
         // dU -> dw (O, C/g, k, k)
         filter_grad(gpu, &ps.du.as_view(), dw, &full, &t)

@@ -25,7 +25,7 @@
 //!    with heuristic and with timed algorithm choice, bf16 at batch 128 and 256) with the
 //!    fraction of the measured GEMM peak reached;
 //! 7. an f32 and a TF32 training step by stage with Winograd convolutions beside im2col (f32)
-//!    and the default (TF32).
+//!    and the default (TF32), and Winograd's throughput with the other tile side forced.
 //!
 //! Bounds (relative L2 error against the CPU's f32 result):
 //!
@@ -51,7 +51,7 @@ mod lrn_kernels;
 mod model;
 
 pub use bench::{bench_cuda, CudaBench};
-use bench::{bench_table, conv_profile, ImagePool};
+use bench::{bench_table, conv_profile, wino_tile_rows, ImagePool};
 use model::{model_checks, CpuReference};
 
 use crate::bench::{median, BenchResult};
@@ -339,7 +339,8 @@ pub fn gpu_check(fixture_dir: &Path) -> Result<bool> {
     let default_algo = gpu.algo_search();
     let bench_ok = bench_table(&gpu, &impls)?;
     let profile_ok = conv_profile(&gpu, Precision::F32, [ConvImpl::Im2col, ConvImpl::Winograd])?
-        && conv_profile(&gpu, Precision::Tf32, [default_impl, ConvImpl::Winograd])?;
+        && conv_profile(&gpu, Precision::Tf32, [default_impl, ConvImpl::Winograd])?
+        && wino_tile_rows(&gpu)?;
     gpu.set_conv_impl(default_impl)?;
     gpu.set_algo_search(default_algo);
     println!(

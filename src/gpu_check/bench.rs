@@ -362,6 +362,47 @@ pub(super) fn conv_profile(gpu: &Arc<Gpu>, p: Precision, impls: [ConvImpl; 2]) -
     Ok(true)
 }
 
+/// Training img/s (compute only) of `--conv winograd` with the other tile side forced
+/// (`ALEXNET_WINOGRAD_TILE`): f32 on F(2x2) tiles, TF32 on F(4x4) for conv2 too, against the
+/// default choice. False when a row could not run.
+pub(super) fn wino_tile_rows(gpu: &Arc<Gpu>) -> Result<bool> {
+    println!("-- winograd tile sides (compute only, img/s): default vs forced");
+    gpu.set_conv_impl(ConvImpl::Winograd)?;
+    let mut ok = true;
+    for (p, forced) in [(Precision::F32, 2), (Precision::Tf32, 4)] {
+        let o = CudaBench {
+            preset: "paper",
+            batch: 128,
+            classes: 1000,
+            precision: precision_name(p),
+            synthetic_data: true,
+            warmup: BENCH_WARMUP,
+            steps: BENCH_STEPS,
+            profile: false,
+            conv: None,
+            algo: None,
+        };
+        gpu.set_winograd_tile(None)?;
+        let default = bench_on(gpu, &o, p);
+        gpu.set_winograd_tile(Some(forced))?;
+        let other = bench_on(gpu, &o, p);
+        gpu.set_winograd_tile(None)?;
+        match (default, other) {
+            (Ok(a), Ok(b)) => println!(
+                "{:<6} default {:>8.0}   all F({forced}x{forced}) {:>8.0}",
+                precision_name(p),
+                a.train_img_per_s,
+                b.train_img_per_s
+            ),
+            (Err(e), _) | (_, Err(e)) => {
+                ok = false;
+                println!("{:<6} error: {e:#}", precision_name(p));
+            }
+        }
+    }
+    Ok(ok)
+}
+
 /// Random N(0, std^2) weights / constant biases as the plan asks (what `Model::init` draws,
 /// without allocating a CPU model).
 fn init_params(plan: &Plan, seed: u64) -> Vec<f32> {

@@ -244,6 +244,32 @@ pub const S2D_ENV: &str = "ALEXNET_CONV_S2D";
 /// or `elements` (one thread per element, the pool backward separate), for comparison.
 pub const LRN_ENV: &str = "ALEXNET_LRN";
 
+/// Environment variable that fixes the output tile side m of the Winograd convolutions
+/// (`ops::winograd`, `--conv winograd`): `auto` (default: `ops::winograd::tile_m`'s choice per
+/// precision and kernel), `2` or `4` for every layer, for comparison.
+pub const WINO_TILE_ENV: &str = "ALEXNET_WINOGRAD_TILE";
+
+/// Parses a [`WINO_TILE_ENV`] value: `auto` (or empty) -> `None`, `2` or `4` -> that tile side.
+pub fn parse_wino_tile(v: &str) -> Result<Option<usize>, CudaError> {
+    match v {
+        "" | "auto" => Ok(None),
+        "2" => Ok(Some(2)),
+        "4" => Ok(Some(4)),
+        other => Err(CudaError::invalid(
+            WINO_TILE_ENV,
+            format!("{other:?}: expected auto, 2 or 4"),
+        )),
+    }
+}
+
+/// [`WINO_TILE_ENV`]'s tile side, `None` for auto.
+fn default_wino_tile() -> Result<Option<usize>, CudaError> {
+    match std::env::var(WINO_TILE_ENV) {
+        Ok(v) => parse_wino_tile(&v),
+        Err(_) => Ok(None),
+    }
+}
+
 /// Threads per block of the element-wise kernels.
 pub const BLOCK: u32 = 256;
 /// Largest grid of a grid-stride kernel (the kernels loop over the rest).
@@ -389,6 +415,8 @@ pub struct Gpu {
     conv_layout: AtomicU8,
     /// The column LRN kernels ([`LRN_ENV`]).
     lrn_columns: AtomicBool,
+    /// The Winograd tile side forced by [`WINO_TILE_ENV`] (0: auto).
+    wino_tile: AtomicU8,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -450,6 +478,7 @@ impl Gpu {
                 space_to_depth: AtomicBool::new(default_space_to_depth()?),
                 conv_layout: AtomicU8::new(default_conv_layout()? as u8),
                 lrn_columns: AtomicBool::new(default_lrn_columns()?),
+                wino_tile: AtomicU8::new(default_wino_tile()?.unwrap_or(0) as u8),
             })
         })
     }
@@ -505,6 +534,31 @@ impl Gpu {
     /// Switches the LRN kernels (see [`Gpu::lrn_columns`]).
     pub fn set_lrn_columns(&self, on: bool) {
         self.lrn_columns.store(on, Ordering::Relaxed);
+    }
+
+    /// The Winograd output tile side forced for every layer ([`WINO_TILE_ENV`]), or `None`
+    /// for the default choice per precision and kernel (`ops::winograd::tile_m`).
+    pub fn winograd_tile(&self) -> Option<usize> {
+        match self.wino_tile.load(Ordering::Relaxed) {
+            0 => None,
+            m => Some(m as usize),
+        }
+    }
+
+    /// Forces the Winograd tile side (2 or 4) or restores the default (`None`).
+    pub fn set_winograd_tile(&self, m: Option<usize>) -> Result<(), CudaError> {
+        let code = match m {
+            None => 0,
+            Some(m @ (2 | 4)) => m as u8,
+            Some(m) => {
+                return Err(CudaError::invalid(
+                    "winograd tile",
+                    format!("{m}: expected 2 or 4"),
+                ))
+            }
+        };
+        self.wino_tile.store(code, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The layout of cuDNN convolutions ([`ConvLayout`]; [`LAYOUT_ENV`] sets the default).
@@ -650,7 +704,20 @@ impl Gpu {
 
 #[cfg(test)]
 mod tests {
-    use super::env_switch;
+    use super::{env_switch, parse_wino_tile, WINO_TILE_ENV};
+
+    #[test]
+    fn winograd_tile_values() {
+        assert_eq!(parse_wino_tile("auto").unwrap(), None);
+        assert_eq!(parse_wino_tile("").unwrap(), None);
+        assert_eq!(parse_wino_tile("2").unwrap(), Some(2));
+        assert_eq!(parse_wino_tile("4").unwrap(), Some(4));
+        let e = parse_wino_tile("6").unwrap_err().to_string();
+        assert!(
+            e.contains(WINO_TILE_ENV) && e.contains("expected auto, 2 or 4"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn env_switch_takes_two_words_and_refuses_others() {

@@ -311,7 +311,7 @@ fn tf32_products_stay_within_the_tf32_bound() {
             let got = winograd(&e, &s, (m, WINO_BUDGET, true), [&x, &w, &b, &dy], false);
             for (i, what) in ["y", "dx", "dw"].iter().enumerate() {
                 let (err, base) = (rel_l2(&got[i], &exact[i]), rel(&direct[i], &exact[i]));
-                let used = m == tile_m(Precision::Tf32, s.k);
+                let used = m == tile_m(Precision::Tf32, s.k, None);
                 let tag = if used { " (the tiles tf32 uses)" } else { "" };
                 println!(
                     "tf32 k{} F({m}x{m}) {what}: rel L2 {err:.2e} (direct form {base:.2e}){tag}",

@@ -27,14 +27,15 @@ use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 const F: KernelFile = KernelFile::Winograd;
 const OP: &str = "winograd conv2d";
 
-/// Outputs per tile side for a k x k kernel at precision `prec`: 4 in f32; in TF32 4 for 3x3
-/// and 2 for 5x5. The transforms amplify the GEMMs' rounding: with TF32 operands (10 mantissa
+/// Outputs per tile side for a k x k kernel at precision `prec`: `forced` (the GPU's
+/// [`Gpu::winograd_tile`]) if given, else 4 in f32, and in TF32 4 for 3x3 and 2 for 5x5. The transforms amplify the GEMMs' rounding: with TF32 operands (10 mantissa
 /// bits), against direct TF32's 2.9e-4, F(4x4, 3x3) gave 2.0e-3, F(2x2, 5x5) 2.3e-3 and
 /// F(4x4, 5x5) 5.5e-3 relative error on the emulator (`tests/emu_winograd.rs`; TF32's bound
 /// is 2e-2). In f32 all stay near 1e-6.
-pub fn tile_m(prec: Precision, k: usize) -> usize {
-    match (prec, k) {
-        (Precision::Tf32, 5) => 2,
+pub fn tile_m(prec: Precision, k: usize, forced: Option<usize>) -> usize {
+    match (forced, prec, k) {
+        (Some(m), _, _) => m,
+        (None, Precision::Tf32, 5) => 2,
         _ => 4,
     }
 }
@@ -414,7 +415,7 @@ fn forward_stride1(
     relu: bool,
     ws: &mut ConvWorkspace,
 ) -> Result<(), CudaError> {
-    let m = tile_m(prec, s.k);
+    let m = tile_m(prec, s.k, gpu.winograd_tile());
     let t = WinoMats::new(m, s.k)?;
     let (full, parts) = chunks(s, m, WINO_BUDGET)?;
     let (chw, ohw) = (s.c * s.h * s.w, s.o * s.ho() * s.wo());
@@ -496,7 +497,7 @@ fn backward_stride1(
     db: &mut CudaViewMut<f32>,
     ws: &mut ConvWorkspace,
 ) -> Result<(), CudaError> {
-    let m = tile_m(prec, s.k);
+    let m = tile_m(prec, s.k, gpu.winograd_tile());
     let t = WinoMats::new(m, s.k)?;
     let (full, parts) = chunks(s, m, WINO_BUDGET)?;
     let hw = s.ho() * s.wo();

@@ -142,18 +142,8 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
                 v
             }
         };
-        let mut o = CudaBench {
-            preset: "paper",
-            batch,
-            classes: 1000,
-            precision: precision_name(p),
-            synthetic_data: false,
-            warmup: BENCH_WARMUP,
-            steps: BENCH_STEPS,
-            profile: false,
-            conv: None,
-            algo: None,
-        };
+        let mut o = CudaBench::paper(p, batch);
+        o.synthetic_data = false;
         // Set above on this device: one context for the whole table.
         let with_loader = bench_on(gpu, &o, p);
         o.synthetic_data = true;
@@ -328,16 +318,9 @@ pub(super) fn conv_profile(gpu: &Arc<Gpu>, p: Precision, impls: [ConvImpl; 2]) -
     for ci in impls {
         gpu.set_conv_impl(ci)?;
         let o = CudaBench {
-            preset: "paper",
-            batch: 128,
-            classes: 1000,
-            precision: precision_name(p),
-            synthetic_data: true,
-            warmup: BENCH_WARMUP,
             steps: 10,
             profile: true,
-            conv: None,
-            algo: None,
+            ..CudaBench::paper(p, 128)
         };
         match bench_on(gpu, &o, p) {
             Ok(r) => cols.push((r.train_img_per_s, r.layers.unwrap_or_default())),
@@ -370,18 +353,7 @@ pub(super) fn wino_tile_rows(gpu: &Arc<Gpu>) -> Result<bool> {
     gpu.set_conv_impl(ConvImpl::Winograd)?;
     let mut ok = true;
     for (p, forced) in [(Precision::F32, 2), (Precision::Tf32, 4)] {
-        let o = CudaBench {
-            preset: "paper",
-            batch: 128,
-            classes: 1000,
-            precision: precision_name(p),
-            synthetic_data: true,
-            warmup: BENCH_WARMUP,
-            steps: BENCH_STEPS,
-            profile: false,
-            conv: None,
-            algo: None,
-        };
+        let o = CudaBench::paper(p, 128);
         gpu.set_winograd_tile(None)?;
         let default = bench_on(gpu, &o, p);
         gpu.set_winograd_tile(Some(forced))?;
@@ -437,6 +409,25 @@ pub struct CudaBench<'a> {
     pub conv: Option<ConvImpl>,
     /// How cuDNN picks its algorithms (default: the device's, see [`AlgoSearch`]).
     pub algo: Option<AlgoSearch>,
+}
+
+impl CudaBench<'static> {
+    /// The table's settings: paper preset (1000 classes) at precision `p` and `batch`, compute
+    /// only, [`BENCH_STEPS`] timed steps after [`BENCH_WARMUP`], the device's convolutions.
+    fn paper(p: Precision, batch: usize) -> Self {
+        CudaBench {
+            preset: "paper",
+            batch,
+            classes: 1000,
+            precision: precision_name(p),
+            synthetic_data: true,
+            warmup: BENCH_WARMUP,
+            steps: BENCH_STEPS,
+            profile: false,
+            conv: None,
+            algo: None,
+        }
+    }
 }
 
 /// `cargo xtask bench --device cuda`: training (forward + backward + SGD) and inference img/s on

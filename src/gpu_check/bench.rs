@@ -106,6 +106,7 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
         rows.push((bf16, ConvImpl::Auto, h, 128, true, nchw));
     }
     rows.push((bf16, ConvImpl::Im2col, h, 128, true, auto));
+    rows.push((bf16, ConvImpl::Winograd, h, 128, true, auto));
     let (s2d_default, layout_default) = (gpu.space_to_depth(), gpu.conv_layout());
     let lrn_default = gpu.lrn_columns();
     let runs: Vec<_> = (0..rows.len())
@@ -181,9 +182,9 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
          measured {PEAK_GEMM}^3 GEMM through our cuBLAS path (bf16 including the operand casts); \
          auto: cuDNN for TF32 (NCHW) and bf16 (NHWC), im2col + cuBLAS for f32; bf16 auto \
          nchw: im2col + bf16 GEMMs with conv1 on cuDNN in TF32; no-s2d: conv1 without the \
-         space-to-depth form; winograd: im2col, with conv1 (space-to-depth form) and conv2-5 by \
-         Winograd (F(4x4); TF32: F(2x2) for conv2) in f32 and TF32; nhwc: cuDNN on NHWC copies (bf16 for bf16); lrn-el: the \
-         per-element LRN kernels and a separate pool backward (ALEXNET_LRN=elements) instead \
+         space-to-depth form; winograd: conv1 (space-to-depth form) and conv2-5 by Winograd \
+         (F(4x4); TF32 GEMMs in TF32 and bf16, with F(2x2) for conv2); nhwc: cuDNN on NHWC \
+         copies (bf16 for bf16); lrn-el: the per-element LRN kernels and a separate pool backward (ALEXNET_LRN=elements) instead \
          of the column kernels",
         FLOP_PER_TRAINED_IMAGE / 1e9,
         FLOP_PER_TRAINED_IMAGE

@@ -76,8 +76,8 @@ pub enum ConvImpl {
     /// Our im2col / col2im kernels + cuBLAS GEMMs.
     Im2col,
     /// As [`ConvImpl::Im2col`], except the 3x3 and 5x5 stride-1 convolutions (and strided ones
-    /// in space-to-depth form, the paper's conv1) in f32 and TF32: Winograd F(m x m, k x k), our
-    /// transforms around batched cuBLAS GEMMs (`ops::winograd`).
+    /// in space-to-depth form, the paper's conv1): Winograd F(m x m, k x k), our transforms
+    /// around batched cuBLAS GEMMs (`ops::winograd`; f32 GEMMs in f32, TF32 in TF32 and bf16).
     Winograd,
 }
 

@@ -14,7 +14,8 @@ use alexnet_cuda::kernels::KernelFile;
 use alexnet_cuda::ops::conv::ConvShape;
 use alexnet_cuda::ops::gemm::MatDesc;
 use alexnet_cuda::ops::winograd::{
-    chunk, chunks, tile_m, winograd_shape, Pass, Products, WinoGeom, WinoMats, WINO_BUDGET,
+    chunk, chunks, gemm_precision, tile_m, winograd_shape, Pass, Products, WinoGeom, WinoMats,
+    WINO_BUDGET,
 };
 use alexnet_cuda::Precision;
 use alexnet_layers::conv::{conv2d_backward, conv2d_forward};
@@ -410,6 +411,14 @@ fn geometry_and_matrices_are_checked() {
         "3x3 stride 2 has no s2d form"
     );
     assert_eq!(winograd_shape(&shape(1, 2, [9, 9], 2, 7, 3, 1), true), None);
+    // Tiles and GEMM precision: f32 GEMMs in f32 on F(4x4); TF32 GEMMs in TF32 and bf16, with
+    // F(2x2) for 5x5 (the amplified TF32 rounding, test above); a forced side wins.
+    use Precision::{Bf16, Tf32, F32};
+    assert_eq!([F32, Tf32, Bf16].map(gemm_precision), [F32, Tf32, Tf32]);
+    assert_eq!([F32, Tf32, Bf16].map(|p| tile_m(p, 5, None)), [4, 2, 2]);
+    assert_eq!([F32, Tf32, Bf16].map(|p| tile_m(p, 3, None)), [4, 4, 4]);
+    assert_eq!(tile_m(Tf32, 5, Some(4)), 4);
+    assert_eq!(tile_m(F32, 3, Some(2)), 2);
     // The matrices' f32 copies: those of F(2, 3), in the fixed-size arrays' first entries.
     let t = WinoMats::new(2, 3).unwrap();
     assert_eq!(t.at[..8], [1., 1., 1., 0., 0., 1., -1., 1.]);

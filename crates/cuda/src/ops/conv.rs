@@ -1,7 +1,7 @@
 //! Convolution (cross-correlation, zero padding, groups). Runs on cuDNN
 //! ([`super::conv_cudnn`]) when [`Gpu::conv_impl`] says so for the precision, shape and layout
 //! (by default TF32 and bf16), by Winograd ([`super::winograd`]) for 3x3 and 5x5 stride-1
-//! layers (and conv1 in space-to-depth form) in f32 and TF32 with `--conv winograd`; otherwise as im2col and cuBLAS GEMMs, processed in
+//! layers (and conv1 in space-to-depth form) with `--conv winograd`; otherwise as im2col and cuBLAS GEMMs, processed in
 //! chunks of samples so the column buffer stays bounded. Forward fuses bias (+ReLU) into the
 //! CNHW -> NCHW epilogue; backward fuses the ReLU mask into the NCHW -> CNHW transpose.
 
@@ -218,7 +218,7 @@ pub fn conv_forward(
     if let Some(p) = cudnn_precision(gpu, prec, s) {
         return super::conv_cudnn::forward(gpu, p, s, x, w, b, y, relu);
     }
-    if super::winograd::applies(gpu, prec, s) {
+    if super::winograd::applies(gpu, s) {
         return super::winograd::forward(gpu, prec, s, x, w, b, y, relu, ws);
     }
     let (hw, kd, og) = (s.ho() * s.wo(), s.kdim(), s.o / s.groups);
@@ -307,7 +307,7 @@ pub fn conv_backward(
     if let Some(p) = cudnn_precision(gpu, prec, s) {
         return super::conv_cudnn::backward(gpu, p, s, x, w, y, dy, dx, dw, db);
     }
-    if super::winograd::applies(gpu, prec, s) {
+    if super::winograd::applies(gpu, s) {
         return super::winograd::backward(gpu, prec, s, x, w, y, dy, dx, dw, db, ws);
     }
     check_len(

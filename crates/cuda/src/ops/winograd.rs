@@ -1,5 +1,5 @@
-//! Winograd convolutions F(m x m, r x r) for the 3x3 and 5x5 stride-1 layers in f32 and TF32
-//! (`--conv winograd`, [`crate::ConvImpl::Winograd`]), and for strided ones in space-to-depth
+//! Winograd convolutions F(m x m, r x r) for the 3x3 and 5x5 stride-1 layers (`--conv
+//! winograd`, [`crate::ConvImpl::Winograd`]; f32 GEMMs in f32, TF32 ones in TF32 and bf16), and for strided ones in space-to-depth
 //! form (the paper's conv1): the transforms are our kernels (`kernels/winograd.cu`), the
 //! products one strided-batched cuBLAS GEMM per pass, over the a^2 positions of the
 //! transformed tiles and the groups. Forward, data and filter gradients
@@ -28,12 +28,13 @@ const F: KernelFile = KernelFile::Winograd;
 const OP: &str = "winograd conv2d";
 
 /// Outputs per tile side for a k x k kernel at precision `prec`: `forced` (the GPU's
-/// [`Gpu::winograd_tile`]) if given, else 4 in f32, and in TF32 4 for 3x3 and 2 for 5x5. The transforms amplify the GEMMs' rounding: with TF32 operands (10 mantissa
+/// [`Gpu::winograd_tile`]) if given, else 4 with f32 GEMMs, and with TF32 GEMMs
+/// ([`gemm_precision`]) 4 for 3x3 and 2 for 5x5. The transforms amplify the GEMMs' rounding: with TF32 operands (10 mantissa
 /// bits), against direct TF32's 2.9e-4, F(4x4, 3x3) gave 2.0e-3, F(2x2, 5x5) 2.3e-3 and
 /// F(4x4, 5x5) 5.5e-3 relative error on the emulator (`tests/emu_winograd.rs`; TF32's bound
 /// is 2e-2). In f32 all stay near 1e-6.
 pub fn tile_m(prec: Precision, k: usize, forced: Option<usize>) -> usize {
-    match (forced, prec, k) {
+    match (forced, gemm_precision(prec), k) {
         (Some(m), _, _) => m,
         (None, Precision::Tf32, 5) => 2,
         _ => 4,
@@ -193,13 +194,21 @@ pub fn winograd_shape(s: &ConvShape, s2d: bool) -> Option<ConvShape> {
     (matches!(t.k, 3 | 5) && t.stride == 1).then_some(t)
 }
 
-/// Whether a convolution of shape `s` at precision `prec` runs here: `--conv winograd`, f32 or
-/// TF32 (whose GEMMs then take TF32 operands), and a [`winograd_shape`] (space-to-depth as
-/// [`Gpu::space_to_depth`] says).
-pub fn applies(gpu: &Gpu, prec: Precision, s: &ConvShape) -> bool {
-    gpu.conv_impl() == ConvImpl::Winograd
-        && matches!(prec, Precision::F32 | Precision::Tf32)
-        && winograd_shape(s, gpu.space_to_depth()).is_some()
+/// Whether a convolution of shape `s` runs here: `--conv winograd` and a [`winograd_shape`]
+/// (space-to-depth as [`Gpu::space_to_depth`] says), at any precision ([`gemm_precision`]).
+pub fn applies(gpu: &Gpu, s: &ConvShape) -> bool {
+    gpu.conv_impl() == ConvImpl::Winograd && winograd_shape(s, gpu.space_to_depth()).is_some()
+}
+
+/// The precision of the transformed-domain GEMMs at network precision `prec`: f32 in f32, TF32
+/// in TF32 and in bf16 (bf16 operands would take the transforms' amplified rounding to ~1e-2,
+/// near bf16's 3e-2 bound; TF32 rounds less than bf16, as conv1 on cuDNN in TF32 does in bf16's
+/// NCHW form).
+pub fn gemm_precision(prec: Precision) -> Precision {
+    match prec {
+        Precision::F32 => Precision::F32,
+        Precision::Tf32 | Precision::Bf16 => Precision::Tf32,
+    }
 }
 
 /// The [`winograd_shape`] of `s`, or an error naming it.
@@ -344,7 +353,7 @@ fn products(
     let pr = Products::of(g, pass);
     gemm_batched(
         gpu,
-        prec,
+        gemm_precision(prec),
         1.0,
         (a, pr.a),
         (b, pr.b),

@@ -2,9 +2,8 @@
 //!
 //! [`gpu_check`] is one prepared command for a GPU machine (about 90 s on an H200):
 //!
-//! 1. every parity fixture through the CUDA ops in f32, once with cuDNN convolutions (where
-//!    cuDNN is there), once with im2col and once with Winograd for the 3x3 and 5x5 stride-1
-//!    convolutions (`ops::winograd`), judged at the fixture's own tolerance
+//! 1. every parity fixture through the CUDA ops in f32, once with cuDNN convolutions and once
+//!    with im2col (where cuDNN is there), judged at the fixture's own tolerance
 //!    (`pca_lighting` is "n/a": its delta is computed on the host, the augment kernel only adds
 //!    it); then the conv2d and linear fixtures in TF32 and bf16 at [`Precision::tolerance`];
 //! 2. the LRN kernels' two thread mappings against each other on the paper shapes (identical
@@ -24,8 +23,9 @@
 //! 6. a benchmark table (preset paper; f32 and TF32 with each convolution implementation, cuDNN
 //!    with heuristic and with timed algorithm choice, bf16 at batch 128 and 256) with the
 //!    fraction of the measured GEMM peak reached;
-//! 7. an f32 and a TF32 training step by stage with Winograd convolutions beside im2col (f32)
-//!    and the default (TF32), and Winograd's throughput with the other tile side forced.
+//! 7. last, the Winograd section (`--conv winograd`, see `winograd.rs`): its own parity checks
+//!    and `winograd: N passed, M failed` line, throughput per precision, f32 and TF32 steps by
+//!    stage beside im2col and the default, and the other tile side forced.
 //!
 //! Bounds (relative L2 error against the CPU's f32 result):
 //!
@@ -49,10 +49,12 @@
 mod bench;
 mod lrn_kernels;
 mod model;
+mod winograd;
 
 pub use bench::{bench_cuda, CudaBench};
-use bench::{bench_table, conv_profile, wino_tile_rows, ImagePool};
+use bench::{bench_table, ImagePool};
 use model::{model_checks, CpuReference};
+use winograd::winograd_section;
 
 use crate::bench::{median, BenchResult};
 use crate::parity::{fixture_files, CaseResult};
@@ -217,14 +219,14 @@ pub fn gpu_check(fixture_dir: &Path) -> Result<bool> {
     let started = Instant::now();
     let mut tally = Tally::default();
     let default_impl = gpu.conv_impl();
-    // Every f32 check runs on each implementation (cuDNN where it is there, im2col, and
-    // Winograd for the 3x3 and 5x5 layers); the reduced precisions run on `impls[0]` (cuDNN for
-    // TF32; bf16 is always im2col).
+    // Every f32 check runs on both implementations where cuDNN is there; the reduced
+    // precisions run on `impls[0]` (cuDNN for TF32; bf16 is always im2col). Winograd has its
+    // own section at the end (`winograd::winograd_section`).
     let impls = if cudnn_available() {
-        vec![ConvImpl::Cudnn, ConvImpl::Im2col, ConvImpl::Winograd]
+        vec![ConvImpl::Cudnn, ConvImpl::Im2col]
     } else {
         println!("info: convolutions use im2col + cuBLAS (libcudnn not found)");
-        vec![ConvImpl::Im2col, ConvImpl::Winograd]
+        vec![ConvImpl::Im2col]
     };
     println!(
         "info: default convolutions: {} ({CONV_ENV} overrides), cuDNN layout {} ({LAYOUT_ENV})",
@@ -289,12 +291,6 @@ pub fn gpu_check(fixture_dir: &Path) -> Result<bool> {
         let kinds = ["conv2d", "linear"];
         fixture_pass(&gpu, &files, &kinds, p, precision_name(p), &mut tally);
     }
-    // TF32 GEMMs inside Winograd's transforms (`--conv winograd --precision tf32`).
-    gpu.set_conv_impl(ConvImpl::Winograd)?;
-    println!("-- conv2d fixtures in tf32 with Winograd convolutions at relative L2 2e-2");
-    let tag = "tf32 (winograd)";
-    fixture_pass(&gpu, &files, &["conv2d"], Precision::Tf32, tag, &mut tally);
-    gpu.set_conv_impl(default_impl)?;
 
     if let Err(e) = lrn_kernels::lrn_kernels(&gpu, &mut tally) {
         println!("FAIL LRN kernel check: {e:#}");
@@ -307,6 +303,7 @@ pub fn gpu_check(fixture_dir: &Path) -> Result<bool> {
         tally.record(false);
     }
 
+    let mut references = Vec::new();
     for case in &MODEL_CASES {
         let reference = match CpuReference::new(case) {
             Ok(r) => r,
@@ -325,29 +322,29 @@ pub fn gpu_check(fixture_dir: &Path) -> Result<bool> {
                 case.classes,
                 ci.name()
             );
-            // Reduced precisions with the first implementation, and with Winograd (TF32).
-            let reduced = ci == impls[0] || ci == ConvImpl::Winograd;
+            // Reduced precisions only with the first implementation.
+            let reduced = ci == impls[0];
             if let Err(e) = model_checks(&gpu, case, &reference, reduced, &mut tally) {
                 println!("FAIL {} model comparison: {e:#}", case.preset);
                 tally.record(false);
             }
         }
+        references.push((case, reference));
     }
     gpu.set_conv_impl(default_impl)?;
     println!("{} passed, {} failed", tally.passed, tally.failed);
 
     let default_algo = gpu.algo_search();
     let bench_ok = bench_table(&gpu, &impls)?;
-    let profile_ok = conv_profile(&gpu, Precision::F32, [ConvImpl::Im2col, ConvImpl::Winograd])?
-        && conv_profile(&gpu, Precision::Tf32, [default_impl, ConvImpl::Winograd])?
-        && wino_tile_rows(&gpu)?;
     gpu.set_conv_impl(default_impl)?;
     gpu.set_algo_search(default_algo);
+    let wino_ok = winograd_section(&gpu, &files, &references)?;
+    gpu.set_conv_impl(default_impl)?;
     println!(
         "gpu-check: done in {:.0} s",
         started.elapsed().as_secs_f64()
     );
-    Ok(tally.failed == 0 && bench_ok && profile_ok)
+    Ok(tally.failed == 0 && bench_ok && wino_ok)
 }
 
 /// One fixture at precision `p`; `None` (after printing an "n/a" line) when the op has no CUDA

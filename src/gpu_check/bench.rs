@@ -85,7 +85,6 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
     }
     rows.push((f32_, ConvImpl::Im2col, h, 128, true, auto));
     elems_rows.push(rows.len() - 1);
-    rows.push((f32_, ConvImpl::Winograd, h, 128, true, auto));
     if cudnn {
         for lay in [nchw, nhwc] {
             if lay == nchw {
@@ -97,7 +96,6 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
         rows.push((tf32, ConvImpl::Cudnn, h, 128, false, nchw));
     }
     rows.push((tf32, ConvImpl::Im2col, h, 128, true, auto));
-    rows.push((tf32, ConvImpl::Winograd, h, 128, true, auto));
     if cudnn {
         rows.push((bf16, ConvImpl::Auto, h, 128, true, auto));
         elems_rows.push(rows.len() - 1);
@@ -106,7 +104,6 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
         rows.push((bf16, ConvImpl::Auto, h, 128, true, nchw));
     }
     rows.push((bf16, ConvImpl::Im2col, h, 128, true, auto));
-    rows.push((bf16, ConvImpl::Winograd, h, 128, true, auto));
     let (s2d_default, layout_default) = (gpu.space_to_depth(), gpu.conv_layout());
     let lrn_default = gpu.lrn_columns();
     let runs: Vec<_> = (0..rows.len())
@@ -182,9 +179,8 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
          measured {PEAK_GEMM}^3 GEMM through our cuBLAS path (bf16 including the operand casts); \
          auto: cuDNN for TF32 (NCHW) and bf16 (NHWC), im2col + cuBLAS for f32; bf16 auto \
          nchw: im2col + bf16 GEMMs with conv1 on cuDNN in TF32; no-s2d: conv1 without the \
-         space-to-depth form; winograd: conv1 (space-to-depth form) and conv2-5 by Winograd \
-         (F(4x4); TF32 GEMMs in TF32 and bf16, with F(2x2) for conv2); nhwc: cuDNN on NHWC \
-         copies (bf16 for bf16); lrn-el: the per-element LRN kernels and a separate pool backward (ALEXNET_LRN=elements) instead \
+         space-to-depth form; nhwc: cuDNN on NHWC copies (bf16 for bf16); lrn-el: the \
+         per-element LRN kernels and a separate pool backward (ALEXNET_LRN=elements) instead \
          of the column kernels",
         FLOP_PER_TRAINED_IMAGE / 1e9,
         FLOP_PER_TRAINED_IMAGE
@@ -303,79 +299,6 @@ impl ImagePool {
     }
 }
 
-/// Where a training step at precision `p` goes (paper net, batch 128, compute only, every
-/// stage synchronised, as `bench --profile`) with the two convolution implementations `impls`,
-/// side by side in ms: the per-layer A/B of `--conv winograd`. False when a profile could not
-/// run.
-pub(super) fn conv_profile(gpu: &Arc<Gpu>, p: Precision, impls: [ConvImpl; 2]) -> Result<bool> {
-    let names = impls.map(|c| c.name());
-    println!(
-        "-- {} step by stage (ms, forward / backward): {} vs {}",
-        precision_name(p),
-        names[0],
-        names[1]
-    );
-    let mut cols = Vec::new();
-    for ci in impls {
-        gpu.set_conv_impl(ci)?;
-        let o = CudaBench {
-            steps: 10,
-            profile: true,
-            ..CudaBench::paper(p, 128)
-        };
-        match bench_on(gpu, &o, p) {
-            Ok(r) => cols.push((r.train_img_per_s, r.layers.unwrap_or_default())),
-            Err(e) => {
-                println!("error: {} profile: {e:#}", ci.name());
-                return Ok(false);
-            }
-        }
-    }
-    let (a, b) = (&cols[0], &cols[1]);
-    println!("{:<28} {:>17} {:>17}", "stage", names[0], names[1]);
-    let (mut ta, mut tb) = (0.0, 0.0);
-    for ((name, f0, b0), (_, f1, b1)) in a.1.iter().zip(&b.1) {
-        println!("{name:<28} {f0:>8.3} {b0:>8.3} {f1:>8.3} {b1:>8.3}");
-        ta += f0 + b0;
-        tb += f1 + b1;
-    }
-    println!(
-        "{:<28} {ta:>17.3} {tb:>17.3}  (unsynchronised: {:.0} vs {:.0} img/s)",
-        "total", a.0, b.0
-    );
-    Ok(true)
-}
-
-/// Training img/s (compute only) of `--conv winograd` with the other tile side forced
-/// (`ALEXNET_WINOGRAD_TILE`): f32 on F(2x2) tiles, TF32 on F(4x4) for conv2 too, against the
-/// default choice. False when a row could not run.
-pub(super) fn wino_tile_rows(gpu: &Arc<Gpu>) -> Result<bool> {
-    println!("-- winograd tile sides (compute only, img/s): default vs forced");
-    gpu.set_conv_impl(ConvImpl::Winograd)?;
-    let mut ok = true;
-    for (p, forced) in [(Precision::F32, 2), (Precision::Tf32, 4)] {
-        let o = CudaBench::paper(p, 128);
-        gpu.set_winograd_tile(None)?;
-        let default = bench_on(gpu, &o, p);
-        gpu.set_winograd_tile(Some(forced))?;
-        let other = bench_on(gpu, &o, p);
-        gpu.set_winograd_tile(None)?;
-        match (default, other) {
-            (Ok(a), Ok(b)) => println!(
-                "{:<6} default {:>8.0}   all F({forced}x{forced}) {:>8.0}",
-                precision_name(p),
-                a.train_img_per_s,
-                b.train_img_per_s
-            ),
-            (Err(e), _) | (_, Err(e)) => {
-                ok = false;
-                println!("{:<6} error: {e:#}", precision_name(p));
-            }
-        }
-    }
-    Ok(ok)
-}
-
 /// Random N(0, std^2) weights / constant biases as the plan asks (what `Model::init` draws,
 /// without allocating a CPU model).
 fn init_params(plan: &Plan, seed: u64) -> Vec<f32> {
@@ -415,7 +338,7 @@ pub struct CudaBench<'a> {
 impl CudaBench<'static> {
     /// The table's settings: paper preset (1000 classes) at precision `p` and `batch`, compute
     /// only, [`BENCH_STEPS`] timed steps after [`BENCH_WARMUP`], the device's convolutions.
-    fn paper(p: Precision, batch: usize) -> Self {
+    pub(super) fn paper(p: Precision, batch: usize) -> Self {
         CudaBench {
             preset: "paper",
             batch,
@@ -470,7 +393,7 @@ pub fn bench_cuda(o: &CudaBench) -> Result<BenchResult> {
 /// [`bench_cuda`] on an open device at precision `p` (`o.precision`, `o.conv` and `o.algo` are
 /// not read here: the device's current settings are used). Timed steps other than the
 /// pipelined training steps are synchronised before and after.
-fn bench_on(gpu: &Arc<Gpu>, o: &CudaBench, p: Precision) -> Result<BenchResult> {
+pub(super) fn bench_on(gpu: &Arc<Gpu>, o: &CudaBench, p: Precision) -> Result<BenchResult> {
     let (batch, warmup, steps) = (o.batch, o.warmup, o.steps);
     let spec = load_preset(o.preset)?;
     let plan = spec.plan(o.classes)?;

@@ -20,7 +20,8 @@ enum Cmd {
     Parity(ParityArgs),
     /// Time training and inference throughput.
     Bench(BenchArgs),
-    /// NVRTC-compile every CUDA kernel (needs libnvrtc, not a GPU).
+    /// NVRTC-compile every CUDA kernel (needs libnvrtc, not a GPU) and print each kernel's
+    /// registers and stack frame on sm_90 (fails when one has a frame).
     CheckKernels,
     /// On a GPU machine: CUDA parity (fixtures, whole model vs CPU) and the benchmark table.
     GpuCheck(GpuCheckArgs),
@@ -226,6 +227,29 @@ fn run_check_kernels() -> Result<bool> {
     }
     let n = alexnet_cuda::check_kernels()?;
     println!("{n} kernels compiled");
+    // What the GPU compiler makes of them (SASS for the H100/H200, no GPU needed).
+    let res = alexnet_cuda::cubin::all_kernel_resources()?;
+    println!(
+        "registers per thread and stack frame (bytes of local memory) on {}:",
+        alexnet_cuda::cubin::RESOURCE_ARCH
+    );
+    for (file, r) in &res {
+        println!(
+            "  {:<14} {:<26} {:>4} {:>6}",
+            file.file_name(),
+            r.name,
+            r.registers,
+            r.frame
+        );
+    }
+    let spilling: Vec<&str> = res
+        .iter()
+        .filter(|(_, r)| r.frame > 0)
+        .map(|(_, r)| r.name.as_str())
+        .collect();
+    if !spilling.is_empty() {
+        anyhow::bail!("kernels with a stack frame (local memory): {spilling:?}");
+    }
     Ok(true)
 }
 

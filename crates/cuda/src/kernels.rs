@@ -107,6 +107,11 @@ pub fn compile(file: KernelFile, arch: Option<&'static str>) -> Result<Ptx, Cuda
     compile_source(file.file_name(), file.source(), arch)
 }
 
+/// NVRTC options of every kernel compilation (the architecture aside).
+pub(crate) fn compile_options() -> Vec<String> {
+    vec!["--std=c++14".into()]
+}
+
 /// Compiles CUDA C `src` (named `file_name` in errors) for `arch` with the crate's options.
 pub fn compile_source(
     file_name: &'static str,
@@ -119,7 +124,7 @@ pub fn compile_source(
     let opts = CompileOptions {
         arch,
         name: Some(file_name.to_string()),
-        options: vec!["--std=c++14".into()],
+        options: compile_options(),
         ..Default::default()
     };
     no_panic("nvrtc compile", || {

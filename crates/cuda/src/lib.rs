@@ -8,12 +8,14 @@
 //! - [`GpuNet`]: a whole [`alexnet_tensor::spec::Plan`] on the device, with flat parameter,
 //!   gradient and momentum buffers laid out exactly like the plan (checkpoints interchangeable
 //!   with the CPU path).
-//! - [`check_kernels`]: NVRTC-compiles every kernel (needs libnvrtc only, no GPU).
+//! - [`check_kernels`]: NVRTC-compiles every kernel (needs libnvrtc only, no GPU);
+//!   [`cubin`] reads the registers and stack frame the GPU compiler gave each kernel.
 //!
 //! Everything loads the CUDA libraries at run time (cudarc dynamic loading): the crate builds
 //! and its CPU-side tests pass on machines without CUDA; [`Gpu::new`] then returns an error and
 //! [`device_count`] returns 0, never a panic.
 
+pub mod cubin;
 pub mod emu;
 pub mod error;
 pub mod gpu;

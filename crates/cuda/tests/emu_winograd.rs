@@ -339,9 +339,10 @@ fn tf32_products_stay_within_the_tf32_bound() {
                 for (i, what) in ["y", "dx", "dw"].iter().enumerate() {
                     let err = rel_l2(&got[i], &exact_grads[i]);
                     let base = rel(&direct[i], &exact_grads[i]);
+                    let k = s.k;
                     println!(
-                        "{name} k{} F({m}x{m}) {what}: rel L2 {err:.2e} (direct form {base:.2e}){tag}",
-                        s.k
+                        "{name} k{k} F({m}x{m}) {what}: rel L2 {err:.2e} \
+                         (direct form {base:.2e}){tag}"
                     );
                     // Measured with TF32 operands: F(4x4, 3x3) 2.0e-3, F(2x2, 5x5) 2.3e-3
                     // (F(4x4, 5x5): 5.5e-3). With bf16 operands 1.6e-2, 1.8e-2 and 4.3e-2,

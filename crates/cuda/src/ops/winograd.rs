@@ -1,17 +1,17 @@
-//! Winograd convolutions F(m x m, r x r) for the 3x3 and 5x5 stride-1 layers (`--conv
-//! winograd`, [`crate::ConvImpl::Winograd`]; f32 GEMMs in f32, TF32 ones in TF32 and bf16), and for strided ones in space-to-depth
-//! form (the paper's conv1): the transforms are our kernels (`kernels/winograd.cu`), the
-//! products one strided-batched cuBLAS GEMM per pass, over the a^2 positions of the
-//! transformed tiles and the groups. Forward, data and filter gradients
-//! all run in the transformed domain, as on the CPU (`alexnet-layers`' winograd module, whose
-//! Toom-Cook matrices these are): with F(4x4, 5x5) conv2 costs 5.8x fewer multiply-adds than
-//! the direct form on its 27x27 planes, and F(4x4, 3x3) conv3-5 2.6x fewer on 13x13 (tiles
-//! overhang the edges), against ~1e-6 relative error in f32 (cuDNN's Winograd and FFT
-//! algorithms, which strict f32 leaves out, moved gradients by up to 4e-4).
+//! Winograd convolutions F(m x m, r x r) for the 3x3 and 5x5 stride-1 layers, and strided ones in
+//! space-to-depth form (the paper's conv1), with `--conv winograd` ([`crate::ConvImpl::Winograd`];
+//! f32 GEMMs in f32, TF32 ones in TF32 and bf16): the transforms are our kernels
+//! (`kernels/winograd.cu`), the products one strided-batched cuBLAS GEMM per pass, over the a^2
+//! positions of the transformed tiles and the groups. Forward, data and filter gradients all run in
+//! the transformed domain, as on the CPU (`alexnet-layers`' winograd module, whose Toom-Cook
+//! matrices these are): with F(4x4, 5x5) conv2 costs 5.8x fewer multiply-adds than the direct form
+//! on its 27x27 planes, and F(4x4, 3x3) conv3-5 2.6x fewer on 13x13 (tiles overhang the edges),
+//! against ~1e-6 relative error in f32 (cuDNN's Winograd and FFT algorithms, which strict f32
+//! leaves out, moved gradients by up to 4e-4).
 //!
-//! The batch runs in chunks of samples so that the transformed tensors stay within
-//! [`WINO_BUDGET`] elements; the filter gradient accumulates over the chunks in the transformed
-//! domain (the GEMM's beta) and is transformed back once.
+//! The batch runs in chunks of samples so that the transformed tensors stay within [`WINO_BUDGET`]
+//! elements; the filter gradient accumulates over the chunks in the transformed domain (the GEMM's
+//! beta) and is transformed back once.
 
 use super::conv::{ConvShape, ConvWorkspace};
 use super::elementwise::{nchw_to_cnhw_mask, row_sum};
@@ -29,10 +29,10 @@ const OP: &str = "winograd conv2d";
 
 /// Outputs per tile side for a k x k kernel at precision `prec`: `forced` (the GPU's
 /// [`Gpu::winograd_tile`]) if given, else 4 with f32 GEMMs, and with TF32 GEMMs
-/// ([`gemm_precision`]) 4 for 3x3 and 2 for 5x5. The transforms amplify the GEMMs' rounding: with TF32 operands (10 mantissa
-/// bits), against direct TF32's 2.9e-4, F(4x4, 3x3) gave 2.0e-3, F(2x2, 5x5) 2.3e-3 and
-/// F(4x4, 5x5) 5.5e-3 relative error on the emulator (`tests/emu_winograd.rs`; TF32's bound
-/// is 2e-2). In f32 all stay near 1e-6.
+/// ([`gemm_precision`]) 4 for 3x3 and 2 for 5x5. The transforms amplify the GEMMs' rounding:
+/// with TF32 operands (10 mantissa bits), against direct TF32's 2.9e-4, F(4x4, 3x3) gave
+/// 2.0e-3, F(2x2, 5x5) 2.3e-3 and F(4x4, 5x5) 5.5e-3 relative error on the emulator
+/// (`tests/emu_winograd.rs`; TF32's bound is 2e-2). In f32 all stay near 1e-6.
 pub fn tile_m(prec: Precision, k: usize, forced: Option<usize>) -> usize {
     match (forced, gemm_precision(prec), k) {
         (Some(m), _, _) => m,
@@ -448,9 +448,9 @@ fn forward_stride1(
 }
 
 /// Gradients of a convolution (+ReLU when `y`, the layer's ReLU output, is given) by Winograd
-/// F(m x m, k x k) ([`tile_m`]), a strided convolution in its space-to-depth form ([`winograd_shape`]):
-/// dy (N, O, HO, WO) -> dw (O, C/g, K, K) and db (O) overwritten, dx (N, C, H, W) overwritten
-/// when given.
+/// F(m x m, k x k) ([`tile_m`]), a strided convolution in its space-to-depth form
+/// ([`winograd_shape`]): dy (N, O, HO, WO) -> dw (O, C/g, K, K) and db (O) overwritten,
+/// dx (N, C, H, W) overwritten when given.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     gpu: &Gpu,

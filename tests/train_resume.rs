@@ -114,6 +114,15 @@ fn bad_flags_and_missing_data_are_clear_errors() {
         "{e}"
     );
     assert!(!root.join("r3").exists());
+    // So is an unknown convolution implementation.
+    let mut a = args(&root, &a.data, "r4");
+    a.conv = Some("fft".into());
+    let e = format!("{:#}", run_train_with(&a, None).unwrap_err());
+    assert!(
+        e.contains("--conv fft") && e.contains("im2col or winograd"),
+        "{e}"
+    );
+    assert!(!root.join("r4").exists());
     std::fs::remove_dir_all(&root).unwrap();
 }
 

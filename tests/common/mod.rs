@@ -142,6 +142,7 @@ pub fn args(root: &Path, data: &Path, run: &str) -> TrainArgs {
         seed: 5,
         device: "cpu".into(),
         precision: "f32".into(),
+        conv: None,
         run: root.join(run),
         resume: false,
         init_from: None,

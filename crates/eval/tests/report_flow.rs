@@ -135,6 +135,7 @@ fn make_run(name: &str, models: usize) -> PathBuf {
         seed: 1,
         device: "cpu".into(),
         precision: "f32".into(),
+        conv: None,
         threads: 1,
         train_subset: None,
         init_from: None,

@@ -1,7 +1,7 @@
 //! The device a model runs on: the CPU reference ([`Model`]) or CUDA ([`GpuNet`]). Both use the
 //! plan's flat parameter layout, so parameters and momentum move between them unchanged.
 
-use alexnet_cuda::{device_count, AugmentSample, Gpu, GpuNet, Precision, Staged};
+use alexnet_cuda::{device_count, AugmentSample, ConvImpl, Gpu, GpuNet, Precision, Staged};
 use alexnet_data::augment::pca_delta;
 use alexnet_data::{Draw, Stats};
 use alexnet_layers::{Mode, Model};
@@ -71,6 +71,16 @@ impl Backend {
                 )?)))
             }
         }
+    }
+
+    /// Runs the CUDA convolutions as `conv` says (`auto`, `cudnn`, `im2col` or `winograd`, see
+    /// [`ConvImpl`]); nothing to set on the CPU.
+    pub fn set_conv(&mut self, conv: &str) -> Result<()> {
+        if let Backend::Cuda(g) = self {
+            let c = ConvImpl::parse(conv).map_err(|e| anyhow::anyhow!("--conv {conv}: {e}"))?;
+            g.gpu().set_conv_impl(c)?;
+        }
+        Ok(())
     }
 
     /// Replaces all parameters (flat, plan layout).

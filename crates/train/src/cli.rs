@@ -45,6 +45,10 @@ pub struct TrainArgs {
     /// f32 (strict), tf32 or bf16 on CUDA; f32, bf16x3 or bf16 (Intel AMX GEMMs) on the CPU.
     #[arg(long, default_value = "f32")]
     pub precision: String,
+    /// CUDA convolutions: auto, cudnn, im2col or winograd (default: ALEXNET_CONV, else auto);
+    /// kept in the run's config, so a resumed run computes the same way.
+    #[arg(long)]
+    pub conv: Option<String>,
     /// Run folder (config, metrics, checkpoints, report).
     #[arg(long, default_value = DEFAULT_RUN)]
     pub run: PathBuf,
@@ -99,6 +103,7 @@ pub fn make_config(a: &TrainArgs, dataset: &Dataset) -> Result<RunConfig> {
         seed: a.seed,
         device: a.device.clone(),
         precision: a.precision.clone(),
+        conv: a.conv.clone(),
         threads: rayon::current_num_threads(),
         train_subset: a.train_subset,
         init_from: a.init_from.clone(),
@@ -140,6 +145,9 @@ pub fn run_train_with(a: &TrainArgs, stop_after_steps: Option<u64>) -> Result<Pa
     let device = DeviceChoice::parse(&a.device)?;
     if device == DeviceChoice::Cpu && !a.resume {
         alexnet_tensor::gemm::cpu_backend_for(&a.precision)?;
+    }
+    if let Some(c) = &a.conv {
+        alexnet_cuda::ConvImpl::parse(c).map_err(|e| anyhow::anyhow!("--conv {c}: {e}"))?;
     }
     if let DeviceChoice::Cuda(i) = device {
         let n = alexnet_cuda::device_count();

@@ -28,6 +28,9 @@ pub struct RunConfig {
     pub seed: u64,
     pub device: String,
     pub precision: String,
+    /// `--conv` (CUDA convolutions), when given; runs from before the flag have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv: Option<String>,
     pub threads: usize,
     pub train_subset: Option<usize>,
     pub init_from: Option<PathBuf>,

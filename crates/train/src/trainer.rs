@@ -98,6 +98,9 @@ pub fn train_model(
         .collect();
     let info = FileInfo::new(&cfg.spec, classes);
     let mut backend = Backend::new(&plan, opts.device, cfg.batch_size, &cfg.precision)?;
+    if let Some(c) = &cfg.conv {
+        backend.set_conv(c)?;
+    }
     // Raw u8 batches when the device augments (CUDA): a third of the f32 batch's bytes to
     // upload, and the crop, flip, lighting and mean run on the device.
     let raw = backend.augments_on_device() && !opts.cpu_augment;

@@ -10,24 +10,32 @@ use common::{args, devices, tiny_data, tmp};
 #[test]
 fn resume_is_byte_identical_and_logs_are_not_duplicated() {
     for device in devices() {
-        resume_on(device);
+        resume_on(device, None);
+        if device == "cuda" {
+            // The Winograd convolutions (`--conv winograd`, kept in the run's config).
+            resume_on(device, Some("winograd"));
+        }
     }
 }
 
-fn resume_on(device: &str) {
-    println!("resume test on {device}");
-    let root = tmp(&format!("resume-{device}"));
+fn resume_on(device: &str, conv: Option<&str>) {
+    println!("resume test on {device}, convolutions {conv:?}");
+    let root = tmp(&format!("resume-{device}-{}", conv.unwrap_or("default")));
     let data = tiny_data(&root);
     // Uninterrupted run.
     let mut a = args(&root, &data, "full");
     a.device = device.into();
+    a.conv = conv.map(str::to_string);
     run_train_with(&a, None).unwrap();
     // Interrupted: stop after 3 steps (mid-epoch, between checkpoints), then again after 5
-    // more (crossing the epoch boundary and into model 1), then finish.
+    // more (crossing the epoch boundary and into model 1), then finish; only the first call
+    // names --conv: the resumed ones take it from the run's config.
     let mut b = args(&root, &data, "cut");
     b.device = device.into();
+    b.conv = conv.map(str::to_string);
     run_train_with(&b, Some(3)).unwrap();
     b.resume = true;
+    b.conv = None;
     run_train_with(&b, Some(5)).unwrap();
     run_train_with(&b, None).unwrap();
     for k in 0..2 {

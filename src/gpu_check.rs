@@ -338,7 +338,7 @@ pub fn gpu_check(fixture_dir: &Path) -> Result<bool> {
     let bench_ok = bench_table(&gpu, &impls)?;
     gpu.set_conv_impl(default_impl)?;
     gpu.set_algo_search(default_algo);
-    let wino_ok = winograd_section(&gpu, &files, &references)?;
+    let wino_ok = winograd_section(&gpu, &files, &references, started)?;
     gpu.set_conv_impl(default_impl)?;
     println!(
         "gpu-check: done in {:.0} s",

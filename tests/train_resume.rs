@@ -12,8 +12,10 @@ fn resume_is_byte_identical_and_logs_are_not_duplicated() {
     for device in devices() {
         resume_on(device, None);
         if device == "cuda" {
-            // The Winograd convolutions (`--conv winograd`, kept in the run's config).
+            // The Winograd convolutions (`--conv winograd`, kept in the run's config), and
+            // cuDNN's algorithms timed (pinned on resume from cudnn_algos.json).
             resume_on(device, Some("winograd"));
+            resume_on(device, Some("timed"));
         }
     }
 }
@@ -25,17 +27,29 @@ fn resume_on(device: &str, conv: Option<&str>) {
     // Uninterrupted run.
     let mut a = args(&root, &data, "full");
     a.device = device.into();
-    a.conv = conv.map(str::to_string);
+    let set = |a: &mut alexnet_train::cli::TrainArgs| match conv {
+        Some("timed") => a.cudnn_algo = Some("timed".into()),
+        other => a.conv = other.map(str::to_string),
+    };
+    set(&mut a);
     run_train_with(&a, None).unwrap();
     // Interrupted: stop after 3 steps (mid-epoch, between checkpoints), then again after 5
     // more (crossing the epoch boundary and into model 1), then finish; only the first call
     // names --conv: the resumed ones take it from the run's config.
     let mut b = args(&root, &data, "cut");
     b.device = device.into();
-    b.conv = conv.map(str::to_string);
+    set(&mut b);
+    if conv == Some("timed") {
+        // Timing can pick differently in each run: the interrupted run starts from the
+        // uninterrupted one's picks, as a resume starts from its own run's.
+        let picks = root.join("full/cudnn_algos.json");
+        assert!(picks.exists(), "a timed run keeps its cuDNN algorithms");
+        std::fs::create_dir_all(root.join("cut")).unwrap();
+        std::fs::copy(&picks, root.join("cut/cudnn_algos.json")).unwrap();
+    }
     run_train_with(&b, Some(3)).unwrap();
     b.resume = true;
-    b.conv = None;
+    (b.conv, b.cudnn_algo) = (None, None);
     run_train_with(&b, Some(5)).unwrap();
     run_train_with(&b, None).unwrap();
     for k in 0..2 {
@@ -131,6 +145,11 @@ fn bad_flags_and_missing_data_are_clear_errors() {
         "{e}"
     );
     assert!(!root.join("r4").exists());
+    let mut a = args(&root, &a.data, "r5");
+    a.cudnn_algo = Some("fastest".into());
+    let e = format!("{:#}", run_train_with(&a, None).unwrap_err());
+    assert!(e.contains("--cudnn-algo fastest"), "{e}");
+    assert!(!root.join("r5").exists());
     std::fs::remove_dir_all(&root).unwrap();
 }
 

@@ -143,6 +143,7 @@ pub fn args(root: &Path, data: &Path, run: &str) -> TrainArgs {
         device: "cpu".into(),
         precision: "f32".into(),
         conv: None,
+        cudnn_algo: None,
         run: root.join(run),
         resume: false,
         init_from: None,

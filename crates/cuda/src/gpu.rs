@@ -27,6 +27,15 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// `f32`, `tf32` or `bf16` (what [`Precision::parse`] reads).
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
     /// Parses `f32`, `tf32` or `bf16`.
     pub fn parse(s: &str) -> Result<Precision, CudaError> {
         match s.to_ascii_lowercase().as_str() {
@@ -591,6 +600,16 @@ impl Gpu {
             empty => empty.insert(crate::ops::conv_cudnn::CudnnState::new(self)?),
         };
         f(st)
+    }
+
+    /// `f` on the cuDNN state if cuDNN has been used on this device (`None` otherwise; never
+    /// loads cuDNN).
+    pub(crate) fn with_cudnn_if_created<R>(
+        &self,
+        f: impl FnOnce(&crate::ops::conv_cudnn::CudnnState) -> R,
+    ) -> Option<R> {
+        let g = self.cudnn.lock().unwrap_or_else(|p| p.into_inner());
+        g.as_ref().map(f)
     }
 
     /// The scratch buffer in `slot`, grown to at least `n` elements first (contents not kept;

@@ -185,6 +185,27 @@ fn bf16_rounding_mirror() {
 }
 
 #[test]
+fn timed_picks_keep_their_json_form() {
+    use alexnet_cuda::ops::conv_cudnn::TimedPick;
+    // The form run folders keep (cudnn_algos.json): field names and values are a file format.
+    let p = TimedPick {
+        shape: [128, 48, 57, 57, 96, 3, 1, 0, 1],
+        precision: Precision::Tf32.name().into(),
+        nhwc: false,
+        algos: [1, 0, 3],
+    };
+    let text = serde_json::to_string(&p).unwrap();
+    assert_eq!(
+        text,
+        r#"{"shape":[128,48,57,57,96,3,1,0,1],"precision":"tf32","nhwc":false,"algos":[1,0,3]}"#
+    );
+    assert_eq!(serde_json::from_str::<TimedPick>(&text).unwrap(), p);
+    for q in [Precision::F32, Precision::Tf32, Precision::Bf16] {
+        assert_eq!(Precision::parse(q.name()).unwrap(), q);
+    }
+}
+
+#[test]
 fn precision_parsing() {
     assert_eq!(Precision::parse("TF32").unwrap(), Precision::Tf32);
     assert_eq!(Precision::parse("bf16").unwrap(), Precision::Bf16);

@@ -136,6 +136,7 @@ fn make_run(name: &str, models: usize) -> PathBuf {
         device: "cpu".into(),
         precision: "f32".into(),
         conv: None,
+        cudnn_algo: None,
         threads: 1,
         train_subset: None,
         init_from: None,

@@ -1,12 +1,16 @@
 //! The device a model runs on: the CPU reference ([`Model`]) or CUDA ([`GpuNet`]). Both use the
 //! plan's flat parameter layout, so parameters and momentum move between them unchanged.
 
-use alexnet_cuda::{device_count, AugmentSample, ConvImpl, Gpu, GpuNet, Precision, Staged};
+use alexnet_cuda::ops::conv_cudnn;
+use alexnet_cuda::{
+    device_count, AlgoSearch, AugmentSample, ConvImpl, Gpu, GpuNet, Precision, Staged,
+};
 use alexnet_data::augment::pca_delta;
 use alexnet_data::{Draw, Stats};
 use alexnet_layers::{Mode, Model};
 use alexnet_tensor::spec::Plan;
 use anyhow::{bail, Context, Result};
+use std::path::Path;
 use std::sync::Arc;
 
 /// Which device to use (`--device auto|cpu|cuda[:i]`).
@@ -81,6 +85,51 @@ impl Backend {
             g.gpu().set_conv_impl(c)?;
         }
         Ok(())
+    }
+
+    /// How cuDNN picks algorithms on CUDA (`heuristic` or `timed`, see [`AlgoSearch`]);
+    /// nothing to set on the CPU.
+    pub fn set_cudnn_algo(&mut self, algo: &str) -> Result<()> {
+        if let Backend::Cuda(g) = self {
+            let a =
+                AlgoSearch::parse(algo).map_err(|e| anyhow::anyhow!("--cudnn-algo {algo}: {e}"))?;
+            g.gpu().set_algo_search(a);
+        }
+        Ok(())
+    }
+
+    /// With timed cuDNN algorithms on CUDA (`ALEXNET_CUDNN_ALGO=timed`): pins the picks of the
+    /// run's earlier processes, kept in `path` ([`crate::cudnn_algos`]). Nothing otherwise.
+    pub fn pin_timed_algorithms(&mut self, path: &Path) -> Result<()> {
+        let Some(gpu) = self.timed_gpu() else {
+            return Ok(());
+        };
+        let picks = crate::cudnn_algos::read(path)?;
+        if !picks.is_empty() {
+            conv_cudnn::pin_timed_algorithms(gpu, &picks)
+                .with_context(|| format!("{}: delete it to time again", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// With timed cuDNN algorithms on CUDA: adds this process's picks to `path`.
+    pub fn record_timed_algorithms(&self, path: &Path) -> Result<()> {
+        match self.timed_gpu() {
+            Some(gpu) => crate::cudnn_algos::record(path, &conv_cudnn::timed_algorithms(gpu)),
+            None => Ok(()),
+        }
+    }
+
+    /// The device, when the network runs on CUDA with cuDNN convolutions and timed algorithms.
+    fn timed_gpu(&self) -> Option<&Gpu> {
+        match self {
+            Backend::Cuda(g) => {
+                let gpu = g.gpu();
+                (gpu.algo_search() == AlgoSearch::Timed && gpu.conv_impl().uses_cudnn())
+                    .then_some(&**gpu)
+            }
+            Backend::Cpu(_) => None,
+        }
     }
 
     /// Replaces all parameters (flat, plan layout).

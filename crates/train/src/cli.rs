@@ -49,6 +49,10 @@ pub struct TrainArgs {
     /// kept in the run's config, so a resumed run computes the same way.
     #[arg(long)]
     pub conv: Option<String>,
+    /// CUDA: how cuDNN picks its algorithms, heuristic or timed (default: ALEXNET_CUDNN_ALGO,
+    /// else heuristic); timed runs keep their picks in cudnn_algos.json for exact resumes.
+    #[arg(long)]
+    pub cudnn_algo: Option<String>,
     /// Run folder (config, metrics, checkpoints, report).
     #[arg(long, default_value = DEFAULT_RUN)]
     pub run: PathBuf,
@@ -104,6 +108,7 @@ pub fn make_config(a: &TrainArgs, dataset: &Dataset) -> Result<RunConfig> {
         device: a.device.clone(),
         precision: a.precision.clone(),
         conv: a.conv.clone(),
+        cudnn_algo: a.cudnn_algo.clone(),
         threads: rayon::current_num_threads(),
         train_subset: a.train_subset,
         init_from: a.init_from.clone(),
@@ -148,6 +153,9 @@ pub fn run_train_with(a: &TrainArgs, stop_after_steps: Option<u64>) -> Result<Pa
     }
     if let Some(c) = &a.conv {
         alexnet_cuda::ConvImpl::parse(c).map_err(|e| anyhow::anyhow!("--conv {c}: {e}"))?;
+    }
+    if let Some(c) = &a.cudnn_algo {
+        alexnet_cuda::AlgoSearch::parse(c).map_err(|e| anyhow::anyhow!("--cudnn-algo {c}: {e}"))?;
     }
     if let DeviceChoice::Cuda(i) = device {
         let n = alexnet_cuda::device_count();

@@ -31,6 +31,9 @@ pub struct RunConfig {
     /// `--conv` (CUDA convolutions), when given; runs from before the flag have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conv: Option<String>,
+    /// `--cudnn-algo`, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cudnn_algo: Option<String>,
     pub threads: usize,
     pub train_subset: Option<usize>,
     pub init_from: Option<PathBuf>,

@@ -12,7 +12,9 @@
 //! runs: the choice is then a function of the shape and the card, so two processes pick the same
 //! algorithms and a resumed run stays bit-identical to an uninterrupted one.
 //! [`AlgoSearch::Timed`] (`ALEXNET_CUDNN_ALGO=timed`, `bench --cudnn-algo timed`) has cuDNN time
-//! every algorithm instead (`cudnnFind*`, PyTorch's `cudnn.benchmark`). Either way only algorithms
+//! every algorithm instead (`cudnnFind*`, PyTorch's `cudnn.benchmark`); its picks can differ
+//! between processes, so [`timed_algorithms`] lists them for a training run to keep and
+//! [`pin_timed_algorithms`] makes a resumed run take them again. Either way only algorithms
 //! that cuDNN reports as deterministic and that fit [`WORKSPACE_LIMIT`] are used. Strict f32
 //! sets `CUDNN_FMA_MATH` (no TF32 tensor cores) and keeps to the GEMM-formulated algorithms (no
 //! FFT or Winograd); TF32 and bf16 allow tensor-op math and every deterministic algorithm.
@@ -66,10 +68,15 @@ impl Drop for Plan {
 /// (shape, precision, algorithm search, NHWC): what a [`Plan`] is built for.
 type PlanKey = (ConvShape, Precision, AlgoSearch, bool);
 
+/// (shape, precision, NHWC): what a pinned choice of algorithms is for.
+type PinKey = (ConvShape, Precision, bool);
+
 /// The cuDNN handle, the plan cache and the scratch buffers of one [`Gpu`].
 pub(crate) struct CudnnState {
     handle: sys::cudnnHandle_t,
     plans: HashMap<PlanKey, Plan>,
+    /// Algorithms timed plans take instead of timing ([`pin_timed_algorithms`]).
+    pinned: HashMap<PinKey, [u32; 3]>,
     workspace: Option<CudaSlice<u8>>,
     /// Taken out of the state while a convolution runs (see [`with_scratch`]).
     scratch: ConvScratch,
@@ -151,6 +158,7 @@ impl CudnnState {
             Ok(CudnnState {
                 handle,
                 plans: HashMap::new(),
+                pinned: HashMap::new(),
                 workspace: None,
                 scratch: ConvScratch::default(),
             })
@@ -160,20 +168,26 @@ impl CudnnState {
 
 /// The cached plan of `s` at precision `p` (built on first use). A free function over the
 /// plan map, so callers can hold it while they borrow the state's scratch buffers.
-fn plan_for(
-    plans: &mut HashMap<PlanKey, Plan>,
+fn plan_for<'a>(
+    plans: &'a mut HashMap<PlanKey, Plan>,
     handle: sys::cudnnHandle_t,
+    pinned: &HashMap<PinKey, [u32; 3]>,
     key: PlanKey,
-) -> Result<&Plan, CudaError> {
+) -> Result<&'a Plan, CudaError> {
+    let pin = pinned.get(&(key.0, key.1, key.3)).copied();
     Ok(match plans.entry(key) {
         Entry::Occupied(e) => e.into_mut(),
-        Entry::Vacant(v) => v.insert(no_panic("cudnn plan", || build_plan(handle, key))?),
+        Entry::Vacant(v) => v.insert(no_panic("cudnn plan", || build_plan(handle, key, pin))?),
     })
 }
 
 /// Creates the descriptors of `s` and picks the algorithms (by heuristics or by timing, `a`),
 /// in NHWC when `nhwc` (bf16 operands at [`Precision::Bf16`], which needs NHWC).
-fn build_plan(h: sys::cudnnHandle_t, (shape, p, a, nhwc): PlanKey) -> Result<Plan, CudaError> {
+fn build_plan(
+    h: sys::cudnnHandle_t,
+    (shape, p, a, nhwc): PlanKey,
+    pinned: Option<[u32; 3]>,
+) -> Result<Plan, CudaError> {
     let s = &shape;
     let op = "cudnn conv plan";
     let name = format!("{}{}", shape_name(s), if nhwc { " nhwc" } else { "" });
@@ -283,11 +297,19 @@ fn build_plan(h: sys::cudnnHandle_t, (shape, p, a, nhwc): PlanKey) -> Result<Pla
     };
     // The first usable algorithm of cuDNN's ranked list: the heuristics' ranking, or the
     // measured times (`cudnnFind*` runs every algorithm on scratch buffers it allocates and
-    // returns them fastest first). One macro for the three directions: their perf structs are
-    // distinct types with the same fields.
-    let timed = a == AlgoSearch::Timed;
+    // returns them fastest first). A timed plan with `pinned` algorithms (a resumed run's
+    // earlier timing, see [`pin_timed_algorithms`]) takes them instead of timing again, if the
+    // heuristics' list has them usable (deterministic, within the workspace limit, strict f32's
+    // rules). One macro for the three directions: their perf structs are distinct types with
+    // the same fields.
+    let timed = a == AlgoSearch::Timed && pinned.is_none();
+    let pin = |i: usize| {
+        pinned
+            .filter(|_| a == AlgoSearch::Timed)
+            .map(|codes| codes[i])
+    };
     macro_rules! pick {
-        ($perf:ty, $get:path, $find:path, ($a:expr, $b:expr, $c:expr, $d:expr), $algo_ok:expr, $what:expr) => {{
+        ($perf:ty, $get:path, $find:path, ($a:expr, $b:expr, $c:expr, $d:expr), $algo_ok:expr, $what:expr, $want:expr) => {{
             const N: usize = 16;
             let mut cnt: c_int = 0;
             // SAFETY: zeroed perf structs are valid plain data; the call writes at most N.
@@ -313,10 +335,22 @@ fn build_plan(h: sys::cudnnHandle_t, (shape, p, a, nhwc): PlanKey) -> Result<Pla
                         && r.memory <= WORKSPACE_LIMIT
                         && strict_ok(r.mathType)
                         && $algo_ok(r.algo)
+                        && $want.is_none_or(|w| r.algo as u32 == w)
                 })
                 .ok_or_else(|| CudaError::Cudnn {
                     op: name.clone(),
-                    detail: concat!("no deterministic ", $what, " algorithm").into(),
+                    detail: match $want {
+                        Some(w) => format!(
+                            concat!(
+                                "pinned ",
+                                $what,
+                                " algorithm {} is not usable here: delete \
+                                     the run's cudnn_algos.json to time again"
+                            ),
+                            w
+                        ),
+                        None => concat!("no deterministic ", $what, " algorithm").into(),
+                    },
                 })?;
             (best.algo, best.memory)
         }};
@@ -327,7 +361,8 @@ fn build_plan(h: sys::cudnnHandle_t, (shape, p, a, nhwc): PlanKey) -> Result<Pla
         sys::cudnnFindConvolutionForwardAlgorithm,
         (x, w, conv, y),
         fwd_ok,
-        "forward"
+        "forward",
+        pin(0)
     );
     (plan.bwd_data, plan.ws[1]) = pick!(
         sys::cudnnConvolutionBwdDataAlgoPerf_t,
@@ -335,7 +370,8 @@ fn build_plan(h: sys::cudnnHandle_t, (shape, p, a, nhwc): PlanKey) -> Result<Pla
         sys::cudnnFindConvolutionBackwardDataAlgorithm,
         (w, y, conv, x),
         data_ok,
-        "backward-data"
+        "backward-data",
+        pin(1)
     );
     (plan.bwd_filter, plan.ws[2]) = pick!(
         sys::cudnnConvolutionBwdFilterAlgoPerf_t,
@@ -343,7 +379,8 @@ fn build_plan(h: sys::cudnnHandle_t, (shape, p, a, nhwc): PlanKey) -> Result<Pla
         sys::cudnnFindConvolutionBackwardFilterAlgorithm,
         (x, y, conv, w),
         filter_ok,
-        "backward-filter"
+        "backward-filter",
+        pin(2)
     );
     // The heuristics' memory figure is an estimate: ask for the exact sizes.
     // SAFETY: handle, descriptors and algorithms are valid.
@@ -433,7 +470,12 @@ fn run(
 ) -> Result<(), CudaError> {
     gpu.with_cudnn(|st| {
         let h = st.handle;
-        let plan = plan_for(&mut st.plans, h, (*s, prec, gpu.algo_search(), nhwc))?;
+        let plan = plan_for(
+            &mut st.plans,
+            h,
+            &st.pinned,
+            (*s, prec, gpu.algo_search(), nhwc),
+        )?;
         let i = call as usize;
         let ws = gpu.grow(&mut st.workspace, plan.ws[i], "cuDNN workspace")?;
         let ws_len = ws.len();
@@ -745,11 +787,82 @@ pub fn chosen_algorithms(
     let s = s2d_for(gpu, s).unwrap_or(*s);
     gpu.with_cudnn(|st| {
         let key = (s, p, gpu.algo_search(), gpu.conv_nhwc_for(p));
-        let plan = plan_for(&mut st.plans, st.handle, key)?;
+        let plan = plan_for(&mut st.plans, st.handle, &st.pinned, key)?;
         Ok((
             format!("{:?}", plan.fwd),
             format!("{:?}", plan.bwd_data),
             format!("{:?}", plan.bwd_filter),
         ))
+    })
+}
+
+/// The algorithms a timed plan chose ([`AlgoSearch::Timed`]), as a run folder keeps them
+/// (`cudnn_algos.json`): timing can pick differently in each process, so a resumed run pins
+/// the first process's picks ([`pin_timed_algorithms`]) and stays bit-identical to an
+/// uninterrupted one.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TimedPick {
+    /// The convolution cuDNN runs: n, c, h, w, o, k, stride, pad, groups.
+    pub shape: [usize; 9],
+    /// `f32`, `tf32` or `bf16`.
+    pub precision: String,
+    pub nhwc: bool,
+    /// cuDNN's enum values of the forward, backward-data and backward-filter algorithms.
+    pub algos: [u32; 3],
+}
+
+impl TimedPick {
+    fn key(&self) -> Result<PinKey, CudaError> {
+        let [n, c, h, w, o, k, stride, pad, groups] = self.shape;
+        let shape = ConvShape {
+            n,
+            c,
+            h,
+            w,
+            o,
+            k,
+            stride,
+            pad,
+            groups,
+        };
+        shape.validate()?;
+        Ok((shape, Precision::parse(&self.precision)?, self.nhwc))
+    }
+}
+
+/// Every timed plan's algorithms so far, sorted (empty before cuDNN's first use).
+pub fn timed_algorithms(gpu: &Gpu) -> Vec<TimedPick> {
+    let mut picks: Vec<TimedPick> = gpu
+        .with_cudnn_if_created(|st| {
+            st.plans
+                .iter()
+                .filter(|(key, _)| key.2 == AlgoSearch::Timed)
+                .map(|(&(s, p, _, nhwc), plan)| TimedPick {
+                    shape: [s.n, s.c, s.h, s.w, s.o, s.k, s.stride, s.pad, s.groups],
+                    precision: p.name().into(),
+                    nhwc,
+                    algos: [
+                        plan.fwd as u32,
+                        plan.bwd_data as u32,
+                        plan.bwd_filter as u32,
+                    ],
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    picks.sort_by(|a, b| (a.shape, &a.precision, a.nhwc).cmp(&(b.shape, &b.precision, b.nhwc)));
+    picks
+}
+
+/// Makes timed plans built from now on take `picks` (checked against cuDNN's list when the
+/// plan is built) instead of timing.
+pub fn pin_timed_algorithms(gpu: &Gpu, picks: &[TimedPick]) -> Result<(), CudaError> {
+    let keys = picks
+        .iter()
+        .map(|p| Ok((p.key()?, p.algos)))
+        .collect::<Result<Vec<_>, CudaError>>()?;
+    gpu.with_cudnn(|st| {
+        st.pinned.extend(keys);
+        Ok(())
     })
 }

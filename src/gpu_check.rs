@@ -1,6 +1,7 @@
 //! `cargo xtask gpu-check` and the CUDA branch of `cargo xtask bench`.
 //!
-//! [`gpu_check`] is one prepared command for a GPU machine (about 90 s on an H200):
+//! [`gpu_check`] is one prepared command for a GPU machine (121 s on an H200 before the Winograd
+//! section was added; that section skips its timings past 270 s):
 //!
 //! 1. every parity fixture through the CUDA ops in f32, once with cuDNN convolutions and once
 //!    with im2col (where cuDNN is there), judged at the fixture's own tolerance

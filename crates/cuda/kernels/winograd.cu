@@ -8,7 +8,7 @@
 //              dg = G^T dU G, and dd = B dV B^T added into the overlapping input patches
 //              (gathered per input pixel in a fixed order: deterministic, no atomics).
 // Layouts (g = group, xi = position in the a x a grid, c' / o' = channel within the group,
-// p = (sample, ti, tj)): U, dU [g][xi][o'][c']; V, dV [g][xi][c'][p]; M, dM [g][xi][o'][p];
+// p = (sample, ti, tj), rows of p padded to ps): U, dU [g][xi][o'][c']; V, dV [g][xi][c'][p]; M, dM [g][xi][o'][p];
 // dd [c][n][ti a + i][tj a + j]. x, y, dx are NCHW chunks; dy arrives as (O, nb, HO, WO), the
 // ReLU mask already applied (the layout of the im2col path's gradient transpose).
 // The kernels dispatch on (m, r) to fully unrolled instances: m in {2, 4}, r in {3, 5}.
@@ -27,7 +27,8 @@ struct WinoGeom {
     u32 nb, c, h, w;      // input chunk (nb, C, H, W)
     u32 o, ho, wo, pad;   // output chunk (nb, O, HO, WO); zero padding of the input
     u32 m, r, a, groups;  // F(m x m, r x r), a = m + r - 1
-    u32 th, tw, p, pad_;  // tiles per column / row of an output plane; p = nb th tw
+    u32 th, tw, p, ps;    // tiles per column / row of an output plane; p = nb th tw tiles,
+                          // ps: their row stride in V, dV, M, dM (p rounded up to 8)
 };
 
 #define GRID_STRIDE(i, total) \
@@ -102,7 +103,7 @@ __device__ __forceinline__ Slot tile_slot(u32 i, u32 per, u32 a2, WinoGeom q, u3
     u32 p = i - *ch * q.p;
     u32 gi = *ch / per, cc = *ch - gi * per;
     wino_tile(p, q, n, ti, tj);
-    Slot s = {(gi * a2 * per + cc) * q.p + p, per * q.p};
+    Slot s = {(gi * a2 * per + cc) * q.ps + p, per * q.ps};
     return s;
 }
 

@@ -111,10 +111,12 @@ fn host_gemm(pr: &Products, a: &[f32], b: &[f32], beta: f32, c: &mut [f32], roun
     }
 }
 
-/// The workspace budget (elements) that makes `chunk` take `nb` samples per chunk.
+/// The workspace budget (elements) that makes `chunk` take `nb` samples per chunk: the
+/// workspace of exactly `nb` (it grows with every sample).
 fn budget_for(s: &ConvShape, m: usize, nb: usize) -> usize {
-    let one = WinoGeom::new(s, 1, m).unwrap();
-    2 * one.u_len() + nb * (one.workspace_len() - 2 * one.u_len())
+    let budget = WinoGeom::new(s, nb, m).unwrap().workspace_len();
+    assert_eq!(chunk(s, m, budget).unwrap(), nb, "{s:?} F({m}x{m})");
+    budget
 }
 
 /// y, dx, dw of the Winograd composition with m x m tiles, composed as `ops::winograd` composes
@@ -417,7 +419,12 @@ fn geometry_and_matrices_are_checked() {
     // conv2 (5x5, two groups): 27x27 -> 7x7 tiles, a = 8.
     let s2 = shape(128, 96, [27, 27], 256, 5, 2, 2);
     let g2 = WinoGeom::new(&s2, 1, 4).unwrap();
-    assert_eq!((g2.th, g2.p, g2.a), (7, 49, 8));
+    assert_eq!((g2.th, g2.p, g2.ps, g2.a), (7, 49, 56, 8));
+    assert_eq!(
+        g2.v_len(),
+        64 * 96 * 56,
+        "rows of p = 49 tiles padded to 56"
+    );
     assert_eq!(g2.u_len(), 64 * 256 * 48);
     // No instance: strided, 7x7, m = 3; too many elements for 32-bit indices.
     let strided = ConvShape { stride: 2, ..s };

@@ -102,7 +102,10 @@ pub struct WinoGeom {
     pub th: u32,
     pub tw: u32,
     pub p: u32,
-    pub pad_: u32,
+    /// The row stride of the tiles in V, dV, M and dM: p rounded up to a multiple of 8, so that
+    /// every row the GEMMs read starts 32-byte aligned (cuBLAS's vectorised and tensor-core
+    /// paths want it; p = 83 x 49 tiles for conv2's chunks is odd).
+    pub ps: u32,
 }
 
 // SAFETY: `#[repr(C)]` of u32 fields, identical to the C struct `WinoGeom`.
@@ -143,7 +146,7 @@ impl WinoGeom {
             th: u("th", th)?,
             tw: u("tw", tw)?,
             p: u("tiles", nb * th * tw)?,
-            pad_: 0,
+            ps: u("tiles", (nb * th * tw).next_multiple_of(8))?,
         };
         // The kernels index with 32-bit arithmetic.
         for (what, len) in [
@@ -164,13 +167,13 @@ impl WinoGeom {
     pub fn u_len(&self) -> usize {
         self.a2() * self.o as usize * (self.c / self.groups.max(1)) as usize
     }
-    /// V, dV and the patches' gradients: a^2 C P.
+    /// V, dV and the patches' gradients: a^2 C rows of `ps`.
     pub fn v_len(&self) -> usize {
-        self.a2() * self.c as usize * self.p as usize
+        self.a2() * self.c as usize * self.ps as usize
     }
-    /// M and dM: a^2 O P.
+    /// M and dM: a^2 O rows of `ps`.
     pub fn m_len(&self) -> usize {
-        self.a2() * self.o as usize * self.p as usize
+        self.a2() * self.o as usize * self.ps as usize
     }
     /// The masked output gradient, (O, nb, HO, WO).
     pub fn t_len(&self) -> usize {
@@ -244,8 +247,15 @@ fn with_s2d_scratch<R>(
 pub fn chunk(s: &ConvShape, m: usize, budget: usize) -> Result<usize, CudaError> {
     let one = WinoGeom::new(s, 1, m)?;
     let fixed = 2 * one.u_len();
-    let per = (one.workspace_len() - fixed).max(1);
-    Ok((budget.saturating_sub(fixed) / per).clamp(1, s.n.max(1)))
+    // Per sample without the rows' padding to `ps` (an upper bound on the count), then down
+    // until the padded workspace fits.
+    let tiles = (one.th * one.tw) as usize;
+    let per = one.a2() * (2 * s.c + s.o) * tiles + one.t_len();
+    let mut nb = (budget.saturating_sub(fixed) / per.max(1)).clamp(1, s.n.max(1));
+    while nb > 1 && WinoGeom::new(s, nb, m)?.workspace_len() > budget {
+        nb -= 1;
+    }
+    Ok(nb)
 }
 
 /// The parts of the workspace, in the order of [`WinoGeom::workspace_len`].
@@ -308,22 +318,22 @@ impl Products {
     /// densely one after another in the layouts of kernels/winograd.cu.
     pub fn of(g: &WinoGeom, pass: Pass) -> Products {
         let groups = g.groups.max(1);
-        let (cg, og, p) = (
-            (g.c / groups) as usize,
-            (g.o / groups) as usize,
-            g.p as usize,
-        );
-        let (u, v, mm) = (
-            MatDesc::new(og, cg),
-            MatDesc::new(cg, p),
-            MatDesc::new(og, p),
-        );
+        let (cg, og) = ((g.c / groups) as usize, (g.o / groups) as usize);
+        let (p, ps) = (g.p as usize, g.ps as usize);
+        // V and M: rows of the chunk's p tiles, ps apart.
+        let tiles = |rows| MatDesc {
+            rows,
+            cols: p,
+            ld: ps,
+            trans: false,
+        };
+        let (u, v, mm) = (MatDesc::new(og, cg), tiles(cg), tiles(og));
         let (a, b, c) = match pass {
             Pass::Forward => (u, v, mm),
             Pass::FilterGrad => (mm, v.t(), u),
             Pass::InputGrad => (u.t(), mm, v),
         };
-        let size = |d: MatDesc| d.rows * d.cols;
+        let size = |d: MatDesc| d.rows * d.ld;
         Products {
             a,
             b,

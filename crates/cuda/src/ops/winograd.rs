@@ -179,10 +179,21 @@ impl WinoGeom {
     pub fn t_len(&self) -> usize {
         self.o as usize * self.nb as usize * self.ho as usize * self.wo as usize
     }
-    /// The workspace of [`forward`] and [`backward`] at this chunk size: U, dU, V, dV, M, t.
+    /// The workspace of [`forward`] and [`backward`] at this chunk size: U, dU, V, dV, M, t,
+    /// each starting at a multiple of 8 elements.
     pub fn workspace_len(&self) -> usize {
-        2 * self.u_len() + 2 * self.v_len() + self.m_len() + self.t_len()
+        self.parts().iter().map(|&n| aligned(n)).sum()
     }
+    /// The lengths of U, dU, V, dV, M and t.
+    fn parts(&self) -> [usize; 6] {
+        let (u, v) = (self.u_len(), self.v_len());
+        [u, u, v, v, self.m_len(), self.t_len()]
+    }
+}
+
+/// `n` rounded up to a multiple of 8 elements (32 bytes), where the workspace's parts start.
+fn aligned(n: usize) -> usize {
+    n.next_multiple_of(8)
 }
 
 /// The stride-1 convolution that runs by Winograd for `s`: `s` itself when it is a 3x3 or 5x5
@@ -277,12 +288,13 @@ fn with_parts<R>(
 ) -> Result<R, CudaError> {
     let buf = gpu.grow(&mut ws.wino, g.workspace_len(), "winograd workspace")?;
     let bad = || CudaError::invalid(OP, "workspace smaller than its parts");
+    let [lu, _, lv, _, lm, _] = g.parts().map(aligned);
     let mut all = buf.as_view_mut();
-    let (u, mut rest) = all.try_split_at_mut(g.u_len()).ok_or_else(bad)?;
-    let (du, mut rest) = rest.try_split_at_mut(g.u_len()).ok_or_else(bad)?;
-    let (v, mut rest) = rest.try_split_at_mut(g.v_len()).ok_or_else(bad)?;
-    let (dv, mut rest) = rest.try_split_at_mut(g.v_len()).ok_or_else(bad)?;
-    let (mm, t) = rest.try_split_at_mut(g.m_len()).ok_or_else(bad)?;
+    let (u, mut rest) = all.try_split_at_mut(lu).ok_or_else(bad)?;
+    let (du, mut rest) = rest.try_split_at_mut(lu).ok_or_else(bad)?;
+    let (v, mut rest) = rest.try_split_at_mut(lv).ok_or_else(bad)?;
+    let (dv, mut rest) = rest.try_split_at_mut(lv).ok_or_else(bad)?;
+    let (mm, t) = rest.try_split_at_mut(lm).ok_or_else(bad)?;
     f(Parts {
         u,
         du,

@@ -432,6 +432,33 @@ fn geometry_and_matrices_are_checked() {
     assert!(WinoGeom::new(&shape(1, 2, [9, 9], 2, 7, 3, 1), 1, 4).is_err());
     assert!(WinoGeom::new(&s, 1, 3).is_err());
     assert!(WinoGeom::new(&shape(4096, 256, [27, 27], 256, 5, 2, 1), 4096, 4).is_err());
+    // Each pass's batched GEMM fits the buffers the workspace gives it (conv2's padded rows, a
+    // chunk with odd p), and gemm_batched's check refuses a buffer one element short of what the
+    // batch reaches (the last row's padding is not read).
+    let odd = WinoGeom::new(&s2, 83, 4).unwrap();
+    assert_eq!((odd.p, odd.ps), (83 * 49, 4072));
+    for g in [g, g2, odd] {
+        for (pass, lens) in [
+            (Pass::Forward, [g.u_len(), g.v_len(), g.m_len()]),
+            (Pass::FilterGrad, [g.m_len(), g.v_len(), g.u_len()]),
+            (Pass::InputGrad, [g.u_len(), g.m_len(), g.v_len()]),
+        ] {
+            let pr = Products::of(&g, pass);
+            let (b, descs) = (pr.batch, [pr.a, pr.b, pr.c]);
+            b.check(lens, descs).unwrap();
+            let strides = [b.stride_a, b.stride_b, b.stride_c];
+            for i in 0..3 {
+                let reach = (b.count - 1) * strides[i] + descs[i].extent();
+                assert!(
+                    reach <= lens[i] && lens[i] - reach < 8,
+                    "{pass:?} operand {i}"
+                );
+                let mut short = lens;
+                short[i] = reach - 1;
+                assert!(b.check(short, descs).is_err(), "{pass:?} operand {i}");
+            }
+        }
+    }
     // Chunks keep V, dV, M and the masked gradient within WINO_BUDGET (2^27 elements): conv2's
     // 1,591,552 per sample (plus U and dU, 1,572,864) give 83 samples; conv3 fits the batch.
     assert_eq!(chunk(&s2, 4, WINO_BUDGET).unwrap(), 83);

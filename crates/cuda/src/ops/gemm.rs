@@ -229,6 +229,35 @@ pub struct Batch {
     pub stride_c: usize,
 }
 
+impl Batch {
+    /// Checks that every A_i, B_i and C_i of the batch lies within buffers of `lens` elements
+    /// (A, B, C) for the descriptors `descs`, and that the C_i do not overlap.
+    pub fn check(&self, lens: [usize; 3], descs: [MatDesc; 3]) -> Result<(), CudaError> {
+        let Some(last) = self.count.checked_sub(1) else {
+            return Ok(());
+        };
+        let strides = [self.stride_a, self.stride_b, self.stride_c];
+        for ((name, len), (stride, d)) in ["A", "B", "C"]
+            .iter()
+            .zip(lens)
+            .zip(strides.iter().zip(descs))
+        {
+            check_len("batched gemm", name, len, last * stride + d.extent())?;
+        }
+        if self.count > 1 && self.stride_c < descs[2].extent() {
+            return Err(CudaError::shape(
+                "batched gemm",
+                format!(
+                    "C stride {} < its extent {}",
+                    self.stride_c,
+                    descs[2].extent()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Row-major C_i = alpha * op(A_i) op(B_i) + beta * C_i for i < `batch.count`, in one cuBLAS
 /// call (`cublasGemmStridedBatchedEx`); f32 (strict) or TF32 operands.
 #[allow(clippy::too_many_arguments)]
@@ -252,31 +281,7 @@ pub fn gemm_batched(
     if batch.count == 0 || m == 0 || n == 0 {
         return Ok(());
     }
-    let last = batch.count - 1;
-    check_len(
-        "batched gemm",
-        "A",
-        a.len(),
-        last * batch.stride_a + ad.extent(),
-    )?;
-    check_len(
-        "batched gemm",
-        "B",
-        b.len(),
-        last * batch.stride_b + bd.extent(),
-    )?;
-    check_len(
-        "batched gemm",
-        "C",
-        c.len(),
-        last * batch.stride_c + cd.extent(),
-    )?;
-    if batch.stride_c < cd.extent() {
-        return Err(CudaError::shape(
-            "batched gemm",
-            format!("C stride {} < its extent {}", batch.stride_c, cd.extent()),
-        ));
-    }
+    batch.check([a.len(), b.len(), c.len()], [ad, bd, cd])?;
     let ([ni, mi, ki], [lda, ldb, ldc]) = blas_dims((m, n, k), ad, bd, cd)?;
     let count = int(batch.count)?;
     let stride = |v: usize| {

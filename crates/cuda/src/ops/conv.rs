@@ -7,6 +7,7 @@
 
 use super::elementwise::{cnhw_to_nchw_bias_act, nchw_to_cnhw_mask, row_sum};
 use super::gemm::{gemm, MatDesc};
+use super::space_to_depth::S2dScratch;
 use super::{check_len, sub, sub_mut, u32_of};
 use crate::error::CudaError;
 use crate::gpu::{grid_for, Gpu, Precision};
@@ -72,6 +73,14 @@ impl ConvShape {
     }
 }
 
+/// The inputs of a backward pass: x, w, the ReLU output y of a fused conv + ReLU, dy.
+pub(crate) type BackwardInputs<'a, 'b> = (
+    &'a CudaView<'b, f32>,
+    &'a CudaView<'b, f32>,
+    Option<&'a CudaView<'b, f32>>,
+    &'a CudaView<'b, f32>,
+);
+
 /// The kernel-side geometry (`ConvGeom` in kernels/im2col.cu).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,7 +130,7 @@ pub struct ConvWorkspace {
     pub col: CudaSlice<f32>,
     pub tmp: CudaSlice<f32>,
     pub wino: Option<CudaSlice<f32>>,
-    pub s2d: Option<CudaSlice<f32>>,
+    pub s2d: S2dScratch,
 }
 
 impl ConvWorkspace {
@@ -131,7 +140,7 @@ impl ConvWorkspace {
             col: gpu.zeros(col_cap)?,
             tmp: gpu.zeros(tmp_cap)?,
             wino: None,
-            s2d: None,
+            s2d: S2dScratch::default(),
         })
     }
     /// A workspace that processes `s` in chunks of at most `chunk` samples.

@@ -24,10 +24,10 @@
 //! mutex on the [`Gpu`], held for each cuDNN call.
 
 use super::check_len;
-use super::conv::ConvShape;
+use super::conv::{BackwardInputs, ConvShape};
 use super::elementwise::{bias_act, channel_sum, relu_mask_to};
 use super::layout::{from_nhwc, to_nhwc, NhwcElem};
-use super::space_to_depth::{self, s2d_shape};
+use super::space_to_depth::{self, s2d_shape, S2dScratch};
 use crate::error::{no_panic, CudaError};
 use crate::gpu::{AlgoSearch, Gpu, Precision};
 use cudarc::cudnn::{result, sys};
@@ -87,16 +87,6 @@ pub(crate) struct CudnnState {
 struct ConvScratch {
     s2d: S2dScratch,
     direct: DirectScratch,
-}
-
-/// The regrouped operands of a convolution in space-to-depth form (`ops::space_to_depth`):
-/// input, input gradient, weights and weight gradient.
-#[derive(Default)]
-struct S2dScratch {
-    x: Option<CudaSlice<f32>>,
-    dx: Option<CudaSlice<f32>>,
-    w: Option<CudaSlice<f32>>,
-    dw: Option<CudaSlice<f32>>,
 }
 
 /// The masked output gradient (dy * ReLU mask, for a fused conv + ReLU) and the NHWC copies.
@@ -438,14 +428,6 @@ fn with_scratch<R>(
     r
 }
 
-/// The inputs of a backward pass: x, w, the ReLU output y of a fused conv + ReLU, dy.
-type BackwardInputs<'a, 'b> = (
-    &'a CudaView<'b, f32>,
-    &'a CudaView<'b, f32>,
-    Option<&'a CudaView<'b, f32>>,
-    &'a CudaView<'b, f32>,
-);
-
 /// One cuDNN convolution call of a plan.
 #[derive(Clone, Copy)]
 enum Call {
@@ -582,16 +564,13 @@ pub(crate) fn forward(
     relu: bool,
 ) -> Result<(), CudaError> {
     with_scratch(gpu, |sc| {
-        let Some(t) = s2d_for(gpu, s) else {
-            return forward_direct(gpu, prec, s, (x, w, b), y, relu, &mut sc.direct.nhwc);
-        };
-        let xs = gpu.grow(&mut sc.s2d.x, t.n * t.c * t.h * t.w, "space-to-depth input")?;
-        let ws = gpu.grow(&mut sc.s2d.w, t.o * t.kdim(), "space-to-depth weights")?;
-        // x: (N,C,H,W) -> xs: (N,C*S*S,HS,WS); w: (O,C/g,K,K) -> ws: (O,C/g*S*S,KS,KS)
-        space_to_depth::input(gpu, s, x, &mut xs.as_view_mut())?;
-        space_to_depth::weight(gpu, s, w, &mut ws.as_view_mut())?;
-        let (xs, ws) = (xs.as_view(), ws.as_view());
-        forward_direct(gpu, prec, &t, (&xs, &ws, b), y, relu, &mut sc.direct.nhwc)
+        let nhwc = &mut sc.direct.nhwc;
+        if s2d_for(gpu, s).is_none() {
+            return forward_direct(gpu, prec, s, (x, w, b), y, relu, nhwc);
+        }
+        space_to_depth::forward_via(gpu, s, x, w, &mut sc.s2d, |t, xs, ws| {
+            forward_direct(gpu, prec, t, (xs, ws, b), y, relu, nhwc)
+        })
     })
 }
 
@@ -612,35 +591,21 @@ pub(crate) fn backward(
     db: &mut CudaViewMut<f32>,
 ) -> Result<(), CudaError> {
     with_scratch(gpu, |sc| {
-        let Some(t) = s2d_for(gpu, s) else {
-            return backward_direct(gpu, prec, s, (x, w, y, dy), dx, dw, db, &mut sc.direct);
-        };
-        let nxs = t.n * t.c * t.h * t.w;
-        let s2 = &mut sc.s2d;
-        let xs = gpu.grow(&mut s2.x, nxs, "space-to-depth input")?;
-        let ws = gpu.grow(&mut s2.w, t.o * t.kdim(), "space-to-depth weights")?;
-        let dws = gpu.grow(&mut s2.dw, t.o * t.kdim(), "space-to-depth weight gradient")?;
-        // The forward's regrouped operands are not kept: regrouping again costs one pass.
-        space_to_depth::input(gpu, s, x, &mut xs.as_view_mut())?;
-        space_to_depth::weight(gpu, s, w, &mut ws.as_view_mut())?;
-        let (xs, ws) = (xs.as_view(), ws.as_view());
-        let ops = (&xs, &ws, y, dy);
-        {
-            let mut dwsv = dws.as_view_mut();
-            match dx {
-                Some(dx) => {
-                    let dxs = gpu.grow(&mut s2.dx, nxs, "space-to-depth input gradient")?;
-                    let mut dxs = dxs.as_view_mut();
-                    let d = Some(&mut dxs);
-                    backward_direct(gpu, prec, &t, ops, d, &mut dwsv, db, &mut sc.direct)?;
-                    // dxs: (N,C*S*S,HS,WS) -> dx: (N,C,H,W)
-                    space_to_depth::input_grad(gpu, s, &dxs.as_view(), dx)?;
-                }
-                None => backward_direct(gpu, prec, &t, ops, None, &mut dwsv, db, &mut sc.direct)?,
-            }
+        let direct = &mut sc.direct;
+        if s2d_for(gpu, s).is_none() {
+            return backward_direct(gpu, prec, s, (x, w, y, dy), dx, dw, db, direct);
         }
-        // dws: (O,C/g*S*S,KS,KS) -> dw: (O,C/g,K,K)
-        space_to_depth::weight_grad(gpu, s, &dws.as_view(), dw)
+        space_to_depth::backward_via(
+            gpu,
+            s,
+            (x, w),
+            dx,
+            dw,
+            &mut sc.s2d,
+            |t, (xs, ws), dxs, dws| {
+                backward_direct(gpu, prec, t, (xs, ws, y, dy), dxs, dws, db, direct)
+            },
+        )
     })
 }
 

@@ -1,4 +1,5 @@
-//! Space-to-depth form of strided convolutions, for the cuDNN path (`ops::conv_cudnn`).
+//! Space-to-depth form of strided convolutions, for the cuDNN and Winograd paths
+//! (`ops::conv_cudnn`, `ops::winograd`: [`forward_via`], [`backward_via`]).
 //!
 //! A convolution of stride S, kernel K and padding P equals a stride-1, unpadded convolution
 //! with kernel KS = ceil(K / S) over the input regrouped into S x S blocks:
@@ -18,7 +19,7 @@ use super::conv::{ConvGeom, ConvShape};
 use crate::error::CudaError;
 use crate::gpu::{grid_for, Gpu};
 use crate::kernels::KernelFile;
-use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
 
 /// The stride-1 convolution that equals `s` in space-to-depth form, or `None` where the form
 /// does not apply or pay: stride 1, a kernel smaller than the stride, or more than 1.5 times the
@@ -96,7 +97,7 @@ fn weight_geom(s: &ConvShape) -> Result<ConvGeom, CudaError> {
 }
 
 /// x: (N, C, H, W) -> xs: (N, C*S*S, HS, WS).
-pub(crate) fn input(
+fn input(
     gpu: &Gpu,
     s: &ConvShape,
     x: &CudaView<f32>,
@@ -109,7 +110,7 @@ pub(crate) fn input(
 }
 
 /// The adjoint of [`input`]: dxs: (N, C*S*S, HS, WS) -> dx: (N, C, H, W) (overwritten).
-pub(crate) fn input_grad(
+fn input_grad(
     gpu: &Gpu,
     s: &ConvShape,
     dxs: &CudaView<f32>,
@@ -122,7 +123,7 @@ pub(crate) fn input_grad(
 }
 
 /// w: (O, C/g, K, K) -> ws: (O, C/g*S*S, KS, KS), zero in the padding.
-pub(crate) fn weight(
+fn weight(
     gpu: &Gpu,
     s: &ConvShape,
     w: &CudaView<f32>,
@@ -136,7 +137,7 @@ pub(crate) fn weight(
 }
 
 /// The weight gradient back: dws: (O, C/g*S*S, KS, KS) -> dw: (O, C/g, K, K) (overwritten).
-pub(crate) fn weight_grad(
+fn weight_grad(
     gpu: &Gpu,
     s: &ConvShape,
     dws: &CudaView<f32>,
@@ -147,6 +148,78 @@ pub(crate) fn weight_grad(
     check_len("space-to-depth", "dws", dws.len(), t.o * t.kdim())?;
     check_len("space-to-depth", "dw", dw.len(), n)?;
     launch(gpu, "s2d_weight_grad", dws, dw, weight_geom(s)?, n)
+}
+
+/// The regrouped operands of a convolution run in space-to-depth form: input, input gradient,
+/// weights and weight gradient, grown on demand.
+#[derive(Default)]
+pub struct S2dScratch {
+    x: Option<CudaSlice<f32>>,
+    dx: Option<CudaSlice<f32>>,
+    w: Option<CudaSlice<f32>>,
+    dw: Option<CudaSlice<f32>>,
+}
+
+/// The forward of the strided convolution `s` in its space-to-depth form t ([`s2d_shape`]):
+/// x and w are regrouped into `sc`, then `conv(t, xs, ws)` runs the stride-1 convolution
+/// (which writes y: the output is the same in both forms).
+pub(crate) fn forward_via<R>(
+    gpu: &Gpu,
+    s: &ConvShape,
+    x: &CudaView<f32>,
+    w: &CudaView<f32>,
+    sc: &mut S2dScratch,
+    conv: impl FnOnce(&ConvShape, &CudaView<f32>, &CudaView<f32>) -> Result<R, CudaError>,
+) -> Result<R, CudaError> {
+    let t = transformed(s)?;
+    let xs = gpu.grow(&mut sc.x, input_len(s)?, "space-to-depth input")?;
+    let ws = gpu.grow(&mut sc.w, t.o * t.kdim(), "space-to-depth weights")?;
+    // x: (N,C,H,W) -> xs: (N,C*S*S,HS,WS); w: (O,C/g,K,K) -> ws: (O,C/g*S*S,KS,KS)
+    input(gpu, s, x, &mut xs.as_view_mut())?;
+    weight(gpu, s, w, &mut ws.as_view_mut())?;
+    conv(&t, &xs.as_view(), &ws.as_view())
+}
+
+/// The gradients of the strided convolution `s` in its space-to-depth form t: x and w are
+/// regrouped into `sc` (the forward's copies are not kept: regrouping again costs one pass),
+/// `conv(t, xs, ws, dxs, dws)` computes the stride-1 gradients (dxs only when `dx` is wanted),
+/// and they are regrouped back into dx and dw (both overwritten).
+#[allow(clippy::type_complexity)]
+pub(crate) fn backward_via(
+    gpu: &Gpu,
+    s: &ConvShape,
+    (x, w): (&CudaView<f32>, &CudaView<f32>),
+    dx: Option<&mut CudaViewMut<f32>>,
+    dw: &mut CudaViewMut<f32>,
+    sc: &mut S2dScratch,
+    conv: impl FnOnce(
+        &ConvShape,
+        (&CudaView<f32>, &CudaView<f32>),
+        Option<&mut CudaViewMut<f32>>,
+        &mut CudaViewMut<f32>,
+    ) -> Result<(), CudaError>,
+) -> Result<(), CudaError> {
+    let t = transformed(s)?;
+    let nxs = input_len(s)?;
+    let xs = gpu.grow(&mut sc.x, nxs, "space-to-depth input")?;
+    let ws = gpu.grow(&mut sc.w, t.o * t.kdim(), "space-to-depth weights")?;
+    let dws = gpu.grow(&mut sc.dw, t.o * t.kdim(), "space-to-depth weight gradient")?;
+    input(gpu, s, x, &mut xs.as_view_mut())?;
+    weight(gpu, s, w, &mut ws.as_view_mut())?;
+    let ops = (&xs.as_view(), &ws.as_view());
+    let mut dwsv = dws.as_view_mut();
+    match dx {
+        Some(dx) => {
+            let dxs = gpu.grow(&mut sc.dx, nxs, "space-to-depth input gradient")?;
+            let mut dxs = dxs.as_view_mut();
+            conv(&t, ops, Some(&mut dxs), &mut dwsv)?;
+            // dxs: (N,C*S*S,HS,WS) -> dx: (N,C,H,W)
+            input_grad(gpu, s, &dxs.as_view(), dx)?;
+        }
+        None => conv(&t, ops, None, &mut dwsv)?,
+    }
+    // dws: (O,C/g*S*S,KS,KS) -> dw: (O,C/g,K,K)
+    weight_grad(gpu, s, &dws.as_view(), dw)
 }
 
 #[cfg(test)]

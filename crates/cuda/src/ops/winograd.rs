@@ -13,7 +13,7 @@
 //! elements; the filter gradient accumulates over the chunks in the transformed domain (the GEMM's
 //! beta) and is transformed back once.
 
-use super::conv::{ConvShape, ConvWorkspace};
+use super::conv::{BackwardInputs, ConvShape, ConvWorkspace};
 use super::elementwise::{nchw_to_cnhw_mask, row_sum};
 use super::gemm::{gemm_batched, Batch, MatDesc};
 use super::space_to_depth::{self, s2d_shape};
@@ -22,7 +22,7 @@ use crate::error::CudaError;
 use crate::gpu::{grid_for, ConvImpl, Gpu, Precision};
 use crate::kernels::KernelFile;
 use alexnet_tensor::toom_cook::ToomCook;
-use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 
 const F: KernelFile = KernelFile::Winograd;
 const OP: &str = "winograd conv2d";
@@ -231,28 +231,6 @@ fn stride1_shape(gpu: &Gpu, s: &ConvShape) -> Result<ConvShape, CudaError> {
         .ok_or_else(|| CudaError::invalid(OP, format!("no Winograd form for {s:?}")))
 }
 
-/// Runs `f` on four scratch views of at least `lens` elements, cut from `ws.s2d` (grown as
-/// needed).
-fn with_s2d_scratch<R>(
-    gpu: &Gpu,
-    ws: &mut ConvWorkspace,
-    lens: [usize; 4],
-    f: impl FnOnce(&mut ConvWorkspace, [CudaViewMut<'_, f32>; 4]) -> Result<R, CudaError>,
-) -> Result<R, CudaError> {
-    let mut slot = ws.s2d.take();
-    let r = (|| {
-        let buf = gpu.grow(&mut slot, lens.iter().sum(), "space-to-depth scratch")?;
-        let bad = || CudaError::invalid(OP, "space-to-depth scratch smaller than its parts");
-        let mut all = buf.as_view_mut();
-        let (a, mut rest) = all.try_split_at_mut(lens[0]).ok_or_else(bad)?;
-        let (b, mut rest) = rest.try_split_at_mut(lens[1]).ok_or_else(bad)?;
-        let (c, d) = rest.try_split_at_mut(lens[2]).ok_or_else(bad)?;
-        f(ws, [a, b, c, d])
-    })();
-    ws.s2d = slot;
-    r
-}
-
 /// Samples per chunk: as many as keep [`WinoGeom::workspace_len`] within `budget` elements
 /// ([`WINO_BUDGET`] on the GPU; at least one sample), at most `s.n`.
 pub fn chunk(s: &ConvShape, m: usize, budget: usize) -> Result<usize, CudaError> {
@@ -279,14 +257,15 @@ struct Parts<'a> {
     t: CudaViewMut<'a, f32>,
 }
 
-/// Grows `ws.wino` to the workspace of `g` (the largest chunk) and runs `f` on its parts.
+/// Grows `slot` (the workspace's `wino`) to the workspace of `g` (the largest chunk) and runs
+/// `f` on its parts.
 fn with_parts<R>(
     gpu: &Gpu,
-    ws: &mut ConvWorkspace,
+    slot: &mut Option<CudaSlice<f32>>,
     g: &WinoGeom,
     f: impl FnOnce(Parts<'_>) -> Result<R, CudaError>,
 ) -> Result<R, CudaError> {
-    let buf = gpu.grow(&mut ws.wino, g.workspace_len(), "winograd workspace")?;
+    let buf = gpu.grow(slot, g.workspace_len(), "winograd workspace")?;
     let bad = || CudaError::invalid(OP, "workspace smaller than its parts");
     let [lu, _, lv, _, lm, _] = g.parts().map(aligned);
     let mut all = buf.as_view_mut();
@@ -420,16 +399,11 @@ pub fn forward(
     relu: bool,
     ws: &mut ConvWorkspace,
 ) -> Result<(), CudaError> {
-    let t = stride1_shape(gpu, s)?;
-    if t == *s {
-        return forward_stride1(gpu, prec, s, x, w, b, y, relu, ws);
+    if stride1_shape(gpu, s)? == *s {
+        return forward_stride1(gpu, prec, s, x, w, b, y, relu, &mut ws.wino);
     }
-    let lens = [t.n * t.c * t.h * t.w, t.o * t.kdim(), 0, 0];
-    with_s2d_scratch(gpu, ws, lens, |ws, [mut xs, mut wt, _, _]| {
-        // x (N, C, H, W) -> xs (N, C S^2, HS, WS); w -> (O, C/g S^2, KS, KS)
-        space_to_depth::input(gpu, s, x, &mut xs)?;
-        space_to_depth::weight(gpu, s, w, &mut wt)?;
-        forward_stride1(gpu, prec, &t, &xs.as_view(), &wt.as_view(), b, y, relu, ws)
+    space_to_depth::forward_via(gpu, s, x, w, &mut ws.s2d, |t, xs, wt| {
+        forward_stride1(gpu, prec, t, xs, wt, b, y, relu, &mut ws.wino)
     })
 }
 
@@ -444,13 +418,13 @@ fn forward_stride1(
     b: &CudaView<f32>,
     y: &mut CudaViewMut<f32>,
     relu: bool,
-    ws: &mut ConvWorkspace,
+    slot: &mut Option<CudaSlice<f32>>,
 ) -> Result<(), CudaError> {
     let m = tile_m(prec, s.k, gpu.winograd_tile());
     let t = WinoMats::new(m, s.k)?;
     let (full, parts) = chunks(s, m, WINO_BUDGET)?;
     let (chw, ohw) = (s.c * s.h * s.w, s.o * s.ho() * s.wo());
-    with_parts(gpu, ws, &full, |mut ps| {
+    with_parts(gpu, slot, &full, |mut ps| {
         // w (O, C/g, k, k) -> U [g][xi][o'][c']
         filter(gpu, w, &mut ps.u, &full, &t)?;
         for (n0, g) in parts {
@@ -487,28 +461,18 @@ pub fn backward(
     db: &mut CudaViewMut<f32>,
     ws: &mut ConvWorkspace,
 ) -> Result<(), CudaError> {
-    let t = stride1_shape(gpu, s)?;
-    if t == *s {
-        return backward_stride1(gpu, prec, s, x, w, y, dy, dx, dw, db, ws);
+    if stride1_shape(gpu, s)? == *s {
+        return backward_stride1(gpu, prec, s, (x, w, y, dy), dx, dw, db, &mut ws.wino);
     }
-    let (xl, wl) = (t.n * t.c * t.h * t.w, t.o * t.kdim());
-    let dxl = if dx.is_some() { xl } else { 0 };
-    with_s2d_scratch(
+    space_to_depth::backward_via(
         gpu,
-        ws,
-        [xl, wl, wl, dxl],
-        |ws, [mut xs, mut wt, mut dwt, mut dxs]| {
-            space_to_depth::input(gpu, s, x, &mut xs)?;
-            space_to_depth::weight(gpu, s, w, &mut wt)?;
-            let (xs, wt) = (xs.as_view(), wt.as_view());
-            let dxs_opt = if dx.is_some() { Some(&mut dxs) } else { None };
-            backward_stride1(gpu, prec, &t, &xs, &wt, y, dy, dxs_opt, &mut dwt, db, ws)?;
-            if let Some(dx) = dx {
-                // dxs (N, C S^2, HS, WS) -> dx (N, C, H, W)
-                space_to_depth::input_grad(gpu, s, &dxs.as_view(), dx)?;
-            }
-            // dwt (O, C/g S^2, KS, KS) -> dw (O, C/g, K, K)
-            space_to_depth::weight_grad(gpu, s, &dwt.as_view(), dw)
+        s,
+        (x, w),
+        dx,
+        dw,
+        &mut ws.s2d,
+        |t, (xs, wt), dxs, dwt| {
+            backward_stride1(gpu, prec, t, (xs, wt, y, dy), dxs, dwt, db, &mut ws.wino)
         },
     )
 }
@@ -519,14 +483,11 @@ fn backward_stride1(
     gpu: &Gpu,
     prec: Precision,
     s: &ConvShape,
-    x: &CudaView<f32>,
-    w: &CudaView<f32>,
-    y: Option<&CudaView<f32>>,
-    dy: &CudaView<f32>,
+    (x, w, y, dy): BackwardInputs,
     dx: Option<&mut CudaViewMut<f32>>,
     dw: &mut CudaViewMut<f32>,
     db: &mut CudaViewMut<f32>,
-    ws: &mut ConvWorkspace,
+    slot: &mut Option<CudaSlice<f32>>,
 ) -> Result<(), CudaError> {
     let m = tile_m(prec, s.k, gpu.winograd_tile());
     let t = WinoMats::new(m, s.k)?;
@@ -534,7 +495,7 @@ fn backward_stride1(
     let hw = s.ho() * s.wo();
     let (chw, ohw) = (s.c * s.h * s.w, s.o * hw);
     let mut dx = dx;
-    with_parts(gpu, ws, &full, |mut ps| {
+    with_parts(gpu, slot, &full, |mut ps| {
         if dx.is_some() {
             // w -> U, for dV
             filter(gpu, w, &mut ps.u, &full, &t)?;

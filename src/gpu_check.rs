@@ -26,7 +26,10 @@
 //!    fraction of the measured GEMM peak reached;
 //! 7. last, the Winograd section (`--conv winograd`, see `winograd.rs`): its own parity checks
 //!    and `winograd: N passed, M failed` line, throughput per precision, f32 and TF32 steps by
-//!    stage beside im2col and the default, and the other tile side forced.
+//!    stage beside im2col and the default, and the other tile side forced;
+//! 8. the CUDA-graph section (`ALEXNET_CUDA_GRAPH=on`, see `graphs.rs`): training with and
+//!    without graphs bit for bit in each precision (`graphs: N passed, M failed`), then
+//!    training img/s with and without them.
 //!
 //! Bounds (relative L2 error against the CPU's f32 result):
 //!
@@ -48,12 +51,14 @@
 //! [`bench_cuda`] times training and inference on one GPU (see its docs).
 
 mod bench;
+mod graphs;
 mod lrn_kernels;
 mod model;
 mod winograd;
 
 pub use bench::{bench_cuda, CudaBench};
 use bench::{bench_table, ImagePool};
+pub use graphs::{graph_identity, GraphIdentity, IDENTITY_STEPS};
 use model::{model_checks, CpuReference};
 use winograd::winograd_section;
 
@@ -341,11 +346,12 @@ pub fn gpu_check(fixture_dir: &Path) -> Result<bool> {
     gpu.set_algo_search(default_algo);
     let wino_ok = winograd_section(&gpu, &files, &references, started)?;
     gpu.set_conv_impl(default_impl)?;
+    let graphs_ok = graphs::graph_section(&gpu, started)?;
     println!(
         "gpu-check: done in {:.0} s",
         started.elapsed().as_secs_f64()
     );
-    Ok(tally.failed == 0 && bench_ok && wino_ok)
+    Ok(tally.failed == 0 && bench_ok && wino_ok && graphs_ok)
 }
 
 /// One fixture at precision `p`; `None` (after printing an "n/a" line) when the op has no CUDA

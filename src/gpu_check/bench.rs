@@ -301,7 +301,7 @@ impl ImagePool {
 
 /// Random N(0, std^2) weights / constant biases as the plan asks (what `Model::init` draws,
 /// without allocating a CPU model).
-fn init_params(plan: &Plan, seed: u64) -> Vec<f32> {
+pub(super) fn init_params(plan: &Plan, seed: u64) -> Vec<f32> {
     let mut params = vec![0.0f32; plan.total];
     for (i, p) in plan.params.iter().enumerate() {
         let mut rng = Rng::derive(seed, &[i as u64]);

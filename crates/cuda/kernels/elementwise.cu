@@ -80,13 +80,25 @@ __device__ __forceinline__ u64 mix_hash(u64 seed, u64 index) {
 // Inverted dropout, y = x * keep(i) / (1 - p). Element i is kept iff (hash >> 11) >= threshold,
 // threshold = ceil(p * 2^53) (exactly "uniform53 >= p"). The backward uses the same mask: the
 // kernel is its own gradient (x := dy, y := dx).
-extern "C" __global__ void dropout_apply(const float* x, float* y, u64 n, u64 seed, u64 threshold,
-                                         float scale) {
+__device__ __forceinline__ void dropout_body(const float* x, float* y, u64 n, u64 seed,
+                                             u64 threshold, float scale) {
     for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n;
          i += (u64)gridDim.x * blockDim.x) {
         bool keep = (mix_hash(seed, i) >> 11) >= threshold;
         y[i] = keep ? x[i] * scale : 0.0f;
     }
+}
+
+extern "C" __global__ void dropout_apply(const float* x, float* y, u64 n, u64 seed, u64 threshold,
+                                         float scale) {
+    dropout_body(x, y, n, seed, threshold, scale);
+}
+
+// The same with the seed read from device memory: a captured CUDA graph replays with each step's
+// seed written there before its launch.
+extern "C" __global__ void dropout_apply_at(const float* x, float* y, u64 n, const u64* seed,
+                                            u64 threshold, float scale) {
+    dropout_body(x, y, n, *seed, threshold, scale);
 }
 
 // One block per row r of m: (rows, cols): out[r] (+)= sum_j m[r, j]. blockDim.x is a power of two

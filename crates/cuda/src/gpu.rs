@@ -8,7 +8,7 @@ use cudarc::driver::{
     ValidAsZeroBits,
 };
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Arithmetic precision of the GEMMs (convolutions and linear layers).
@@ -258,6 +258,11 @@ pub const LRN_ENV: &str = "ALEXNET_LRN";
 /// precision and kernel), `2` or `4` for every layer, for comparison.
 pub const WINO_TILE_ENV: &str = "ALEXNET_WINOGRAD_TILE";
 
+/// Environment variable that turns CUDA graphs for the training step `on` (default `off`): the
+/// forward, loss and backward of a full batch are captured once and replayed
+/// (`net::graph`).
+pub const GRAPH_ENV: &str = "ALEXNET_CUDA_GRAPH";
+
 /// Parses a [`WINO_TILE_ENV`] value: `auto` (or empty) -> `None`, `2` or `4` -> that tile side.
 pub fn parse_wino_tile(v: &str) -> Result<Option<usize>, CudaError> {
     match v {
@@ -371,6 +376,16 @@ fn default_lrn_columns() -> Result<bool, CudaError> {
     env_switch(LRN_ENV, "columns", "elements")
 }
 
+/// False (no CUDA graphs) unless [`GRAPH_ENV`] says `on`.
+fn default_graphs() -> Result<bool, CudaError> {
+    graphs_switch(GRAPH_ENV)
+}
+
+/// `var` as an off/on switch that defaults to off.
+fn graphs_switch(var: &'static str) -> Result<bool, CudaError> {
+    Ok(!env_switch(var, "off", "on")?)
+}
+
 /// [`ConvLayout::Auto`] unless [`LAYOUT_ENV`] says otherwise.
 fn default_conv_layout() -> Result<ConvLayout, CudaError> {
     match std::env::var(LAYOUT_ENV) {
@@ -426,6 +441,11 @@ pub struct Gpu {
     lrn_columns: AtomicBool,
     /// The Winograd tile side forced by [`WINO_TILE_ENV`] (0: auto).
     wino_tile: AtomicU8,
+    /// CUDA graphs for the training step ([`GRAPH_ENV`]).
+    graphs: AtomicBool,
+    /// Bumped whenever a setting above changes or a scratch buffer is reallocated: a captured
+    /// CUDA graph holds the launches and buffer addresses of the generation it was captured in.
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -488,6 +508,8 @@ impl Gpu {
                 conv_layout: AtomicU8::new(default_conv_layout()? as u8),
                 lrn_columns: AtomicBool::new(default_lrn_columns()?),
                 wino_tile: AtomicU8::new(default_wino_tile()?.unwrap_or(0) as u8),
+                graphs: AtomicBool::new(default_graphs()?),
+                generation: AtomicU64::new(0),
             })
         })
     }
@@ -505,6 +527,7 @@ impl Gpu {
             ));
         }
         self.conv_impl.store(c as u8, Ordering::Relaxed);
+        self.bump_generation();
         Ok(())
     }
 
@@ -521,6 +544,7 @@ impl Gpu {
     pub fn set_algo_search(&self, a: AlgoSearch) {
         self.algo_timed
             .store(a == AlgoSearch::Timed, Ordering::Relaxed);
+        self.bump_generation();
     }
 
     /// Whether strided cuDNN convolutions run in space-to-depth form where it pays
@@ -532,6 +556,7 @@ impl Gpu {
     /// Turns the space-to-depth form on or off (plans are cached per shape, so both coexist).
     pub fn set_space_to_depth(&self, on: bool) {
         self.space_to_depth.store(on, Ordering::Relaxed);
+        self.bump_generation();
     }
 
     /// Whether the network's LRN runs on the column kernels (default; [`LRN_ENV`]`=elements`
@@ -543,6 +568,29 @@ impl Gpu {
     /// Switches the LRN kernels (see [`Gpu::lrn_columns`]).
     pub fn set_lrn_columns(&self, on: bool) {
         self.lrn_columns.store(on, Ordering::Relaxed);
+        self.bump_generation();
+    }
+
+    /// Whether the training step runs as a captured CUDA graph ([`GRAPH_ENV`]; default off).
+    pub fn graphs(&self) -> bool {
+        self.graphs.load(Ordering::Relaxed)
+    }
+
+    /// Turns CUDA graphs for the training step on or off (see [`Gpu::graphs`]).
+    pub fn set_graphs(&self, on: bool) {
+        self.graphs.store(on, Ordering::Relaxed);
+        self.bump_generation();
+    }
+
+    /// Changes whenever a setting that decides which kernels a pass launches changes, or a
+    /// scratch buffer is reallocated ([`Gpu::grow`]): a CUDA graph captured in an earlier
+    /// generation may launch other kernels or hold freed addresses, and must not be replayed.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    fn bump_generation(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Winograd output tile side forced for every layer ([`WINO_TILE_ENV`]), or `None`
@@ -567,6 +615,7 @@ impl Gpu {
             }
         };
         self.wino_tile.store(code, Ordering::Relaxed);
+        self.bump_generation();
         Ok(())
     }
 
@@ -582,6 +631,7 @@ impl Gpu {
     /// Switches the layout of cuDNN convolutions (plans are cached per layout).
     pub fn set_conv_layout(&self, l: ConvLayout) {
         self.conv_layout.store(l as u8, Ordering::Relaxed);
+        self.bump_generation();
     }
 
     /// Whether cuDNN convolutions at precision `p` run in NHWC.
@@ -625,6 +675,7 @@ impl Gpu {
             return Ok(slot.as_mut().expect("checked to be Some above"));
         }
         *slot = None;
+        self.bump_generation();
         let fresh = self
             .stream
             .alloc_zeros::<T>(n.max(1))
@@ -723,7 +774,7 @@ impl Gpu {
 
 #[cfg(test)]
 mod tests {
-    use super::{env_switch, parse_wino_tile, WINO_TILE_ENV};
+    use super::{env_switch, graphs_switch, parse_wino_tile, WINO_TILE_ENV};
 
     #[test]
     fn winograd_tile_values() {
@@ -756,6 +807,21 @@ mod tests {
             e.contains(VAR) && e.contains("expected columns or elements"),
             "{e}"
         );
+        std::env::remove_var(VAR);
+    }
+
+    #[test]
+    fn cuda_graphs_default_off() {
+        const VAR: &str = "ALEXNET_TEST_GRAPH_SWITCH";
+        std::env::remove_var(VAR);
+        assert!(!graphs_switch(VAR).unwrap());
+        std::env::set_var(VAR, "on");
+        assert!(graphs_switch(VAR).unwrap());
+        std::env::set_var(VAR, "off");
+        assert!(!graphs_switch(VAR).unwrap());
+        std::env::set_var(VAR, "yes");
+        let e = graphs_switch(VAR).unwrap_err().to_string();
+        assert!(e.contains(VAR) && e.contains("expected off or on"), "{e}");
         std::env::remove_var(VAR);
     }
 }

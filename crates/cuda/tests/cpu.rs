@@ -38,7 +38,7 @@ fn kernel_inventory() {
         .iter()
         .flat_map(|f| f.kernel_names())
         .collect();
-    assert_eq!(names.len(), 43, "{names:?}");
+    assert_eq!(names.len(), 44, "{names:?}");
     for n in [
         "im2col",
         "col2im",
@@ -54,6 +54,7 @@ fn kernel_inventory() {
         "lrn_pool_fwd_cols",
         "channel_sum",
         "relu_mask_to",
+        "dropout_apply_at",
         "softmax_ce",
         "sgd_step",
         "augment_u8",

@@ -222,6 +222,21 @@ fn dropout(e: &Emu, cfg: Cfg, p: f64, seed: u64) {
     unsafe { e.launch("dropout_apply", &cfg(LEN), &args) }.unwrap();
     // Same mask, same f32 product x * (1 / (1 - p)): bit-identical.
     assert_eq!(y, y_ref, "dropout_apply p={p} seed={seed}");
+    // The device-seed form (CUDA graphs) reads the same seed from memory: the same output.
+    let mut y_at = vec![f32::NAN; LEN];
+    let seed_mem = [seed];
+    let (yap, sp) = (y_at.as_mut_ptr(), seed_mem.as_ptr());
+    let args = [
+        arg(&xp),
+        arg(&yap),
+        arg(&n),
+        arg(&sp),
+        arg(&thr),
+        arg(&scale),
+    ];
+    // SAFETY: x and y_at hold n floats, seed_mem one u64.
+    unsafe { e.launch("dropout_apply_at", &cfg(LEN), &args) }.unwrap();
+    assert_eq!(y_at, y_ref, "dropout_apply_at p={p} seed={seed}");
     // x is never exactly 0, so y != 0 is the mask.
     for (i, v) in y.iter().enumerate() {
         assert_eq!(*v != 0.0, hash::keeps(seed, i as u64, p), "mask {i} p={p}");

@@ -7,6 +7,7 @@
 //! gradient are never stored, the backward recomputes the LRN from its input), SGD over the
 //! whole flat buffer in one launch.
 
+mod graph;
 mod pass;
 mod stages;
 mod staging;
@@ -19,6 +20,7 @@ use crate::ops::augment::{AugmentParams, AugmentSample};
 use crate::ops::conv::ConvWorkspace;
 use alexnet_tensor::spec::Plan;
 use cudarc::driver::{CudaSlice, PinnedHostSlice};
+use pass::DropSeeds;
 use stages::{build_stages, Stage};
 use std::sync::Arc;
 
@@ -62,6 +64,10 @@ pub struct GpuNet {
     pending_loss: Option<usize>,
     /// Per-stage [forward, backward] seconds, then [input, 0], [loss, 0], [sgd, 0] (profiling).
     prof: Option<Vec<[f64; 2]>>,
+    /// Per stage: the dropout seed of the current step (read by the kernels of a CUDA graph).
+    seeds: CudaSlice<u64>,
+    /// CUDA graphs of the training pass ([`crate::gpu::GRAPH_ENV`]).
+    graphs: graph::StepGraphs,
 }
 
 impl std::fmt::Debug for GpuNet {
@@ -103,6 +109,10 @@ impl GpuNet {
         let gbuf = [gpu.zeros(max_act)?, gpu.zeros(max_act)?];
         let ws = ConvWorkspace::new(&gpu, built.col_cap, built.tmp_cap)?;
         let total = plan.total;
+        let seeds = gpu
+            .stream
+            .alloc_zeros::<u64>(built.stages.len().max(1))
+            .map_err(CudaError::driver("alloc dropout seeds"))?;
         Ok(GpuNet {
             params: gpu.zeros(total)?,
             grads: gpu.zeros(total)?,
@@ -130,6 +140,8 @@ impl GpuNet {
             stager: staging::Stager::default(),
             pending_loss: None,
             prof: None,
+            seeds,
+            graphs: graph::StepGraphs::default(),
             gpu,
         })
     }
@@ -424,7 +436,7 @@ impl GpuNet {
         dropout_seed: u64,
     ) -> Result<Vec<f32>, CudaError> {
         let n = self.load_input(x)?;
-        self.run_forward(n, train, dropout_seed)?;
+        self.run_forward(n, train, DropSeeds::Host(dropout_seed))?;
         let last = self.stages.last().map(|s| s.out()).unwrap_or(0);
         self.gpu
             .download(&self.acts[last].slice(0..n * self.plan.num_classes))
@@ -451,14 +463,24 @@ impl GpuNet {
         self.read_loss(n)
     }
 
-    /// Queues forward, loss and backward of the first `n` samples already on the device.
+    /// Queues forward, loss and backward of the first `n` samples already on the device: as
+    /// a CUDA graph when they are on ([`Gpu::graphs`]) and the pass is not profiled.
     fn launch_pass(&mut self, n: usize, dropout_seed: u64) -> Result<(), CudaError> {
         self.pending_loss = None;
-        self.run_forward(n, true, dropout_seed)?;
+        if self.gpu.graphs() && self.prof.is_none() {
+            self.graph_pass(n, dropout_seed)
+        } else {
+            self.direct_pass(n, DropSeeds::Host(dropout_seed))
+        }
+    }
+
+    /// Forward, loss and backward, every launch queued one by one.
+    fn direct_pass(&mut self, n: usize, seeds: DropSeeds) -> Result<(), CudaError> {
+        self.run_forward(n, true, seeds)?;
         let t0 = pass::tick(&self.gpu, self.prof.is_some())?;
         self.launch_loss(n)?;
         self.prof_extra(1, t0)?;
-        self.run_backward(n, dropout_seed)
+        self.run_backward(n, seeds)
     }
 
     /// Compute only (benchmarks): [`GpuNet::forward_backward`] again on the input and labels
@@ -473,7 +495,7 @@ impl GpuNet {
     /// [`GpuNet::forward_backward_resident`]); the logits stay on the device.
     pub fn forward_resident(&mut self) -> Result<(), CudaError> {
         let n = self.resident("forward_resident")?;
-        self.run_forward(n, false, 0)
+        self.run_forward(n, false, DropSeeds::Host(0))
     }
 
     /// Samples of the resident batch, or an error naming `op` when there is none.

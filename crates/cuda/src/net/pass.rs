@@ -5,7 +5,9 @@ use super::GpuNet;
 use crate::error::CudaError;
 use crate::hash::layer_seed;
 use crate::ops::conv::{conv_backward, conv_forward, ConvShape};
-use crate::ops::elementwise::{bias_act, col_sum, dropout_apply, relu_fwd, relu_mask};
+use crate::ops::elementwise::{
+    bias_act, col_sum, dropout_apply, dropout_apply_at, relu_fwd, relu_mask,
+};
 use crate::ops::gemm::{gemm, MatDesc};
 use crate::ops::lrn::{
     columns, lrn_bwd_cols, lrn_bwd_inplace, lrn_fwd, lrn_pool_bwd_cols, lrn_pool_fwd_cols,
@@ -13,6 +15,35 @@ use crate::ops::lrn::{
 };
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use std::time::Instant;
+
+/// Where a pass's dropout stages take their seeds from.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum DropSeeds {
+    /// Derived from the step's seed on the host (`layer_seed`) and passed by value.
+    Host(u64),
+    /// Read by the kernels from `GpuNet::seeds` (written by `GpuNet::upload_seeds`), as a
+    /// CUDA graph replays them.
+    Device,
+}
+
+/// Dropout (or its backward, the same kernel) of stage `si`, network layer `layer`, over `len`
+/// elements, its seed as `seeds` says (`buf`: the device seeds, one per stage).
+#[allow(clippy::too_many_arguments)]
+fn dropout(
+    gpu: &crate::gpu::Gpu,
+    seeds: DropSeeds,
+    buf: &CudaSlice<u64>,
+    (si, layer): (usize, usize),
+    x: &CudaView<f32>,
+    y: &mut CudaViewMut<f32>,
+    len: usize,
+    p: f32,
+) -> Result<(), CudaError> {
+    match seeds {
+        DropSeeds::Host(seed) => dropout_apply(gpu, x, y, len, p, layer_seed(seed, layer)),
+        DropSeeds::Device => dropout_apply_at(gpu, x, y, len, p, &buf.slice(si..si + 1)),
+    }
+}
 
 /// With profiling on: synchronises and returns the start time of a stage.
 pub(super) fn tick(gpu: &crate::gpu::Gpu, on: bool) -> Result<Option<Instant>, CudaError> {
@@ -106,7 +137,7 @@ impl GpuNet {
         &mut self,
         n: usize,
         train: bool,
-        seed: u64,
+        seeds: DropSeeds,
     ) -> Result<(), CudaError> {
         self.last_n = n;
         self.input_grad_at = None;
@@ -227,7 +258,8 @@ impl GpuNet {
                 Stage::Dropout { len, p, layer, .. } => {
                     if train && *p > 0.0 {
                         // x, y: (n * len)
-                        dropout_apply(&gpu, &x, &mut y, n * len, *p, layer_seed(seed, *layer))?;
+                        let at = (si, *layer);
+                        dropout(&gpu, seeds, &self.seeds, at, &x, &mut y, n * len, *p)?;
                     } else {
                         let s = gpu.stream.clone();
                         s.memcpy_dtod(&x.slice(0..n * len), &mut y.slice_mut(0..n * len))
@@ -243,6 +275,18 @@ impl GpuNet {
             }
         }
         Ok(())
+    }
+
+    /// Each stage's dropout seed for the step seed `seed` (0 for the other stages): what
+    /// [`DropSeeds::Device`] passes read.
+    pub(super) fn stage_seeds(&self, seed: u64) -> Vec<u64> {
+        self.stages
+            .iter()
+            .map(|st| match st {
+                Stage::Dropout { layer, .. } => layer_seed(seed, *layer),
+                _ => 0,
+            })
+            .collect()
     }
 
     /// Softmax cross-entropy of the last stage's output: writes dlogits into `gbuf[0]` and the
@@ -272,7 +316,7 @@ impl GpuNet {
     }
 
     /// Backward from the loss gradient in `gbuf[0]` down to the first stage.
-    pub(super) fn run_backward(&mut self, n: usize, seed: u64) -> Result<(), CudaError> {
+    pub(super) fn run_backward(&mut self, n: usize, seeds: DropSeeds) -> Result<(), CudaError> {
         let gpu = self.gpu.clone();
         let prec = self.precision;
         let mut cur = 0usize;
@@ -473,14 +517,9 @@ impl GpuNet {
                 Stage::Dropout { len, p, layer, .. } => {
                     if *p > 0.0 {
                         // dy, dx: (n * len), same mask as the forward
-                        dropout_apply(
-                            &gpu,
-                            &gc.as_view(),
-                            &mut go.as_view_mut(),
-                            n * len,
-                            *p,
-                            layer_seed(seed, *layer),
-                        )?;
+                        let (dy, mut dx) = (gc.as_view(), go.as_view_mut());
+                        let at = (si, *layer);
+                        dropout(&gpu, seeds, &self.seeds, at, &dy, &mut dx, n * len, *p)?;
                     } else {
                         swap = false;
                     }

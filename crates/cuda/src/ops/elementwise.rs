@@ -160,6 +160,37 @@ pub fn dropout_apply(
     p: f32,
     seed: u64,
 ) -> Result<(), CudaError> {
+    dropout_launch(gpu, x, y, n, p, Seed::Value(seed))
+}
+
+/// [`dropout_apply`] with the seed read by the kernel from `seed` (one u64 on the device), so
+/// that a captured CUDA graph replays with each step's seed written there.
+pub fn dropout_apply_at(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    y: &mut CudaViewMut<f32>,
+    n: usize,
+    p: f32,
+    seed: &CudaView<u64>,
+) -> Result<(), CudaError> {
+    check_len("dropout", "seed", seed.len(), 1)?;
+    dropout_launch(gpu, x, y, n, p, Seed::Device(seed))
+}
+
+/// Where a dropout launch takes its seed from.
+enum Seed<'a, 'b> {
+    Value(u64),
+    Device(&'a CudaView<'b, u64>),
+}
+
+fn dropout_launch(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    y: &mut CudaViewMut<f32>,
+    n: usize,
+    p: f32,
+    seed: Seed,
+) -> Result<(), CudaError> {
     if !(0.0..1.0).contains(&p) {
         return Err(CudaError::invalid(
             "dropout",
@@ -171,18 +202,28 @@ pub fn dropout_apply(
     let Some(cfg) = grid_for(n as u64) else {
         return Ok(());
     };
-    let f = gpu.function(F, "dropout_apply")?;
     let (n, thr, scale) = (
         n as u64,
         dropout_threshold(p as f64),
         (1.0 / (1.0 - p as f64)) as f32,
     );
+    let name = match seed {
+        Seed::Value(_) => "dropout_apply",
+        Seed::Device(_) => "dropout_apply_at",
+    };
+    let f = gpu.function(F, name)?;
     let mut l = gpu.stream.launch_builder(&f);
-    l.arg(x).arg(y).arg(&n).arg(&seed).arg(&thr).arg(&scale);
-    // SAFETY: types match `dropout_apply(const float*, float*, u64, u64, u64, float)`; both hold
-    // n (checked).
+    l.arg(x).arg(y).arg(&n);
+    match &seed {
+        Seed::Value(v) => l.arg(v),
+        Seed::Device(v) => l.arg(*v),
+    };
+    l.arg(&thr).arg(&scale);
+    // SAFETY: types match `dropout_apply(const float*, float*, u64, u64, u64, float)` and
+    // `dropout_apply_at(const float*, float*, u64, const u64*, u64, float)`; x and y hold n
+    // floats and a device seed one u64 (checked).
     unsafe { l.launch(cfg) }
-        .map_err(launch_err("dropout_apply"))
+        .map_err(launch_err(name))
         .map(|_| ())
 }
 

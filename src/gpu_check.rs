@@ -1,7 +1,10 @@
 //! `cargo xtask gpu-check` and the CUDA branch of `cargo xtask bench`.
 //!
 //! [`gpu_check`] is one prepared command for a GPU machine (121 s on an H200 before the Winograd
-//! section was added; that section skips its timings past 270 s):
+//! and CUDA-graph sections were added; they skip their timings past 270 s). Items 1-6 run in
+//! the command's own process, 7 and 8 each in a child process of the same binary
+//! (`--section winograd|graphs`, see `sections.rs`), so that a fault which poisons the CUDA
+//! context or ends the process in one of these newer parts costs the others nothing:
 //!
 //! 1. every parity fixture through the CUDA ops in f32, once with cuDNN convolutions and once
 //!    with im2col (where cuDNN is there), judged at the fixture's own tolerance
@@ -54,12 +57,14 @@ mod bench;
 mod graphs;
 mod lrn_kernels;
 mod model;
+mod sections;
 mod winograd;
 
 pub use bench::{bench_cuda, CudaBench};
 use bench::{bench_table, ImagePool};
 pub use graphs::{graph_identity, GraphIdentity, IDENTITY_STEPS};
 use model::{model_checks, CpuReference};
+pub use sections::Section;
 use winograd::winograd_section;
 
 use crate::bench::{median, BenchResult};
@@ -208,21 +213,66 @@ fn open_gpu() -> Result<Arc<Gpu>> {
     }
 }
 
-/// `cargo xtask gpu-check` (see the module docs). Without a CUDA device prints
-/// [`NO_DEVICE_LINE`] and returns `Ok(true)`. Returns `Ok(false)` when any check failed (or a
-/// benchmark row could not run).
-pub fn gpu_check(fixture_dir: &Path) -> Result<bool> {
+/// `cargo xtask gpu-check [--section S]` (see the module docs): `section` picks the part to
+/// run ([`Section::All`]: each of them, the later ones in child processes); `elapsed` is the
+/// seconds of gpu-check already spent by a parent (the time budgets count from its start).
+/// Without a CUDA device prints [`NO_DEVICE_LINE`] and returns `Ok(true)`. Returns `Ok(false)`
+/// when any check failed (or a benchmark row could not run).
+pub fn gpu_check(fixture_dir: &Path, section: Section, elapsed: f64) -> Result<bool> {
     if device_count() == 0 {
         println!("{NO_DEVICE_LINE}");
         return Ok(true);
     }
+    let started = Instant::now()
+        .checked_sub(std::time::Duration::from_secs_f64(elapsed.max(0.0)))
+        .unwrap_or_else(Instant::now);
+    match section {
+        Section::All => sections::all(fixture_dir, started),
+        Section::Main => main_part(fixture_dir),
+        Section::Winograd => {
+            let gpu = section_gpu(section)?;
+            let files = fixture_files(fixture_dir)?;
+            let mut tally = Tally::default();
+            let references = cpu_references(&mut tally);
+            let ok = winograd_section(&gpu, &files, &references, started)?;
+            Ok(ok && tally.failed == 0)
+        }
+        Section::Graphs => graphs::graph_section(&section_gpu(section)?, started),
+    }
+}
+
+/// The device for one section run on its own, its name printed.
+fn section_gpu(section: Section) -> Result<Arc<Gpu>> {
+    let gpu = open_gpu()?;
+    println!("gpu-check --section {}: {}", section.name(), gpu.name());
+    Ok(gpu)
+}
+
+/// The CPU results of [`MODEL_CASES`] (a case whose reference fails is counted in `tally`
+/// and left out).
+fn cpu_references(tally: &mut Tally) -> Vec<(&'static ModelCase, CpuReference)> {
+    let mut references = Vec::new();
+    for case in &MODEL_CASES {
+        match CpuReference::new(case) {
+            Ok(r) => references.push((case, r)),
+            Err(e) => {
+                println!("FAIL {} CPU reference: {e:#}", case.preset);
+                tally.record(false);
+            }
+        }
+    }
+    references
+}
+
+/// Sections 1-6 of the module docs: the parity checks, their `N passed, M failed` line and the
+/// benchmark table.
+fn main_part(fixture_dir: &Path) -> Result<bool> {
     let gpu = open_gpu()?;
     let (major, minor) = gpu.compute_capability();
     println!(
         "gpu-check: {} (compute capability {major}.{minor})",
         gpu.name()
     );
-    let started = Instant::now();
     let mut tally = Tally::default();
     let default_impl = gpu.conv_impl();
     // Every f32 check runs on both implementations where cuDNN is there; the reduced
@@ -309,16 +359,7 @@ pub fn gpu_check(fixture_dir: &Path) -> Result<bool> {
         tally.record(false);
     }
 
-    let mut references = Vec::new();
-    for case in &MODEL_CASES {
-        let reference = match CpuReference::new(case) {
-            Ok(r) => r,
-            Err(e) => {
-                println!("FAIL {} CPU reference: {e:#}", case.preset);
-                tally.record(false);
-                continue;
-            }
-        };
+    for (case, reference) in &cpu_references(&mut tally) {
         for &ci in &impls {
             gpu.set_conv_impl(ci)?;
             println!(
@@ -330,12 +371,11 @@ pub fn gpu_check(fixture_dir: &Path) -> Result<bool> {
             );
             // Reduced precisions only with the first implementation.
             let reduced = ci == impls[0];
-            if let Err(e) = model_checks(&gpu, case, &reference, reduced, &mut tally) {
+            if let Err(e) = model_checks(&gpu, case, reference, reduced, &mut tally) {
                 println!("FAIL {} model comparison: {e:#}", case.preset);
                 tally.record(false);
             }
         }
-        references.push((case, reference));
     }
     gpu.set_conv_impl(default_impl)?;
     println!("{} passed, {} failed", tally.passed, tally.failed);
@@ -344,14 +384,7 @@ pub fn gpu_check(fixture_dir: &Path) -> Result<bool> {
     let bench_ok = bench_table(&gpu, &impls)?;
     gpu.set_conv_impl(default_impl)?;
     gpu.set_algo_search(default_algo);
-    let wino_ok = winograd_section(&gpu, &files, &references, started)?;
-    gpu.set_conv_impl(default_impl)?;
-    let graphs_ok = graphs::graph_section(&gpu, started)?;
-    println!(
-        "gpu-check: done in {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(tally.failed == 0 && bench_ok && wino_ok && graphs_ok)
+    Ok(tally.failed == 0 && bench_ok)
 }
 
 /// One fixture at precision `p`; `None` (after printing an "n/a" line) when the op has no CUDA
@@ -489,7 +522,14 @@ mod tests {
             println!("skipped: a CUDA device is present (run `cargo xtask gpu-check`)");
             return;
         }
-        assert!(gpu_check(Path::new("no/such/dir")).unwrap());
+        for section in [
+            Section::All,
+            Section::Main,
+            Section::Winograd,
+            Section::Graphs,
+        ] {
+            assert!(gpu_check(Path::new("no/such/dir"), section, 0.0).unwrap());
+        }
         let mut o = CudaBench {
             preset: "small",
             batch: 4,

@@ -23,7 +23,8 @@ enum Cmd {
     /// NVRTC-compile every CUDA kernel (needs libnvrtc, not a GPU) and print each kernel's
     /// registers and stack frame on sm_90 (fails when one has a frame).
     CheckKernels,
-    /// On a GPU machine: CUDA parity (fixtures, whole model vs CPU) and the benchmark table.
+    /// On a GPU machine: CUDA parity (fixtures, whole model vs CPU), the benchmark table, then
+    /// the Winograd and CUDA-graph sections (each in a child process).
     GpuCheck(GpuCheckArgs),
     /// Train a model or an ensemble (default: small preset on the synthetic shards).
     Train(alexnet_train::cli::TrainArgs),
@@ -64,6 +65,13 @@ struct GpuCheckArgs {
     /// Folder of *.safetensors fixtures [default: tests/fixtures/parity].
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// The part to run: all (main here, winograd and graphs each in a child process), or one
+    /// part alone.
+    #[arg(long, value_enum, default_value = "all")]
+    section: alexnet::gpu_check::Section,
+    /// Seconds already spent by a parent gpu-check (its time budgets count from its start).
+    #[arg(long, default_value_t = 0.0, hide = true)]
+    elapsed: f64,
 }
 
 #[derive(Args)]
@@ -264,7 +272,8 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => run_bench(a).map(|_| true),
         Cmd::CheckKernels => run_check_kernels(),
         Cmd::GpuCheck(a) => {
-            alexnet::gpu_check::gpu_check(&a.dir.clone().unwrap_or_else(default_fixture_dir))
+            let dir = a.dir.clone().unwrap_or_else(default_fixture_dir);
+            alexnet::gpu_check::gpu_check(&dir, a.section, a.elapsed)
         }
         Cmd::Train(a) => alexnet_train::cli::run_train(a).map(|_| true),
         Cmd::PrepareData(a) => alexnet_data::cli::run_prepare(a).map(|_| true),

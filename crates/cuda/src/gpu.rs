@@ -446,6 +446,8 @@ pub struct Gpu {
     /// Bumped whenever a setting above changes or a scratch buffer is reallocated: a captured
     /// CUDA graph holds the launches and buffer addresses of the generation it was captured in.
     generation: AtomicU64,
+    /// Set when [`Gpu::grow`] refused to reallocate during a CUDA graph capture.
+    grow_refused: AtomicBool,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -510,6 +512,7 @@ impl Gpu {
                 wino_tile: AtomicU8::new(default_wino_tile()?.unwrap_or(0) as u8),
                 graphs: AtomicBool::new(default_graphs()?),
                 generation: AtomicU64::new(0),
+                grow_refused: AtomicBool::new(false),
             })
         })
     }
@@ -593,6 +596,21 @@ impl Gpu {
         self.generation.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Whether the stream is capturing a CUDA graph (a failed query counts as not).
+    pub(crate) fn capturing(&self) -> bool {
+        use cudarc::driver::sys::CUstreamCaptureStatus as S;
+        matches!(
+            self.stream.capture_status(),
+            Ok(S::CU_STREAM_CAPTURE_STATUS_ACTIVE | S::CU_STREAM_CAPTURE_STATUS_INVALIDATED)
+        )
+    }
+
+    /// Whether [`Gpu::grow`] refused to reallocate while capturing since the last call (and
+    /// clears the flag): the capture then failed for a buffer that a direct pass can grow.
+    pub(crate) fn take_grow_refused(&self) -> bool {
+        self.grow_refused.swap(false, Ordering::Relaxed)
+    }
+
     /// The Winograd output tile side forced for every layer ([`WINO_TILE_ENV`]), or `None`
     /// for the default choice per precision and kernel (`ops::winograd::tile_m`).
     pub fn winograd_tile(&self) -> Option<usize> {
@@ -673,6 +691,15 @@ impl Gpu {
         if slot.as_ref().is_some_and(|b| b.len() >= n) {
             // Invariant: `slot` was just checked to hold a buffer.
             return Ok(slot.as_mut().expect("checked to be Some above"));
+        }
+        if self.capturing() {
+            // Freeing and allocating inside a capture would put the new buffer in the graph's
+            // own memory (unusable outside it); the caller runs the pass directly instead.
+            self.grow_refused.store(true, Ordering::Relaxed);
+            return Err(CudaError::invalid(
+                "CUDA graph capture",
+                format!("{what} would grow to {n} elements while capturing"),
+            ));
         }
         *slot = None;
         self.bump_generation();

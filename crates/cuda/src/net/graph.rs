@@ -10,7 +10,9 @@
 //! the same batch size, precision and input-gradient switch, and the same [`Gpu::generation`]
 //! (no setting changed, no scratch buffer reallocated since). A capture follows one ordinary
 //! pass with the same key, which allocates the scratch buffers, loads the kernels and builds the
-//! cuDNN plans, none of which a capture may do. Partial batches run without a graph.
+//! cuDNN plans, none of which a capture may do; should a scratch buffer still have to grow
+//! while capturing, `Gpu::grow` refuses, the capture is dropped (nothing ran) and the pass runs
+//! directly instead. Partial batches run without a graph.
 //!
 //! [`Gpu::generation`]: crate::gpu::Gpu::generation
 
@@ -96,14 +98,8 @@ impl GpuNet {
         let key = self.graph_key(n);
         let captured = self.graphs.captured.as_ref().map(|c| c.key);
         match next(captured, self.graphs.warmed, key, n == self.batch) {
-            Next::Direct => {
-                self.direct_pass(n, DropSeeds::Device)?;
-                if n == self.batch {
-                    // After the pass: it may have grown scratch buffers (a new generation).
-                    self.graphs.warmed = Some(self.graph_key(n));
-                }
-                Ok(())
-            }
+            Next::Direct if n == self.batch => self.rewarm(n),
+            Next::Direct => self.direct_pass(n, DropSeeds::Device),
             Next::Capture => self.capture_pass(n, key),
             Next::Replay => {
                 let c = self
@@ -130,9 +126,16 @@ impl GpuNet {
         // allocation, a synchronisation) fails the capture instead of running outside it.
         s.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(CudaError::driver("begin the CUDA graph capture"))?;
+        self.gpu.take_grow_refused();
         let body = self.direct_pass(n, DropSeeds::Device);
         // Always end the capture, so the stream leaves capture mode even after an error.
         let end = s.end_capture(sys::CUgraphInstantiate_flags(0));
+        if body.is_err() && self.gpu.take_grow_refused() {
+            // A scratch buffer had to grow (which a capture cannot do): nothing ran, so run
+            // the pass directly, which grows it, and capture on a later step.
+            drop(end);
+            return self.rewarm(n);
+        }
         let fix = format!("set {}=off to run without graphs", crate::gpu::GRAPH_ENV);
         body.map_err(|e| CudaError::invalid("CUDA graph capture", format!("{e} ({fix})")))?;
         let graph = end
@@ -141,12 +144,10 @@ impl GpuNet {
             })?
             .ok_or_else(|| CudaError::invalid("CUDA graph capture", "captured no work"))?;
         if self.gpu.generation() != key.generation {
-            // A buffer was reallocated while capturing: the graph may hold a freed address.
-            // Nothing ran, so run the pass directly and capture on a later step.
+            // A setting changed while capturing (another thread): the graph may launch other
+            // kernels than a pass would now. Nothing ran; run the pass directly.
             drop(graph);
-            self.direct_pass(n, DropSeeds::Device)?;
-            self.graphs.warmed = Some(self.graph_key(n));
-            return Ok(());
+            return self.rewarm(n);
         }
         graph
             .launch()
@@ -157,6 +158,14 @@ impl GpuNet {
             input_grad_at: self.input_grad_at,
         });
         self.graphs.counts.0 += 1;
+        Ok(())
+    }
+
+    /// A direct full-batch pass, after which a capture with the then current key may follow
+    /// (the key is taken after the pass: it may have grown scratch buffers).
+    fn rewarm(&mut self, n: usize) -> Result<(), CudaError> {
+        self.direct_pass(n, DropSeeds::Device)?;
+        self.graphs.warmed = Some(self.graph_key(n));
         Ok(())
     }
 

@@ -541,6 +541,7 @@ mod tests {
             profile: false,
             conv: None,
             algo: None,
+            graphs: None,
         };
         let e = bench_cuda(&o).unwrap_err();
         let msg = format!("{e:#}");

@@ -115,6 +115,10 @@ struct BenchArgs {
     /// timed (cudnnFind, like PyTorch's cudnn.benchmark; ALEXNET_CUDNN_ALGO sets it for train)
     #[arg(long)]
     cudnn_algo: Option<String>,
+    /// CUDA: run the training step's forward, loss and backward as a captured CUDA graph (on)
+    /// or launch by launch (off); default: ALEXNET_CUDA_GRAPH, else off.
+    #[arg(long, value_parser = ["on", "off"])]
+    cuda_graph: Option<String>,
     /// CUDA: leave the loader out: compute only, on one random batch uploaded once (how
     /// PyTorch's synthetic-input benchmarks measure).
     #[arg(long)]
@@ -149,8 +153,11 @@ fn run_parity(args: &ParityArgs) -> Result<bool> {
 
 fn run_bench(a: &BenchArgs) -> Result<()> {
     use alexnet_tensor::gemm::{cpu_backend_for, set_f32_backend, F32Backend};
-    if a.device == "cpu" && (a.conv.is_some() || a.cudnn_algo.is_some() || a.synthetic_data) {
-        anyhow::bail!("--conv, --cudnn-algo and --synthetic-data apply to --device cuda only");
+    let cuda_only = a.conv.is_some() || a.cudnn_algo.is_some() || a.cuda_graph.is_some();
+    if a.device == "cpu" && (cuda_only || a.synthetic_data) {
+        anyhow::bail!(
+            "--conv, --cudnn-algo, --cuda-graph and --synthetic-data apply to --device cuda only"
+        );
     }
     bench::set_cpu_conv(&a.cpu_conv, &a.device)?;
     if a.device == "cpu" {
@@ -187,6 +194,7 @@ fn run_bench(a: &BenchArgs) -> Result<()> {
                 .map(alexnet_cuda::AlgoSearch::parse)
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--{e}"))?,
+            graphs: a.cuda_graph.as_deref().map(|v| v == "on"),
         })?,
         other => anyhow::bail!("--device {other}: expected cpu or cuda"),
     };

@@ -333,6 +333,8 @@ pub struct CudaBench<'a> {
     pub conv: Option<ConvImpl>,
     /// How cuDNN picks its algorithms (default: the device's, see [`AlgoSearch`]).
     pub algo: Option<AlgoSearch>,
+    /// CUDA graphs for the training step (default: the device's, see `Gpu::graphs`).
+    pub graphs: Option<bool>,
 }
 
 impl CudaBench<'static> {
@@ -350,6 +352,7 @@ impl CudaBench<'static> {
             profile: false,
             conv: None,
             algo: None,
+            graphs: None,
         }
     }
 }
@@ -386,6 +389,9 @@ pub fn bench_cuda(o: &CudaBench) -> Result<BenchResult> {
     }
     if let Some(a) = o.algo {
         gpu.set_algo_search(a);
+    }
+    if let Some(g) = o.graphs {
+        gpu.set_graphs(g);
     }
     bench_on(&gpu, o, p)
 }

@@ -26,7 +26,8 @@
 //! 5. `N passed, M failed` over all of the above;
 //! 6. a benchmark table (preset paper; f32 and TF32 with each convolution implementation, cuDNN
 //!    with heuristic and with timed algorithm choice, bf16 at batch 128 and 256) with the
-//!    fraction of the measured GEMM peak reached;
+//!    fraction of the measured GEMM peak reached, then (a probe, never failing) the f32 and
+//!    TF32 rates of cuBLAS on each layer's own im2col GEMM shape;
 //! 7. last, the Winograd section (`--conv winograd`, see `winograd.rs`): its own parity checks
 //!    and `winograd: N passed, M failed` line, throughput per precision, f32 and TF32 steps by
 //!    stage beside im2col and the default, and the other tile side forced;
@@ -384,6 +385,10 @@ fn main_part(fixture_dir: &Path) -> Result<bool> {
     let bench_ok = bench_table(&gpu, &impls)?;
     gpu.set_conv_impl(default_impl)?;
     gpu.set_algo_search(default_algo);
+    // A probe, not a check: printed, never failing the command.
+    if let Err(e) = bench::gemm_shape_rows(&gpu) {
+        println!("info: GEMM shape rows not run: {e:#}");
+    }
     Ok(tally.failed == 0 && bench_ok)
 }
 

@@ -188,6 +188,74 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
     Ok(ok)
 }
 
+/// The forward GEMM of every layer of the paper net at batch 128 as the im2col path runs it, one
+/// group, `(name, m, n, k)`: conv: m = O/g, n = the output pixels of one sample chunk (whose
+/// columns, all groups', stay within `COL_BUDGET` elements), k = C/g x K x K; linear: m = the
+/// batch, n = out, k = in.
+pub(super) fn im2col_gemm_shapes(plan: &Plan, batch: usize) -> Vec<(String, usize, usize, usize)> {
+    let mut out = Vec::new();
+    for l in &plan.layers {
+        match l.op {
+            Op::Conv {
+                cin,
+                cout,
+                k,
+                groups,
+                ..
+            } if groups > 0 && l.out_shape.len() == 3 => {
+                let per = l.out_shape[1] * l.out_shape[2];
+                // The column buffer holds every group's columns of a chunk (`net::stages`).
+                let col1 = (cin * k * k * per).max(1);
+                let chunk = (alexnet_cuda::net::COL_BUDGET / col1).clamp(1, batch);
+                out.push((
+                    l.name.clone(),
+                    cout / groups,
+                    chunk * per,
+                    cin / groups * k * k,
+                ));
+            }
+            Op::Linear { fin, fout } => out.push((l.name.clone(), batch, fout, fin)),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// TFLOP/s of [`im2col_gemm_shapes`] through our cuBLAS path in f32 and TF32 (median of 5
+/// after 2): how far strict f32 is from its 8192^3 peak on the network's own shapes, and
+/// whether three TF32 products (f32 accuracy; "3xTF32") could beat one f32 product there.
+pub(super) fn gemm_shape_rows(gpu: &Arc<Gpu>) -> Result<()> {
+    let plan = load_preset("paper")?.plan(1000)?;
+    println!(
+        "-- GEMMs of the paper net's layers (im2col forward, batch 128, one group): TFLOP/s \
+         ({:<6} {:>5} {:>7} {:>5} {:>8} {:>8} {:>10})",
+        "layer", "m", "n", "k", "f32", "tf32", "tf32 / 3"
+    );
+    for (name, m, n, k) in im2col_gemm_shapes(&plan, 128) {
+        let fill = |len: usize, seed: u64| -> Vec<f32> {
+            (0..len as u64)
+                .map(|i| ((i ^ seed).wrapping_mul(2_654_435_761) % 1000) as f32 / 1000.0 - 0.5)
+                .collect()
+        };
+        let (a, b) = (gpu.upload(&fill(m * k, 1))?, gpu.upload(&fill(k * n, 2))?);
+        let mut c = gpu.zeros(m * n)?;
+        let mut rate = |p: Precision| -> Result<f64> {
+            let secs = median_secs(gpu, 2, 5, |_| {
+                let (av, bv, mut cv) = (a.as_view(), b.as_view(), c.as_view_mut());
+                let (da, db, dc) = (MatDesc::new(m, k), MatDesc::new(k, n), MatDesc::new(m, n));
+                Ok(gemm(gpu, p, 1.0, &av, da, &bv, db, 0.0, &mut cv, dc)?)
+            })?;
+            Ok(2.0 * (m * n * k) as f64 / secs / 1e12)
+        };
+        let (f, t) = (rate(Precision::F32)?, rate(Precision::Tf32)?);
+        println!(
+            "{name:<6} {m:>5} {n:>7} {k:>5} {f:>8.1} {t:>8.1} {:>10.1}",
+            t / 3.0
+        );
+    }
+    Ok(())
+}
+
 /// ImageNet RGB PCA (0..255 scale; eigenvectors are the columns), the usual published values.
 /// Stand-ins for the dataset's own decomposition: they do not change the timing.
 const EIGVAL: [f32; 3] = [55.46, 4.794, 1.148];
@@ -540,6 +608,32 @@ mod tests {
         one.eval_batch(&mut rng, 2, crop, &mut x);
         assert!(x.iter().all(|&v| v == 0.0));
     }
+    #[test]
+    fn gemm_shapes_are_the_paper_layers() {
+        let plan = load_preset("paper").unwrap().plan(1000).unwrap();
+        let shapes = im2col_gemm_shapes(&plan, 128);
+        let names: Vec<&str> = shapes.iter().map(|s| s.0.as_str()).collect();
+        assert_eq!(
+            names,
+            ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
+        );
+        // conv1: 96 filters of 3 x 11 x 11 over 55 x 55 outputs, 61 samples of columns per
+        // chunk (2^26 / (363 * 3025)); conv2: 128 of 48 x 5 x 5 per group, 38 samples
+        // (2^26 / (96 * 25 * 729)); conv3: the whole batch of 13 x 13 outputs.
+        assert_eq!(shapes[0].1..=shapes[0].3, 96..=363);
+        assert_eq!(shapes[0].2, 61 * 3025);
+        assert_eq!(
+            (shapes[1].1, shapes[1].2, shapes[1].3),
+            (128, 38 * 729, 1200)
+        );
+        assert_eq!(
+            (shapes[2].1, shapes[2].2, shapes[2].3),
+            (384, 128 * 169, 2304)
+        );
+        assert_eq!((shapes[5].1, shapes[5].2, shapes[5].3), (128, 4096, 9216));
+        assert_eq!((shapes[7].1, shapes[7].2, shapes[7].3), (128, 1000, 4096));
+    }
+
     #[test]
     fn init_params_follow_the_plan() {
         let plan = load_preset("small").unwrap().plan(10).unwrap();

@@ -2,8 +2,8 @@
 //! everything else so that a fault in these newer kernels cannot cost the established checks
 //! and the benchmark table their results: the f32 fixtures and the TF32 conv fixtures with
 //! Winograd convolutions, the whole model against the CPU (f32, TF32, bf16), then training
-//! img/s per precision, f32 and TF32 steps by stage beside im2col and the default, and the
-//! other tile side forced. Ends its checks with its own `winograd: N passed, M failed` line;
+//! img/s per precision, f32, TF32 and bf16 steps by stage beside im2col or the default, and
+//! the other tile side forced. Ends its checks with its own `winograd: N passed, M failed` line;
 //! the timings after it are skipped once gpu-check is past [`TIMING_BUDGET_S`].
 
 use super::bench::{bench_on, CudaBench};
@@ -72,6 +72,10 @@ pub(super) fn winograd_section(
     }
     if in_budget("tf32 profile") {
         ok &= conv_profile(gpu, Precision::Tf32, [default_impl, ConvImpl::Winograd])?;
+    }
+    // bf16 has no step-by-stage figure yet (its default is cuDNN on NHWC copies).
+    if in_budget("bf16 profile") {
+        ok &= conv_profile(gpu, Precision::Bf16, [default_impl, ConvImpl::Winograd])?;
     }
     if in_budget("tile rows") {
         ok &= wino_tile_rows(gpu)?;

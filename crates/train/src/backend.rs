@@ -100,7 +100,7 @@ impl Backend {
 
     /// With timed cuDNN algorithms on CUDA (`ALEXNET_CUDNN_ALGO=timed`): pins the picks of the
     /// run's earlier processes, kept in `path` ([`crate::cudnn_algos`]). Nothing otherwise.
-    pub fn pin_timed_algorithms(&mut self, path: &Path) -> Result<()> {
+    pub fn pin_timed_algorithms(&self, path: &Path) -> Result<()> {
         let Some(gpu) = self.timed_gpu() else {
             return Ok(());
         };

@@ -586,7 +586,7 @@ impl Gpu {
     }
 
     /// Changes whenever a setting that decides which kernels a pass launches changes, or a
-    /// scratch buffer is reallocated ([`Gpu::grow`]): a CUDA graph captured in an earlier
+    /// scratch buffer is reallocated (`Gpu::grow`): a CUDA graph captured in an earlier
     /// generation may launch other kernels or hold freed addresses, and must not be replayed.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Relaxed)

@@ -1,5 +1,5 @@
 //! Space-to-depth form of strided convolutions, for the cuDNN and Winograd paths
-//! (`ops::conv_cudnn`, `ops::winograd`: [`forward_via`], [`backward_via`]).
+//! (`ops::conv_cudnn`, `ops::winograd`: `forward_via`, `backward_via`).
 //!
 //! A convolution of stride S, kernel K and padding P equals a stride-1, unpadded convolution
 //! with kernel KS = ceil(K / S) over the input regrouped into S x S blocks:

@@ -287,11 +287,11 @@ fn with_parts<R>(
 /// The three products of the transformed domain, per group and position xi of the a x a grid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pass {
-    /// M[g][xi] (O/g, P) = U[g][xi] (O/g, C/g) V[g][xi] (C/g, P).
+    /// `M[g][xi] (O/g, P) = U[g][xi] (O/g, C/g) V[g][xi] (C/g, P)`.
     Forward,
-    /// dU[g][xi] (O/g, C/g) (+)= dM[g][xi] (O/g, P) V[g][xi]^T (P, C/g).
+    /// `dU[g][xi] (O/g, C/g) (+)= dM[g][xi] (O/g, P) V[g][xi]^T (P, C/g)`.
     FilterGrad,
-    /// dV[g][xi] (C/g, P) = U[g][xi]^T (C/g, O/g) dM[g][xi] (O/g, P).
+    /// `dV[g][xi] (C/g, P) = U[g][xi]^T (C/g, O/g) dM[g][xi] (O/g, P)`.
     InputGrad,
 }
 

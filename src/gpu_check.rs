@@ -29,8 +29,8 @@
 //!    fraction of the measured GEMM peak reached, then (a probe, never failing) the f32 and
 //!    TF32 rates of cuBLAS on each layer's own im2col GEMM shape;
 //! 7. last, the Winograd section (`--conv winograd`, see `winograd.rs`): its own parity checks
-//!    and `winograd: N passed, M failed` line, throughput per precision, f32 and TF32 steps by
-//!    stage beside im2col and the default, and the other tile side forced;
+//!    and `winograd: N passed, M failed` line, throughput per precision, f32, TF32 and bf16
+//!    steps by stage beside im2col or the default, and the other tile side forced;
 //! 8. the CUDA-graph section (`ALEXNET_CUDA_GRAPH=on`, see `graphs.rs`): training with and
 //!    without graphs bit for bit in each precision (`graphs: N passed, M failed`), then
 //!    training img/s with and without them.

@@ -14,8 +14,8 @@ use alexnet_cuda::kernels::KernelFile;
 use alexnet_cuda::ops::conv::ConvShape;
 use alexnet_cuda::ops::gemm::MatDesc;
 use alexnet_cuda::ops::winograd::{
-    chunk, chunks, gemm_precision, tile_m, winograd_shape, Pass, Products, WinoGeom, WinoMats,
-    WINO_BUDGET,
+    chunk, chunks, gemm_precision, tile_m, winograd_shape, Pass, Products, Transform, WinoGeom,
+    WinoMats, WINO_BUDGET,
 };
 use alexnet_cuda::Precision;
 use alexnet_layers::conv::{conv2d_backward, conv2d_forward};
@@ -52,6 +52,26 @@ fn launch(e: &Emu, name: &str, threads: usize, args: &[EmuArg]) {
     // SAFETY: every caller passes buffers of the lengths the kernel reads and writes for its
     // geometry (the launch functions' checks, mirrored by the callers' allocations).
     unsafe { e.launch(name, &cfg, args) }.unwrap();
+}
+
+/// Transform `tr` from `src` into `dst` over chunk `g`, over the threads `ops::winograd`
+/// launches it with (`Transform::threads`); the buffers must hold what it reads and writes.
+fn transform(e: &Emu, tr: Transform, src: &[f32], dst: &mut [f32], g: &WinoGeom, t: &WinoMats) {
+    let [ls, ld] = tr.lens(g);
+    assert!(
+        src.len() >= ls && dst.len() >= ld,
+        "{tr:?}: {} / {}",
+        src.len(),
+        dst.len()
+    );
+    let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+    let threads = tr.threads(g) as usize;
+    launch(
+        e,
+        tr.kernel(),
+        threads,
+        &[arg(&sp), arg(&dp), arg(g), arg(t)],
+    );
 }
 
 /// `v` rounded to TF32 (10 mantissa bits, to nearest even); finite values only.
@@ -133,16 +153,10 @@ fn winograd(
 ) -> [Vec<f32>; 3] {
     let t = WinoMats::new(m, s.k).unwrap();
     let (full, parts) = chunks(s, m, budget).unwrap();
-    let (cg, hw) = (s.c / s.groups, s.ho() * s.wo());
+    let hw = s.ho() * s.wo();
     let (chw, ohw) = (s.c * s.h * s.w, s.o * hw);
     let mut u = vec![f32::NAN; full.u_len()];
-    let (wp, up) = (w.as_ptr(), u.as_mut_ptr());
-    launch(
-        e,
-        "wino_filter",
-        s.o * cg,
-        &[arg(&wp), arg(&up), arg(&full), arg(&t)],
-    );
+    transform(e, Transform::Filter, w, &mut u, &full, &t);
     let mut y = vec![f32::NAN; s.n * ohw];
     let mut dx = vec![f32::NAN; s.n * chw];
     let mut du = vec![f32::NAN; full.u_len()];
@@ -151,13 +165,7 @@ fn winograd(
     for (n0, g) in parts {
         let (nb, p) = (g.nb as usize, g.p as usize);
         let xc = &x[n0 * chw..(n0 + nb) * chw];
-        let (xp, vp) = (xc.as_ptr(), v.as_mut_ptr());
-        launch(
-            e,
-            "wino_input",
-            s.c * p,
-            &[arg(&xp), arg(&vp), arg(&g), arg(&t)],
-        );
+        transform(e, Transform::Input, xc, &mut v, &g, &t);
         // Forward.
         host_gemm(
             &Products::of(&g, Pass::Forward),
@@ -179,13 +187,7 @@ fn winograd(
                 tc[(o * nb + n) * hw..][..hw].copy_from_slice(src);
             }
         }
-        let (tp, dmp) = (tc.as_ptr(), mm.as_mut_ptr());
-        launch(
-            e,
-            "wino_output_grad",
-            s.o * p,
-            &[arg(&tp), arg(&dmp), arg(&g), arg(&t)],
-        );
+        transform(e, Transform::OutputGrad, &tc, &mut mm, &g, &t);
         let beta = if n0 == 0 { 0.0 } else { 1.0 };
         host_gemm(
             &Products::of(&g, Pass::FilterGrad),
@@ -204,13 +206,7 @@ fn winograd(
             round,
         );
         // The patches' gradients go into V's buffer, as in ops::winograd.
-        let (dvp, ddp) = (dv.as_ptr(), v.as_mut_ptr());
-        launch(
-            e,
-            "wino_input_grad_tiles",
-            s.c * p,
-            &[arg(&dvp), arg(&ddp), arg(&g), arg(&t)],
-        );
+        transform(e, Transform::InputGradTiles, &dv, &mut v, &g, &t);
         let dxc = &mut dx[n0 * chw..(n0 + nb) * chw];
         let (ddp, dxp) = (v.as_ptr(), dxc.as_mut_ptr());
         launch(
@@ -221,13 +217,7 @@ fn winograd(
         );
     }
     let mut dw = vec![f32::NAN; w.len()];
-    let (dup, dwp) = (du.as_ptr(), dw.as_mut_ptr());
-    launch(
-        e,
-        "wino_filter_grad",
-        s.o * cg,
-        &[arg(&dup), arg(&dwp), arg(&full), arg(&t)],
-    );
+    transform(e, Transform::FilterGrad, &du, &mut dw, &full, &t);
     [y, dx, dw]
 }
 

@@ -166,6 +166,18 @@ impl WinoGeom {
     pub fn t_len(&self) -> usize {
         self.o as usize * self.nb as usize * self.ho as usize * self.wo as usize
     }
+    /// The filters w and their gradient, (O, C/g, r, r).
+    pub fn w_len(&self) -> usize {
+        self.filters() as usize * (self.r * self.r) as usize
+    }
+    /// The input chunk and its gradient, (nb, C, H, W).
+    pub fn x_len(&self) -> usize {
+        (self.nb * self.c * self.h * self.w) as usize
+    }
+    /// O (C/g): the filter transforms' threads, one per (o, c').
+    fn filters(&self) -> u64 {
+        self.o as u64 * (self.c / self.groups.max(1)) as u64
+    }
     /// The workspace of [`forward`](super::forward) and [`backward`](super::backward) at this
     /// chunk size: U, dU, V, dV, M, t, each starting at a multiple of 8 elements.
     pub fn workspace_len(&self) -> usize {
@@ -175,6 +187,58 @@ impl WinoGeom {
     pub(super) fn parts(&self) -> [usize; 6] {
         let (u, v) = (self.u_len(), self.v_len());
         [u, u, v, v, self.m_len(), self.t_len()]
+    }
+}
+
+/// The transform kernels of signature `(const float* src, float* dst, WinoGeom, WinoMats)`:
+/// their names, the elements they read and write, and their threads, for the launch code and
+/// the emulator tests alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transform {
+    /// w (O, C/g, k, k) -> `u[g][xi][o'][c']` (U = G w G^T), a thread per (o, c').
+    Filter,
+    /// `du[g][xi][o'][c']` -> dw (O, C/g, k, k) (dg = G^T dU G), a thread per (o, c').
+    FilterGrad,
+    /// x chunk (nb, C, H, W) -> `v[g][xi][c'][p]` (V = B^T d B), a thread per (c, p).
+    Input,
+    /// The masked output gradient (O, nb, HO, WO) -> `dm[g][xi][o'][p]` (dM = A dy A^T), a
+    /// thread per (o, p).
+    OutputGrad,
+    /// `dv[g][xi][c'][p]` -> the patches' gradients `dd[c][n][ti a + i][tj a + j]`
+    /// (B dV B^T), a thread per (c, p).
+    InputGradTiles,
+}
+
+impl Transform {
+    /// The kernel's name in `kernels/winograd.cu`.
+    pub fn kernel(self) -> &'static str {
+        match self {
+            Transform::Filter => "wino_filter",
+            Transform::FilterGrad => "wino_filter_grad",
+            Transform::Input => "wino_input",
+            Transform::OutputGrad => "wino_output_grad",
+            Transform::InputGradTiles => "wino_input_grad_tiles",
+        }
+    }
+
+    /// (elements read, elements written) for chunk `g`.
+    pub fn lens(self, g: &WinoGeom) -> [usize; 2] {
+        match self {
+            Transform::Filter => [g.w_len(), g.u_len()],
+            Transform::FilterGrad => [g.u_len(), g.w_len()],
+            Transform::Input => [g.x_len(), g.v_len()],
+            Transform::OutputGrad => [g.t_len(), g.m_len()],
+            Transform::InputGradTiles => [g.v_len(), g.v_len()],
+        }
+    }
+
+    /// Threads of one launch over chunk `g`.
+    pub fn threads(self, g: &WinoGeom) -> u64 {
+        match self {
+            Transform::Filter | Transform::FilterGrad => g.filters(),
+            Transform::Input | Transform::InputGradTiles => g.c as u64 * g.p as u64,
+            Transform::OutputGrad => g.o as u64 * g.p as u64,
+        }
     }
 }
 

@@ -27,8 +27,8 @@ mod geom;
 
 use geom::aligned;
 pub use geom::{
-    chunk, chunks, gemm_precision, tile_m, winograd_shape, Pass, Products, WinoGeom, WinoMats,
-    WINO_BUDGET,
+    chunk, chunks, gemm_precision, tile_m, winograd_shape, Pass, Products, Transform, WinoGeom,
+    WinoMats, WINO_BUDGET,
 };
 
 const F: KernelFile = KernelFile::Winograd;
@@ -150,12 +150,12 @@ fn forward_stride1(
     let (chw, ohw) = (s.c * s.h * s.w, s.o * s.ho() * s.wo());
     with_parts(gpu, slot, &full, |mut ps| {
         // w (O, C/g, k, k) -> U [g][xi][o'][c']
-        filter(gpu, w, &mut ps.u, &full, &t)?;
+        transform(gpu, Transform::Filter, (w, &mut ps.u), (&full, &t))?;
         for (n0, g) in parts {
             let nb = g.nb as usize;
             let xc = sub(OP, x, n0 * chw, nb * chw)?;
             // x chunk (nb, C, H, W) -> V [g][xi][c'][p]
-            input(gpu, &xc, &mut ps.v, &g, &t)?;
+            transform(gpu, Transform::Input, (&xc, &mut ps.v), (&g, &t))?;
             // M = U V
             let (u, v) = (ps.u.as_view(), ps.v.as_view());
             products(gpu, prec, &g, Pass::Forward, &u, &v, 0.0, &mut ps.mm)?;
@@ -222,7 +222,7 @@ fn backward_stride1(
     with_parts(gpu, slot, &full, |mut ps| {
         if dx.is_some() {
             // w -> U, for dV
-            filter(gpu, w, &mut ps.u, &full, &t)?;
+            transform(gpu, Transform::Filter, (w, &mut ps.u), (&full, &t))?;
         }
         for (n0, g) in parts {
             let nb = g.nb as usize;
@@ -239,9 +239,10 @@ fn backward_stride1(
             row_sum(gpu, &tc.as_view(), db, (s.o, nb * hw), !first)?;
             let xc = sub(OP, x, n0 * chw, nb * chw)?;
             // x chunk -> V [g][xi][c'][p]
-            input(gpu, &xc, &mut ps.v, &g, &t)?;
+            transform(gpu, Transform::Input, (&xc, &mut ps.v), (&g, &t))?;
             // t -> dM [g][xi][o'][p]
-            output_grad(gpu, &tc.as_view(), &mut ps.mm, &g, &t)?;
+            let dy_t = tc.as_view();
+            transform(gpu, Transform::OutputGrad, (&dy_t, &mut ps.mm), (&g, &t))?;
             // dU (+)= dM V^T, accumulated over the chunks
             let (dm, v) = (ps.mm.as_view(), ps.v.as_view());
             let beta = if first { 0.0 } else { 1.0 };
@@ -251,130 +252,47 @@ fn backward_stride1(
                 let u = ps.u.as_view();
                 products(gpu, prec, &g, Pass::InputGrad, &u, &dm, 0.0, &mut ps.dv)?;
                 // dV -> the patches' gradients, into V's buffer (V is no longer read)
-                input_grad_tiles(gpu, &ps.dv.as_view(), &mut ps.v, &g, &t)?;
+                let (tiles, dv) = (Transform::InputGradTiles, ps.dv.as_view());
+                transform(gpu, tiles, (&dv, &mut ps.v), (&g, &t))?;
                 let mut dxc = sub_mut(OP, dxv, n0 * chw, nb * chw)?;
                 // patches -> dx chunk (nb, C, H, W)
                 input_grad(gpu, &ps.v.as_view(), &mut dxc, &g)?;
             }
         }
         // dU -> dw (O, C/g, k, k)
-        filter_grad(gpu, &ps.du.as_view(), dw, &full, &t)
+        transform(
+            gpu,
+            Transform::FilterGrad,
+            (&ps.du.as_view(), dw),
+            (&full, &t),
+        )
     })
 }
 
-/// Threads of the per-filter kernels (one per (o, c')).
-fn filter_threads(g: &WinoGeom) -> u64 {
-    g.o as u64 * (g.c / g.groups.max(1)) as u64
-}
-
-/// One launch of the transform kernel `name(const float* src, float* dst, WinoGeom, WinoMats)`
-/// over `threads` threads, after checking that src and dst hold `lens` elements.
+/// One launch of transform `tr` from `src` into `dst` over chunk `g`, after checking that they
+/// hold the elements it reads and writes.
 fn transform(
     gpu: &Gpu,
-    name: &'static str,
+    tr: Transform,
     (src, dst): (&CudaView<f32>, &mut CudaViewMut<f32>),
     (g, t): (&WinoGeom, &WinoMats),
-    lens: [usize; 2],
-    threads: u64,
 ) -> Result<(), CudaError> {
-    check_len(OP, name, src.len(), lens[0])?;
-    check_len(OP, name, dst.len(), lens[1])?;
-    let Some(cfg) = grid_for(threads) else {
+    let (name, [ls, ld]) = (tr.kernel(), tr.lens(g));
+    check_len(OP, name, src.len(), ls)?;
+    check_len(OP, name, dst.len(), ld)?;
+    let Some(cfg) = grid_for(tr.threads(g)) else {
         return Ok(());
     };
     let f = gpu.function(F, name)?;
     let mut l = gpu.stream.launch_builder(&f);
     l.arg(src).arg(dst).arg(g).arg(t);
     // SAFETY: every transform kernel has the signature `(const float*, float*, WinoGeom,
-    // WinoMats)`; the callers give the lengths the kernel reads and writes over `threads`
-    // threads (checked above), and src and dst are distinct (one shared, one exclusive borrow).
+    // WinoMats)`; src and dst hold the lengths the kernel reads and writes over its threads
+    // (`Transform::lens`, checked above), and they are distinct (one shared, one exclusive
+    // borrow).
     unsafe { l.launch(cfg) }
         .map_err(CudaError::driver(name))
         .map(|_| ())
-}
-
-/// Elements of the filters w (O, C/g, k, k).
-fn w_len(g: &WinoGeom) -> usize {
-    filter_threads(g) as usize * (g.r * g.r) as usize
-}
-
-/// Elements of the input chunk (nb, C, H, W).
-fn x_len(g: &WinoGeom) -> usize {
-    (g.nb * g.c * g.h * g.w) as usize
-}
-
-/// w (O, C/g, k, k) -> u [g][xi][o'][c'] (U = G w G^T).
-fn filter(
-    gpu: &Gpu,
-    w: &CudaView<f32>,
-    u: &mut CudaViewMut<f32>,
-    g: &WinoGeom,
-    t: &WinoMats,
-) -> Result<(), CudaError> {
-    let lens = [w_len(g), g.u_len()];
-    transform(gpu, "wino_filter", (w, u), (g, t), lens, filter_threads(g))
-}
-
-/// du [g][xi][o'][c'] -> dw (O, C/g, k, k) (dg = G^T dU G).
-fn filter_grad(
-    gpu: &Gpu,
-    du: &CudaView<f32>,
-    dw: &mut CudaViewMut<f32>,
-    g: &WinoGeom,
-    t: &WinoMats,
-) -> Result<(), CudaError> {
-    let lens = [g.u_len(), w_len(g)];
-    transform(
-        gpu,
-        "wino_filter_grad",
-        (du, dw),
-        (g, t),
-        lens,
-        filter_threads(g),
-    )
-}
-
-/// x chunk (nb, C, H, W) -> v [g][xi][c'][p] (V = B^T d B).
-fn input(
-    gpu: &Gpu,
-    x: &CudaView<f32>,
-    v: &mut CudaViewMut<f32>,
-    g: &WinoGeom,
-    t: &WinoMats,
-) -> Result<(), CudaError> {
-    let (lens, threads) = ([x_len(g), g.v_len()], g.c as u64 * g.p as u64);
-    transform(gpu, "wino_input", (x, v), (g, t), lens, threads)
-}
-
-/// The masked output gradient (O, nb, HO, WO) -> dm [g][xi][o'][p] (dM = A dy A^T).
-fn output_grad(
-    gpu: &Gpu,
-    dy: &CudaView<f32>,
-    dm: &mut CudaViewMut<f32>,
-    g: &WinoGeom,
-    t: &WinoMats,
-) -> Result<(), CudaError> {
-    let (lens, threads) = ([g.t_len(), g.m_len()], g.o as u64 * g.p as u64);
-    transform(gpu, "wino_output_grad", (dy, dm), (g, t), lens, threads)
-}
-
-/// dv [g][xi][c'][p] -> dd [c][n][ti a + i][tj a + j] (the patches' gradients B dV B^T).
-fn input_grad_tiles(
-    gpu: &Gpu,
-    dv: &CudaView<f32>,
-    dd: &mut CudaViewMut<f32>,
-    g: &WinoGeom,
-    t: &WinoMats,
-) -> Result<(), CudaError> {
-    let (lens, threads) = ([g.v_len(), g.v_len()], g.c as u64 * g.p as u64);
-    transform(
-        gpu,
-        "wino_input_grad_tiles",
-        (dv, dd),
-        (g, t),
-        lens,
-        threads,
-    )
 }
 
 /// mm [g][xi][o'][p] -> y chunk (nb, O, HO, WO) (y = A^T M A + b, ReLU when `relu`).
@@ -412,8 +330,8 @@ fn input_grad(
     g: &WinoGeom,
 ) -> Result<(), CudaError> {
     check_len(OP, "patches", dd.len(), g.v_len())?;
-    check_len(OP, "dx", dx.len(), x_len(g))?;
-    let Some(cfg) = grid_for(x_len(g) as u64) else {
+    check_len(OP, "dx", dx.len(), g.x_len())?;
+    let Some(cfg) = grid_for(g.x_len() as u64) else {
         return Ok(());
     };
     let f = gpu.function(F, "wino_input_grad")?;

@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: training (forward + backward + SGD) and inference img/s on random data.
 
 use crate::presets::load_preset;
+use alexnet_cuda::ops::conv_route::ConvPick;
 use alexnet_layers::{Mode, Model};
 use alexnet_tensor::rng::Rng;
 use anyhow::{bail, Result};
@@ -20,6 +21,29 @@ pub struct BenchResult {
     /// Per-layer (name, forward ms, backward ms) per training step, when profiled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layers: Option<Vec<(String, f64, f64)>>,
+    /// With `--conv timed` on CUDA: the implementation each convolution call picked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conv_picks: Option<Vec<ConvPick>>,
+}
+
+/// `picks` for people: one line per convolution (shape, precision) with each call's pick.
+pub fn pick_lines(picks: &[ConvPick]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < picks.len() {
+        let (shape, prec) = (picks[i].shape, &picks[i].precision);
+        let mut calls = Vec::new();
+        while i < picks.len() && picks[i].shape == shape && &picks[i].precision == prec {
+            calls.push(format!("{} {}", picks[i].call, picks[i].conv));
+            i += 1;
+        }
+        let [n, c, h, w, o, k, stride, ..] = shape;
+        out.push(format!(
+            "{prec} n{n} {c}x{h}x{w} -> {o}, {k}x{k}/{stride}: {}",
+            calls.join(", ")
+        ));
+    }
+    out
 }
 
 /// The median of `v` (the upper one for an even length); `v` is not empty.
@@ -110,12 +134,36 @@ pub fn bench_cpu(
         precision: alexnet_tensor::gemm::f32_backend().precision().into(),
         timed_steps: steps,
         layers,
+        conv_picks: None,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timed_picks_print_one_line_per_convolution() {
+        let pick = |c: usize, call: &str, conv: &str| ConvPick {
+            shape: [128, c, 13, 13, 384, 3, 1, 1, 1],
+            precision: "tf32".into(),
+            call: call.into(),
+            conv: conv.into(),
+        };
+        let lines = pick_lines(&[
+            pick(256, "backward", "cudnn"),
+            pick(256, "forward", "winograd"),
+            pick(384, "forward", "im2col"),
+        ]);
+        assert_eq!(
+            lines,
+            [
+                "tf32 n128 256x13x13 -> 384, 3x3/1: backward cudnn, forward winograd",
+                "tf32 n128 384x13x13 -> 384, 3x3/1: forward im2col",
+            ]
+        );
+        assert!(pick_lines(&[]).is_empty());
+    }
 
     #[test]
     fn cpu_conv_flag_takes_three_values() {

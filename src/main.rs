@@ -104,9 +104,11 @@ struct BenchArgs {
     /// Also print the time per layer (forward and backward) of a training step.
     #[arg(long)]
     profile: bool,
-    /// CUDA: convolution implementation, auto, cudnn, im2col or winograd (default auto: cuDNN
-    /// for TF32 (NCHW) and bf16 (NHWC copies), im2col + cuBLAS for f32; winograd: im2col, with
-    /// the 3x3 and 5x5 stride-1 layers in f32 by Winograd F(4x4); ALEXNET_CONV overrides;
+    /// CUDA: convolution implementation, auto, cudnn, im2col, winograd or timed (default auto:
+    /// cuDNN for TF32 (NCHW) and bf16 (NHWC copies), im2col + cuBLAS for f32; winograd: im2col,
+    /// with the 3x3 and 5x5 stride-1 layers (and conv1 in space-to-depth form) by Winograd;
+    /// timed: each layer's forward and backward on whichever of the three was timed fastest on
+    /// first use; ALEXNET_CONV overrides;
     /// ALEXNET_CONV_LAYOUT=auto|nchw|nhwc picks cuDNN's layout, ALEXNET_CONV_S2D=off keeps
     /// cuDNN's conv1 direct, ALEXNET_LRN=elements runs the per-element LRN kernels)
     #[arg(long)]
@@ -228,6 +230,12 @@ fn run_bench(a: &BenchArgs) -> Result<()> {
             println!("{:<14} {tf:>10.2} {tb:>10.2}", "total");
             if layers.iter().any(|(_, f, b)| *f == 0.0 || *b == 0.0) {
                 println!("(-: fused into a neighbouring layer and timed there)");
+            }
+        }
+        if let Some(picks) = &r.conv_picks {
+            println!("convolutions timed fastest (n CxHxW -> O, KxK/stride: call pick):");
+            for line in bench::pick_lines(picks) {
+                println!("  {line}");
             }
         }
     }

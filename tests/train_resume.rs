@@ -12,10 +12,13 @@ fn resume_is_byte_identical_and_logs_are_not_duplicated() {
     for device in devices() {
         resume_on(device, None);
         if device == "cuda" {
-            // The Winograd convolutions (`--conv winograd`, kept in the run's config), and
-            // cuDNN's algorithms timed (pinned on resume from cudnn_algos.json).
+            // The Winograd convolutions (`--conv winograd`, kept in the run's config),
+            // cuDNN's algorithms timed (pinned on resume from cudnn_algos.json), and both
+            // timed: each convolution call on its fastest implementation (`--conv timed`,
+            // pinned from conv_picks.json) with cuDNN's fastest algorithms.
             resume_on(device, Some("winograd"));
             resume_on(device, Some("timed"));
+            resume_on(device, Some("timed-conv"));
         }
     }
 }
@@ -29,6 +32,7 @@ fn resume_on(device: &str, conv: Option<&str>) {
     a.device = device.into();
     let set = |a: &mut alexnet_train::cli::TrainArgs| match conv {
         Some("timed") => a.cudnn_algo = Some("timed".into()),
+        Some("timed-conv") => (a.conv, a.cudnn_algo) = (Some("timed".into()), Some("timed".into())),
         other => a.conv = other.map(str::to_string),
     };
     set(&mut a);
@@ -39,13 +43,18 @@ fn resume_on(device: &str, conv: Option<&str>) {
     let mut b = args(&root, &data, "cut");
     b.device = device.into();
     set(&mut b);
-    if conv == Some("timed") {
+    let kept: &[&str] = match conv {
+        Some("timed") => &["cudnn_algos.json"],
+        Some("timed-conv") => &["cudnn_algos.json", "conv_picks.json"],
+        _ => &[],
+    };
+    for file in kept {
         // Timing can pick differently in each run: the interrupted run starts from the
         // uninterrupted one's picks, as a resume starts from its own run's.
-        let picks = root.join("full/cudnn_algos.json");
-        assert!(picks.exists(), "a timed run keeps its cuDNN algorithms");
+        let picks = root.join("full").join(file);
+        assert!(picks.exists(), "a timed run keeps its picks in {file}");
         std::fs::create_dir_all(root.join("cut")).unwrap();
-        std::fs::copy(&picks, root.join("cut/cudnn_algos.json")).unwrap();
+        std::fs::copy(&picks, root.join("cut").join(file)).unwrap();
     }
     run_train_with(&b, Some(3)).unwrap();
     b.resume = true;

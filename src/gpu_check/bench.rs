@@ -3,6 +3,7 @@
 
 use super::model::draw_batch;
 use super::*;
+use alexnet_cuda::ops::conv_route::conv_picks;
 
 /// Measured TFLOP/s of one `PEAK_GEMM`^3 GEMM through `ops::gemm` (bf16: including the casts of
 /// the operands), the median of 5 after 2 warm-up runs.
@@ -578,6 +579,11 @@ pub(super) fn bench_on(gpu: &Arc<Gpu>, o: &CudaBench, p: Precision) -> Result<Be
         precision: precision_name(p).into(),
         timed_steps: steps,
         layers,
+        conv_picks: (gpu.conv_impl() == ConvImpl::Timed).then(|| {
+            let mut picks = conv_picks(gpu);
+            picks.retain(|c| c.precision == p.name());
+            picks
+        }),
     })
 }
 

@@ -3,12 +3,17 @@
 //! and the benchmark table their results: the f32 fixtures and the TF32 conv fixtures with
 //! Winograd convolutions, the whole model against the CPU (f32, TF32, bf16), then training
 //! img/s per precision, f32, TF32 and bf16 steps by stage beside im2col or the default, and
-//! the other tile side forced. Ends its checks with its own `winograd: N passed, M failed` line;
-//! the timings after it are skipped once gpu-check is past [`TIMING_BUDGET_S`].
+//! the other tile side forced. `--conv timed` (each convolution call on whichever of cuDNN,
+//! Winograd and im2col it timed fastest, `ops::conv_route`) is checked here too: the whole
+//! model in f32 against the CPU, then its img/s per precision with the picks it made. Ends its
+//! checks with its own `winograd: N passed, M failed` line; the timings after it are skipped
+//! once gpu-check is past [`TIMING_BUDGET_S`].
 
 use super::bench::{bench_on, CudaBench};
 use super::model::{model_checks, CpuReference};
 use super::{fixture_case, fixture_pass, precision_name, ModelCase, Tally, FLOP_PER_TRAINED_IMAGE};
+use crate::bench::pick_lines;
+use alexnet_cuda::ops::conv_route::conv_picks;
 use alexnet_cuda::{ConvImpl, Gpu, Precision};
 use anyhow::Result;
 use std::path::PathBuf;
@@ -52,6 +57,19 @@ pub(super) fn winograd_section(
             tally.record(false);
         }
     }
+    gpu.set_conv_impl(ConvImpl::Timed)?;
+    for (case, reference) in references {
+        println!(
+            "-- winograd: whole model CUDA vs CPU with timed convolutions (f32): preset {}",
+            case.preset
+        );
+        if let Err(e) = model_checks(gpu, case, reference, false, &mut tally) {
+            println!("FAIL {} model comparison (timed): {e:#}", case.preset);
+            tally.record(false);
+        }
+        print_picks(gpu);
+    }
+    gpu.set_conv_impl(ConvImpl::Winograd)?;
     println!("winograd: {} passed, {} failed", tally.passed, tally.failed);
     // The timings, in order of use, each only while within the budget.
     let in_budget = |what: &str| {
@@ -65,6 +83,9 @@ pub(super) fn winograd_section(
     let mut ok = tally.failed == 0;
     if in_budget("throughput rows") {
         ok &= throughput_rows(gpu)?;
+    }
+    if in_budget("timed rows") {
+        ok &= timed_rows(gpu)?;
     }
     gpu.set_conv_impl(default_impl)?;
     if in_budget("f32 profile") {
@@ -113,6 +134,36 @@ fn throughput_rows(gpu: &Arc<Gpu>) -> Result<bool> {
         }
     }
     Ok(ok)
+}
+
+/// Training img/s (compute only) of `--conv timed` per precision (paper net, batch 128) with
+/// the implementation each convolution call picked. False when a row could not run.
+fn timed_rows(gpu: &Arc<Gpu>) -> Result<bool> {
+    println!("-- timed convolutions (compute only, img/s), each call's pick below its row");
+    let mut ok = true;
+    for p in [Precision::F32, Precision::Tf32, Precision::Bf16] {
+        // A fresh setting forgets the previous precision's picks.
+        gpu.set_conv_impl(ConvImpl::Timed)?;
+        match bench_on(gpu, &CudaBench::paper(p, 128), p) {
+            Ok(r) => {
+                println!("{:<6} timed {:>10.0}", precision_name(p), r.train_img_per_s);
+                print_picks(gpu);
+            }
+            Err(e) => {
+                ok = false;
+                println!("{:<6} timed error: {e:#}", precision_name(p));
+            }
+        }
+    }
+    gpu.set_conv_impl(ConvImpl::Winograd)?;
+    Ok(ok)
+}
+
+/// `--conv timed`'s picks on `gpu` so far, one line per convolution.
+fn print_picks(gpu: &Gpu) {
+    for line in pick_lines(&conv_picks(gpu)) {
+        println!("   {line}");
+    }
 }
 
 /// Where a training step at precision `p` goes (paper net, batch 128, compute only, every

@@ -88,39 +88,46 @@ pub enum ConvImpl {
     /// in space-to-depth form, the paper's conv1): Winograd F(m x m, k x k), our transforms
     /// around batched cuBLAS GEMMs (`ops::winograd`; f32 GEMMs in f32, TF32 in TF32 and bf16).
     Winograd,
+    /// Per convolution call: each shape's forward and backward run on whichever of cuDNN,
+    /// Winograd and im2col was timed fastest for it on its first use (`ops::conv_route`; a
+    /// training run keeps the picks in `conv_picks.json` for exact resumes).
+    Timed,
 }
 
 impl ConvImpl {
-    /// Parses `auto`, `cudnn`, `im2col` or `winograd`.
+    /// Parses `auto`, `cudnn`, `im2col`, `winograd` or `timed`.
     pub fn parse(s: &str) -> Result<ConvImpl, CudaError> {
         match s.to_ascii_lowercase().as_str() {
             "auto" => Ok(ConvImpl::Auto),
             "cudnn" => Ok(ConvImpl::Cudnn),
             "im2col" => Ok(ConvImpl::Im2col),
             "winograd" => Ok(ConvImpl::Winograd),
+            "timed" => Ok(ConvImpl::Timed),
             other => Err(CudaError::invalid(
                 "conv implementation",
-                format!("unknown {other:?}: expected auto, cudnn, im2col or winograd"),
+                format!("unknown {other:?}: expected auto, cudnn, im2col, winograd or timed"),
             )),
         }
     }
 
-    /// `auto`, `cudnn`, `im2col` or `winograd`.
+    /// `auto`, `cudnn`, `im2col`, `winograd` or `timed`.
     pub fn name(self) -> &'static str {
         match self {
             ConvImpl::Auto => "auto",
             ConvImpl::Cudnn => "cudnn",
             ConvImpl::Im2col => "im2col",
             ConvImpl::Winograd => "winograd",
+            ConvImpl::Timed => "timed",
         }
     }
 
     /// Every implementation, in the order of their codes (`self as u8`).
-    pub const ALL: [ConvImpl; 4] = [
+    pub const ALL: [ConvImpl; 5] = [
         ConvImpl::Auto,
         ConvImpl::Cudnn,
         ConvImpl::Im2col,
         ConvImpl::Winograd,
+        ConvImpl::Timed,
     ];
 
     /// The implementation whose code (`self as u8`, how [`Gpu`] stores it) is `c`; im2col for
@@ -137,8 +144,14 @@ impl ConvImpl {
         matches!(self, ConvImpl::Auto | ConvImpl::Cudnn)
     }
 
+    /// Whether convolutions may run on cuDNN: [`ConvImpl::uses_cudnn`], or [`ConvImpl::Timed`]
+    /// where libcudnn loads (it times cuDNN among the others, and runs without it).
+    pub fn may_use_cudnn(self) -> bool {
+        self.uses_cudnn() || (self == ConvImpl::Timed && cudnn_available())
+    }
+
     /// The precision at which cuDNN runs a convolution at precision `p`, or `None` when it runs
-    /// as im2col + cuBLAS. `s2d`: the convolution runs in space-to-depth form on cuDNN; `nhwc`:
+    /// as im2col + cuBLAS (or per shape, for [`ConvImpl::Timed`]: `ops::conv_route`). `s2d`: the convolution runs in space-to-depth form on cuDNN; `nhwc`:
     /// cuDNN convolutions run in NHWC, where they take bf16 operands too.
     pub fn cudnn_precision(self, p: Precision, s2d: bool, nhwc: bool) -> Option<Precision> {
         match (self, p) {
@@ -147,13 +160,14 @@ impl ConvImpl {
             (ConvImpl::Auto, Precision::Bf16) => s2d.then_some(Precision::Tf32),
             (ConvImpl::Auto, Precision::F32)
             | (ConvImpl::Cudnn, Precision::Bf16)
-            | (ConvImpl::Im2col | ConvImpl::Winograd, _) => None,
+            | (ConvImpl::Im2col | ConvImpl::Winograd | ConvImpl::Timed, _) => None,
             (ConvImpl::Cudnn, p) => Some(p),
         }
     }
 }
 
-/// Environment variable that overrides the default [`ConvImpl`] (`auto`, `cudnn` or `im2col`).
+/// Environment variable that overrides the default [`ConvImpl`] (`auto`, `cudnn`, `im2col`,
+/// `winograd` or `timed`).
 pub const CONV_ENV: &str = "ALEXNET_CONV";
 
 /// How cuDNN convolution algorithms are chosen (see `ops::conv_cudnn`).
@@ -427,7 +441,7 @@ pub struct Gpu {
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
     /// Scratch for bf16 GEMM operands (grown on demand).
     pub(crate) bf16_scratch: Mutex<Option<CudaSlice<u16>>>,
-    /// [`ConvImpl`] as u8 (0 auto, 1 cuDNN, 2 im2col).
+    /// [`ConvImpl`] as u8 (its index in [`ConvImpl::ALL`]).
     conv_impl: AtomicU8,
     /// cuDNN handle, plans and scratch (created on first use).
     cudnn: Mutex<Option<crate::ops::conv_cudnn::CudnnState>>,
@@ -448,6 +462,9 @@ pub struct Gpu {
     generation: AtomicU64,
     /// Set when [`Gpu::grow`] refused to reallocate during a CUDA graph capture.
     grow_refused: AtomicBool,
+    /// [`ConvImpl::Timed`]'s picks so far (timed or pinned): the implementation's name per
+    /// (shape, precision, call). Cleared when a convolution setting changes.
+    conv_picks: Mutex<HashMap<crate::ops::conv_route::PickKey, &'static str>>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -513,6 +530,7 @@ impl Gpu {
                 graphs: AtomicBool::new(default_graphs()?),
                 generation: AtomicU64::new(0),
                 grow_refused: AtomicBool::new(false),
+                conv_picks: Mutex::new(HashMap::new()),
             })
         })
     }
@@ -530,7 +548,7 @@ impl Gpu {
             ));
         }
         self.conv_impl.store(c as u8, Ordering::Relaxed);
-        self.bump_generation();
+        self.conv_setting_changed();
         Ok(())
     }
 
@@ -547,7 +565,7 @@ impl Gpu {
     pub fn set_algo_search(&self, a: AlgoSearch) {
         self.algo_timed
             .store(a == AlgoSearch::Timed, Ordering::Relaxed);
-        self.bump_generation();
+        self.conv_setting_changed();
     }
 
     /// Whether strided cuDNN convolutions run in space-to-depth form where it pays
@@ -559,7 +577,7 @@ impl Gpu {
     /// Turns the space-to-depth form on or off (plans are cached per shape, so both coexist).
     pub fn set_space_to_depth(&self, on: bool) {
         self.space_to_depth.store(on, Ordering::Relaxed);
-        self.bump_generation();
+        self.conv_setting_changed();
     }
 
     /// Whether the network's LRN runs on the column kernels (default; [`LRN_ENV`]`=elements`
@@ -596,6 +614,39 @@ impl Gpu {
         self.generation.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A setting that decides how convolutions run changed: a new generation, and
+    /// [`ConvImpl::Timed`]'s picks (made under the old settings) are forgotten.
+    fn conv_setting_changed(&self) {
+        self.bump_generation();
+        self.lock_conv_picks().clear();
+    }
+
+    fn lock_conv_picks(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<crate::ops::conv_route::PickKey, &'static str>> {
+        self.conv_picks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// [`ConvImpl::Timed`]'s pick for `key` (an implementation name), if made or pinned.
+    pub(crate) fn conv_pick(&self, key: &crate::ops::conv_route::PickKey) -> Option<&'static str> {
+        self.lock_conv_picks().get(key).copied()
+    }
+
+    /// Records [`ConvImpl::Timed`]'s pick for `key`.
+    pub(crate) fn set_conv_pick(&self, key: crate::ops::conv_route::PickKey, conv: &'static str) {
+        self.lock_conv_picks().insert(key, conv);
+    }
+
+    /// Every pick of [`ConvImpl::Timed`] so far.
+    pub(crate) fn conv_picks_snapshot(
+        &self,
+    ) -> Vec<(crate::ops::conv_route::PickKey, &'static str)> {
+        self.lock_conv_picks()
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    }
+
     /// Whether the stream is capturing a CUDA graph (a failed query counts as not).
     pub(crate) fn capturing(&self) -> bool {
         use cudarc::driver::sys::CUstreamCaptureStatus as S;
@@ -605,8 +656,17 @@ impl Gpu {
         )
     }
 
-    /// Whether [`Gpu::grow`] refused to reallocate while capturing since the last call (and
-    /// clears the flag): the capture then failed for a buffer that a direct pass can grow.
+    /// The error for work a CUDA graph capture cannot hold (`what`: a reallocation, a timing
+    /// run), after which [`Gpu::take_grow_refused`] says so: the caller then runs the pass
+    /// directly, where that work can happen.
+    pub(crate) fn refuse_in_capture(&self, what: &str) -> CudaError {
+        self.grow_refused.store(true, Ordering::Relaxed);
+        CudaError::invalid("CUDA graph capture", format!("{what} while capturing"))
+    }
+
+    /// Whether [`Gpu::grow`] (or another [`Gpu::refuse_in_capture`]) refused work while
+    /// capturing since the last call (and clears the flag): the capture then failed for work
+    /// that a direct pass can do.
     pub(crate) fn take_grow_refused(&self) -> bool {
         self.grow_refused.swap(false, Ordering::Relaxed)
     }
@@ -633,7 +693,7 @@ impl Gpu {
             }
         };
         self.wino_tile.store(code, Ordering::Relaxed);
-        self.bump_generation();
+        self.conv_setting_changed();
         Ok(())
     }
 
@@ -649,7 +709,7 @@ impl Gpu {
     /// Switches the layout of cuDNN convolutions (plans are cached per layout).
     pub fn set_conv_layout(&self, l: ConvLayout) {
         self.conv_layout.store(l as u8, Ordering::Relaxed);
-        self.bump_generation();
+        self.conv_setting_changed();
     }
 
     /// Whether cuDNN convolutions at precision `p` run in NHWC.
@@ -695,11 +755,7 @@ impl Gpu {
         if self.capturing() {
             // Freeing and allocating inside a capture would put the new buffer in the graph's
             // own memory (unusable outside it); the caller runs the pass directly instead.
-            self.grow_refused.store(true, Ordering::Relaxed);
-            return Err(CudaError::invalid(
-                "CUDA graph capture",
-                format!("{what} would grow to {n} elements while capturing"),
-            ));
+            return Err(self.refuse_in_capture(&format!("{what} would grow to {n} elements")));
         }
         *slot = None;
         self.bump_generation();

@@ -216,7 +216,7 @@ fn precision_parsing() {
 
 #[test]
 fn convolution_implementation_per_precision_and_shape() {
-    use alexnet_cuda::ConvImpl::{Auto, Cudnn, Im2col, Winograd};
+    use alexnet_cuda::ConvImpl::{Auto, Cudnn, Im2col, Timed, Winograd};
     use Precision::{Bf16, Tf32, F32};
     // (implementation, precision, conv in space-to-depth form) -> cuDNN's precision or im2col.
     for (ci, p, s2d, want) in [
@@ -232,6 +232,7 @@ fn convolution_implementation_per_precision_and_shape() {
         (Im2col, Tf32, true, None),
         (Winograd, F32, false, None),
         (Winograd, Tf32, true, None),
+        (Timed, Bf16, true, None),
     ] {
         assert_eq!(
             ci.cudnn_precision(p, s2d, false),
@@ -253,7 +254,11 @@ fn convolution_implementation_per_precision_and_shape() {
     let e = alexnet_cuda::ConvImpl::parse("fft")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("auto, cudnn, im2col or winograd"), "{e}");
+    assert!(e.contains("auto, cudnn, im2col, winograd or timed"), "{e}");
+    // Timed picks per shape; it needs no libcudnn (it leaves cuDNN out without it).
+    assert_eq!(Timed.cudnn_precision(Tf32, false, false), None);
+    assert_eq!(Timed.may_use_cudnn(), alexnet_cuda::cudnn_available());
+    assert!(Auto.may_use_cudnn() && !Im2col.may_use_cudnn());
     assert_eq!(Auto.cudnn_precision(F32, true, true), None);
     assert_eq!(Auto.cudnn_precision(Tf32, false, true), Some(Tf32));
     // The layout: auto is NHWC for bf16 only.

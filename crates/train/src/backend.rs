@@ -1,7 +1,9 @@
 //! The device a model runs on: the CPU reference ([`Model`]) or CUDA ([`GpuNet`]). Both use the
 //! plan's flat parameter layout, so parameters and momentum move between them unchanged.
 
-use alexnet_cuda::ops::conv_cudnn;
+use crate::kept_picks;
+use alexnet_cuda::ops::conv_cudnn::{self, TimedPick};
+use alexnet_cuda::ops::conv_route::{self, ConvPick};
 use alexnet_cuda::{
     device_count, AlgoSearch, AugmentSample, ConvImpl, Gpu, GpuNet, Precision, Staged,
 };
@@ -77,8 +79,8 @@ impl Backend {
         }
     }
 
-    /// Runs the CUDA convolutions as `conv` says (`auto`, `cudnn`, `im2col` or `winograd`, see
-    /// [`ConvImpl`]); nothing to set on the CPU.
+    /// Runs the CUDA convolutions as `conv` says (`auto`, `cudnn`, `im2col`, `winograd` or
+    /// `timed`, see [`ConvImpl`]); nothing to set on the CPU.
     pub fn set_conv(&mut self, conv: &str) -> Result<()> {
         if let Backend::Cuda(g) = self {
             let c = ConvImpl::parse(conv).map_err(|e| anyhow::anyhow!("--conv {conv}: {e}"))?;
@@ -98,26 +100,39 @@ impl Backend {
         Ok(())
     }
 
-    /// With timed cuDNN algorithms on CUDA (`ALEXNET_CUDNN_ALGO=timed`): pins the picks of the
-    /// run's earlier processes, kept in `path` ([`crate::cudnn_algos`]). Nothing otherwise.
-    pub fn pin_timed_algorithms(&self, path: &Path) -> Result<()> {
-        let Some(gpu) = self.timed_gpu() else {
-            return Ok(());
-        };
-        let picks = crate::cudnn_algos::read(path)?;
-        if !picks.is_empty() {
-            conv_cudnn::pin_timed_algorithms(gpu, &picks)
+    /// With timed cuDNN algorithms or timed convolutions on CUDA (`ALEXNET_CUDNN_ALGO=timed`,
+    /// `--conv timed`): pins the picks of the run's earlier processes, kept in the run folder
+    /// `run` ([`crate::kept_picks`]). Nothing otherwise.
+    pub fn pin_timed_picks(&self, run: &Path) -> Result<()> {
+        if let Some(gpu) = self.timed_gpu() {
+            let path = kept_picks::path::<TimedPick>(run);
+            let picks = kept_picks::read::<TimedPick>(&path)?;
+            if !picks.is_empty() {
+                conv_cudnn::pin_timed_algorithms(gpu, &picks)
+                    .with_context(|| format!("{}: delete it to time again", path.display()))?;
+            }
+        }
+        if let Some(gpu) = self.timed_conv_gpu() {
+            let path = kept_picks::path::<ConvPick>(run);
+            let picks = kept_picks::read::<ConvPick>(&path)?;
+            conv_route::pin_conv_picks(gpu, &picks)
                 .with_context(|| format!("{}: delete it to time again", path.display()))?;
         }
         Ok(())
     }
 
-    /// With timed cuDNN algorithms on CUDA: adds this process's picks to `path`.
-    pub fn record_timed_algorithms(&self, path: &Path) -> Result<()> {
-        match self.timed_gpu() {
-            Some(gpu) => crate::cudnn_algos::record(path, &conv_cudnn::timed_algorithms(gpu)),
-            None => Ok(()),
+    /// With timed cuDNN algorithms or timed convolutions on CUDA: adds this process's picks to
+    /// the run folder `run`.
+    pub fn record_timed_picks(&self, run: &Path) -> Result<()> {
+        if let Some(gpu) = self.timed_gpu() {
+            let path = kept_picks::path::<TimedPick>(run);
+            kept_picks::record(&path, &conv_cudnn::timed_algorithms(gpu))?;
         }
+        if let Some(gpu) = self.timed_conv_gpu() {
+            let path = kept_picks::path::<ConvPick>(run);
+            kept_picks::record(&path, &conv_route::conv_picks(gpu))?;
+        }
+        Ok(())
     }
 
     /// The device, when the network runs on CUDA with cuDNN convolutions and timed algorithms.
@@ -125,9 +140,17 @@ impl Backend {
         match self {
             Backend::Cuda(g) => {
                 let gpu = g.gpu();
-                (gpu.algo_search() == AlgoSearch::Timed && gpu.conv_impl().uses_cudnn())
+                (gpu.algo_search() == AlgoSearch::Timed && gpu.conv_impl().may_use_cudnn())
                     .then_some(&**gpu)
             }
+            Backend::Cpu(_) => None,
+        }
+    }
+
+    /// The device, when the network runs on CUDA with timed convolutions ([`ConvImpl::Timed`]).
+    fn timed_conv_gpu(&self) -> Option<&Gpu> {
+        match self {
+            Backend::Cuda(g) => (g.gpu().conv_impl() == ConvImpl::Timed).then_some(&**g.gpu()),
             Backend::Cpu(_) => None,
         }
     }

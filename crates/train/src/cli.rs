@@ -45,8 +45,9 @@ pub struct TrainArgs {
     /// f32 (strict), tf32 or bf16 on CUDA; f32, bf16x3 or bf16 (Intel AMX GEMMs) on the CPU.
     #[arg(long, default_value = "f32")]
     pub precision: String,
-    /// CUDA convolutions: auto, cudnn, im2col or winograd (default: ALEXNET_CONV, else auto);
-    /// kept in the run's config, so a resumed run computes the same way.
+    /// CUDA convolutions: auto, cudnn, im2col, winograd or timed (default: ALEXNET_CONV, else
+    /// auto); kept in the run's config, so a resumed run computes the same way (timed runs keep
+    /// their picks in conv_picks.json).
     #[arg(long)]
     pub conv: Option<String>,
     /// CUDA: how cuDNN picks its algorithms, heuristic or timed (default: ALEXNET_CUDNN_ALGO,

@@ -5,14 +5,14 @@
 //! A run folder holds `config.json` and, per ensemble member k, `model-k/metrics.jsonl`,
 //! `model-k/checkpoint.safetensors` (latest, with momentum and training state) and
 //! `model-k/final.safetensors` (the trained parameters); with timed cuDNN algorithms on CUDA,
-//! `cudnn_algos.json` (see [`cudnn_algos`]).
+//! `cudnn_algos.json`, and with timed convolutions `conv_picks.json` (see [`kept_picks`]).
 
 pub mod backend;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
-pub mod cudnn_algos;
 pub mod evaluate;
+pub mod kept_picks;
 pub mod metrics;
 pub mod presets;
 pub mod schedule;

@@ -104,9 +104,9 @@ pub fn train_model(
     if let Some(a) = &cfg.cudnn_algo {
         backend.set_cudnn_algo(a)?;
     }
-    // Timed cuDNN algorithms: the ones the run's earlier processes timed (exact resume).
-    let algos = crate::cudnn_algos::path(run);
-    backend.pin_timed_algorithms(&algos)?;
+    // Timed cuDNN algorithms and convolutions: the picks of the run's earlier processes
+    // (exact resume).
+    backend.pin_timed_picks(run)?;
     // Raw u8 batches when the device augments (CUDA): a third of the f32 batch's bytes to
     // upload, and the crop, flip, lighting and mean run on the device.
     let raw = backend.augments_on_device() && !opts.cpu_augment;
@@ -189,7 +189,7 @@ pub fn train_model(
     let classes_n = cfg.num_classes;
     let mut steps_this_run = 0u64;
     let save_ckpt = |backend: &Backend, state: &mut TrainState| -> Result<()> {
-        backend.record_timed_algorithms(&algos)?;
+        backend.record_timed_picks(run)?;
         state.metrics_len = std::fs::metadata(&metrics).map(|m| m.len()).unwrap_or(0);
         let params = backend.params()?;
         let v = backend.momentum()?;

@@ -1,10 +1,12 @@
-//! Convolution (cross-correlation, zero padding, groups). Runs on cuDNN ([`super::conv_cudnn`])
-//! when [`Gpu::conv_impl`] says so for the precision, shape and layout (by default TF32 and bf16),
-//! by Winograd ([`super::winograd`]) for 3x3 and 5x5 stride-1 layers (and conv1 in space-to-depth
-//! form) with `--conv winograd`; otherwise as im2col and cuBLAS GEMMs, processed in chunks of
-//! samples so the column buffer stays bounded. Forward fuses bias (+ReLU) into the CNHW -> NCHW
+//! Convolution (cross-correlation, zero padding, groups). Each call runs where
+//! [`super::conv_route`] says for the implementation ([`Gpu::conv_impl`]), precision, shape and
+//! layout: on cuDNN ([`super::conv_cudnn`]; by default TF32 and bf16), by Winograd
+//! ([`super::winograd`]) for 3x3 and 5x5 stride-1 layers (and conv1 in space-to-depth form) with
+//! `--conv winograd`, on whichever was timed fastest with `--conv timed`; otherwise as im2col and
+//! cuBLAS GEMMs, processed in chunks of samples so the column buffer stays bounded. Forward fuses bias (+ReLU) into the CNHW -> NCHW
 //! epilogue; backward fuses the ReLU mask into the NCHW -> CNHW transpose.
 
+use super::conv_route::{route, ConvCall, Route};
 use super::elementwise::{cnhw_to_nchw_bias_act, nchw_to_cnhw_mask, row_sum};
 use super::gemm::{gemm, MatDesc};
 use super::space_to_depth::S2dScratch;
@@ -29,6 +31,30 @@ pub struct ConvShape {
 }
 
 impl ConvShape {
+    /// n, c, h, w, o, k, stride, pad, groups: how run folders keep a shape.
+    pub fn to_array(&self) -> [usize; 9] {
+        let s = self;
+        [s.n, s.c, s.h, s.w, s.o, s.k, s.stride, s.pad, s.groups]
+    }
+
+    /// The shape [`ConvShape::to_array`] wrote, validated.
+    pub fn from_array(a: [usize; 9]) -> Result<ConvShape, CudaError> {
+        let [n, c, h, w, o, k, stride, pad, groups] = a;
+        let s = ConvShape {
+            n,
+            c,
+            h,
+            w,
+            o,
+            k,
+            stride,
+            pad,
+            groups,
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
     /// Output height (floor mode).
     pub fn ho(&self) -> usize {
         (self.h + 2 * self.pad).saturating_sub(self.k) / self.stride.max(1) + 1
@@ -190,17 +216,6 @@ fn col2im(
         .map(|_| ())
 }
 
-/// The precision at which cuDNN runs this convolution, or `None` for im2col
-/// ([`crate::ConvImpl::cudnn_precision`]). bf16 runs on cuDNN in NHWC only: its bf16 kernels in
-/// NCHW (its heuristics' picks) measured 5-20x slower for conv3-5's backward on an H200 (19 ms
-/// vs ~1 ms for conv3 at batch 128); with NCHW convolutions bf16 stays on im2col and bf16
-/// cuBLAS GEMMs except for the space-to-depth convolutions (TF32 on cuDNN).
-fn cudnn_precision(gpu: &Gpu, prec: Precision, s: &ConvShape) -> Option<Precision> {
-    let s2d = gpu.space_to_depth() && super::space_to_depth::s2d_shape(s).is_some();
-    gpu.conv_impl()
-        .cudnn_precision(prec, s2d, gpu.conv_nhwc_for(prec))
-}
-
 fn check_io(s: &ConvShape, x: usize, w: usize, b: usize, y: usize) -> Result<(), CudaError> {
     s.validate()?;
     check_len("conv2d", "x", x, s.n * s.c * s.h * s.w)?;
@@ -224,12 +239,25 @@ pub fn conv_forward(
     ws: &mut ConvWorkspace,
 ) -> Result<(), CudaError> {
     check_io(s, x.len(), w.len(), b.len(), y.len())?;
-    if let Some(p) = cudnn_precision(gpu, prec, s) {
-        return super::conv_cudnn::forward(gpu, p, s, x, w, b, y, relu);
-    }
-    if super::winograd::applies(gpu, s) {
-        return super::winograd::forward(gpu, prec, s, x, w, b, y, relu, ws);
-    }
+    let mut run = |r: Route| match r {
+        Route::Cudnn(p) => super::conv_cudnn::forward(gpu, p, s, x, w, b, y, relu),
+        Route::Winograd => super::winograd::forward(gpu, prec, s, x, w, b, y, relu, ws),
+        Route::Im2col => forward_im2col(gpu, prec, s, (x, w, b), y, relu, ws),
+    };
+    let r = route(gpu, prec, s, ConvCall::Forward, &mut run)?;
+    run(r)
+}
+
+/// [`conv_forward`] as im2col + cuBLAS GEMMs, in chunks of samples.
+fn forward_im2col(
+    gpu: &Gpu,
+    prec: Precision,
+    s: &ConvShape,
+    (x, w, b): (&CudaView<f32>, &CudaView<f32>, &CudaView<f32>),
+    y: &mut CudaViewMut<f32>,
+    relu: bool,
+    ws: &mut ConvWorkspace,
+) -> Result<(), CudaError> {
     let (hw, kd, og) = (s.ho() * s.wo(), s.kdim(), s.o / s.groups);
     let nb_max = s.chunk(ws.col.len(), ws.tmp.len());
     check_len(
@@ -307,18 +335,41 @@ pub fn conv_backward(
     if let Some(y) = y {
         check_len("conv2d backward", "y", y.len(), s.n * s.o * s.ho() * s.wo())?;
     }
-    let (hw, kd, og) = (s.ho() * s.wo(), s.kdim(), s.o / s.groups);
-    let (chw, ohw) = (s.c * s.h * s.w, s.o * hw);
     let mut dx = dx;
     if let Some(d) = dx.as_deref() {
-        check_len("conv2d backward", "dx", d.len(), s.n * chw)?;
+        check_len("conv2d backward", "dx", d.len(), s.n * s.c * s.h * s.w)?;
     }
-    if let Some(p) = cudnn_precision(gpu, prec, s) {
-        return super::conv_cudnn::backward(gpu, p, s, x, w, y, dy, dx, dw, db);
-    }
-    if super::winograd::applies(gpu, s) {
-        return super::winograd::backward(gpu, prec, s, x, w, y, dy, dx, dw, db, ws);
-    }
+    let call = if dx.is_some() {
+        ConvCall::Backward
+    } else {
+        ConvCall::BackwardNoDx
+    };
+    let mut run = |r: Route| {
+        let dx = dx.as_deref_mut();
+        match r {
+            Route::Cudnn(p) => super::conv_cudnn::backward(gpu, p, s, x, w, y, dy, dx, dw, db),
+            Route::Winograd => super::winograd::backward(gpu, prec, s, x, w, y, dy, dx, dw, db, ws),
+            Route::Im2col => backward_im2col(gpu, prec, s, (x, w, y, dy), dx, dw, db, ws),
+        }
+    };
+    let r = route(gpu, prec, s, call, &mut run)?;
+    run(r)
+}
+
+/// [`conv_backward`] as im2col + cuBLAS GEMMs, in chunks of samples.
+#[allow(clippy::too_many_arguments)]
+fn backward_im2col(
+    gpu: &Gpu,
+    prec: Precision,
+    s: &ConvShape,
+    (x, w, y, dy): BackwardInputs,
+    mut dx: Option<&mut CudaViewMut<f32>>,
+    dw: &mut CudaViewMut<f32>,
+    db: &mut CudaViewMut<f32>,
+    ws: &mut ConvWorkspace,
+) -> Result<(), CudaError> {
+    let (hw, kd, og) = (s.ho() * s.wo(), s.kdim(), s.o / s.groups);
+    let (chw, ohw) = (s.c * s.h * s.w, s.o * hw);
     check_len(
         "conv2d",
         "workspace col",

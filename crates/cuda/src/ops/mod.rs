@@ -7,6 +7,7 @@
 pub mod augment;
 pub mod conv;
 pub mod conv_cudnn;
+pub mod conv_route;
 pub mod convert;
 pub mod elementwise;
 pub mod gemm;

@@ -311,19 +311,7 @@ pub struct TimedPick {
 
 impl TimedPick {
     fn key(&self) -> Result<PinKey, CudaError> {
-        let [n, c, h, w, o, k, stride, pad, groups] = self.shape;
-        let shape = ConvShape {
-            n,
-            c,
-            h,
-            w,
-            o,
-            k,
-            stride,
-            pad,
-            groups,
-        };
-        shape.validate()?;
+        let shape = ConvShape::from_array(self.shape)?;
         Ok((shape, Precision::parse(&self.precision)?, self.nhwc))
     }
 }
@@ -336,7 +324,7 @@ pub fn timed_algorithms(gpu: &Gpu) -> Vec<TimedPick> {
                 .iter()
                 .filter(|(key, _)| key.2 == AlgoSearch::Timed)
                 .map(|(&(s, p, _, nhwc), plan)| TimedPick {
-                    shape: [s.n, s.c, s.h, s.w, s.o, s.k, s.stride, s.pad, s.groups],
+                    shape: s.to_array(),
                     precision: p.name().into(),
                     nhwc,
                     algos: [

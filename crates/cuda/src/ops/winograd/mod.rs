@@ -19,7 +19,7 @@ use super::gemm::gemm_batched;
 use super::space_to_depth;
 use super::{check_len, sub, sub_mut};
 use crate::error::CudaError;
-use crate::gpu::{grid_for, ConvImpl, Gpu, Precision};
+use crate::gpu::{grid_for, Gpu, Precision};
 use crate::kernels::KernelFile;
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
 
@@ -33,12 +33,6 @@ pub use geom::{
 
 const F: KernelFile = KernelFile::Winograd;
 const OP: &str = "winograd conv2d";
-
-/// Whether a convolution of shape `s` runs here: `--conv winograd` and a [`winograd_shape`]
-/// (space-to-depth as [`Gpu::space_to_depth`] says), at any precision ([`gemm_precision`]).
-pub fn applies(gpu: &Gpu, s: &ConvShape) -> bool {
-    gpu.conv_impl() == ConvImpl::Winograd && winograd_shape(s, gpu.space_to_depth()).is_some()
-}
 
 /// The [`winograd_shape`] of `s`, or an error naming it.
 fn stride1_shape(gpu: &Gpu, s: &ConvShape) -> Result<ConvShape, CudaError> {

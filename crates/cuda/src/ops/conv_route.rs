@@ -1,0 +1,439 @@
+//! Which implementation runs a convolution call: cuDNN, Winograd or im2col + cuBLAS.
+//!
+//! With a fixed [`ConvImpl`] the choice follows from the implementation, the precision and the
+//! shape ([`Fits::fixed`]). With [`ConvImpl::Timed`] (`ALEXNET_CONV=timed`, `--conv timed`) each
+//! call of each shape (forward; backward with the input gradient; backward without it, as
+//! conv1's) times every implementation that can run it on its first use, on the real operands,
+//! and keeps the fastest, as PyTorch's `cudnn.benchmark` does among cuDNN's algorithms, here
+//! among our three implementations too: a layer can run Winograd forward and cuDNN backward
+//! when that was measured faster. The candidates ([`Fits::candidates`]): cuDNN where it loads
+//! (at the precision [`ConvImpl::Cudnn`] would use it, or TF32 for bf16's space-to-depth conv1
+//! as [`ConvImpl::Auto`] does), Winograd where the shape has a Winograd form, im2col always.
+//!
+//! Every candidate computes the same convolution within its precision's documented bound (each
+//! has its own parity checks), but they round differently, and the timing can pick differently
+//! in another process: [`conv_picks`] lists the picks for a training run to keep and
+//! [`pin_conv_picks`] makes a resumed run take them again (`RUN/conv_picks.json`), so a timed
+//! run resumes bit-identically. The picks of a device are forgotten when one of its settings
+//! changes (layout, space-to-depth, tile side, algorithm search, implementation).
+
+use super::conv::ConvShape;
+use crate::error::CudaError;
+use crate::gpu::{cudnn_available, ConvImpl, Gpu, Precision};
+use std::time::Instant;
+
+/// One implementation of a convolution call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// cuDNN at this precision (TF32 for bf16's space-to-depth convolutions in NCHW).
+    Cudnn(Precision),
+    /// Our Winograd transforms around batched cuBLAS GEMMs (`ops::winograd`).
+    Winograd,
+    /// Our im2col / col2im around cuBLAS GEMMs.
+    Im2col,
+}
+
+impl Route {
+    /// `cudnn`, `winograd` or `im2col` (the name a run's `conv_picks.json` keeps).
+    pub fn name(self) -> &'static str {
+        match self {
+            Route::Cudnn(_) => "cudnn",
+            Route::Winograd => "winograd",
+            Route::Im2col => "im2col",
+        }
+    }
+}
+
+/// The three calls of a convolution, timed separately by [`ConvImpl::Timed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ConvCall {
+    Forward,
+    /// Backward with the input gradient.
+    Backward,
+    /// Backward without the input gradient (the first layer's).
+    BackwardNoDx,
+}
+
+impl ConvCall {
+    pub const ALL: [ConvCall; 3] = [
+        ConvCall::Forward,
+        ConvCall::Backward,
+        ConvCall::BackwardNoDx,
+    ];
+
+    /// `forward`, `backward` or `backward-no-dx`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvCall::Forward => "forward",
+            ConvCall::Backward => "backward",
+            ConvCall::BackwardNoDx => "backward-no-dx",
+        }
+    }
+
+    /// Parses [`ConvCall::name`].
+    pub fn parse(s: &str) -> Result<ConvCall, CudaError> {
+        ConvCall::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| {
+                CudaError::invalid(
+                    "conv pick",
+                    format!("call {s:?}: expected forward, backward or backward-no-dx"),
+                )
+            })
+    }
+}
+
+/// What the cached picks of a device are keyed by.
+pub(crate) type PickKey = (ConvShape, Precision, ConvCall);
+
+/// What decides the implementations open to one convolution on a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fits {
+    /// libcudnn loads.
+    pub cudnn: bool,
+    /// The convolution runs in space-to-depth form on cuDNN (a strided one, with
+    /// [`Gpu::space_to_depth`] on).
+    pub s2d: bool,
+    /// cuDNN convolutions at this precision run in NHWC ([`Gpu::conv_nhwc_for`]).
+    pub nhwc: bool,
+    /// The shape has a Winograd form (`ops::winograd::winograd_shape`).
+    pub winograd: bool,
+}
+
+impl Fits {
+    /// The flags of shape `s` at precision `prec` on `gpu`.
+    pub fn of(gpu: &Gpu, prec: Precision, s: &ConvShape) -> Fits {
+        let s2d_on = gpu.space_to_depth();
+        Fits {
+            cudnn: cudnn_available(),
+            s2d: s2d_on && super::space_to_depth::s2d_shape(s).is_some(),
+            nhwc: gpu.conv_nhwc_for(prec),
+            winograd: super::winograd::winograd_shape(s, s2d_on).is_some(),
+        }
+    }
+
+    /// The implementation under a fixed `ci` (not [`ConvImpl::Timed`], for which this is its
+    /// fallback: im2col).
+    pub fn fixed(self, ci: ConvImpl, prec: Precision) -> Route {
+        if let Some(p) = ci.cudnn_precision(prec, self.s2d, self.nhwc) {
+            return Route::Cudnn(p);
+        }
+        if ci == ConvImpl::Winograd && self.winograd {
+            return Route::Winograd;
+        }
+        Route::Im2col
+    }
+
+    /// The implementations [`ConvImpl::Timed`] times, in the order they are tried (ties go to
+    /// the earlier one): cuDNN where libcudnn loads (at the precision [`ConvImpl::Cudnn`] runs
+    /// it, else [`ConvImpl::Auto`]'s), Winograd where the shape has a Winograd form, im2col.
+    pub fn candidates(self, prec: Precision) -> Vec<Route> {
+        let (s2d, nhwc) = (self.s2d, self.nhwc);
+        let cudnn = ConvImpl::Cudnn
+            .cudnn_precision(prec, s2d, nhwc)
+            .or(ConvImpl::Auto.cudnn_precision(prec, s2d, nhwc))
+            .filter(|_| self.cudnn);
+        let mut out: Vec<Route> = cudnn.map(Route::Cudnn).into_iter().collect();
+        if self.winograd {
+            out.push(Route::Winograd);
+        }
+        out.push(Route::Im2col);
+        out
+    }
+}
+
+/// Timed runs of each candidate after its warm-up run; the median counts.
+pub const TIMED_RUNS: usize = 3;
+
+/// The candidate with the least `measure`d time (seconds), ties to the earlier one. A
+/// candidate whose measurement fails is left out (one without an algorithm that fits cuDNN's
+/// workspace, a workspace that cannot be allocated); when all fail, the last error. Returns
+/// the pick and each candidate's time (`None` where it failed).
+pub fn fastest<E>(
+    cands: &[Route],
+    mut measure: impl FnMut(Route) -> Result<f64, E>,
+) -> Result<(Route, Vec<Option<f64>>), E>
+where
+    E: From<CudaError>,
+{
+    let mut best: Option<(Route, f64)> = None;
+    let mut last_err = None;
+    let mut times = Vec::with_capacity(cands.len());
+    for &r in cands {
+        match measure(r) {
+            Ok(t) => {
+                times.push(Some(t));
+                if best.is_none_or(|(_, b)| t < b) {
+                    best = Some((r, t));
+                }
+            }
+            Err(e) => {
+                times.push(None);
+                last_err = Some(e);
+            }
+        }
+    }
+    match (best, last_err) {
+        (Some((r, _)), _) => Ok((r, times)),
+        (None, Some(e)) => Err(e),
+        (None, None) => Err(CudaError::invalid("conv timed", "no candidate implementation").into()),
+    }
+}
+
+/// The median of `t` (the upper one for an even count); 0 for none.
+fn median(mut t: Vec<f64>) -> f64 {
+    t.sort_by(f64::total_cmp);
+    t.get(t.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Seconds `run(r)` takes on the device: one warm-up run (plans, algorithm searches, scratch
+/// buffers, kernel loading), then the median of [`TIMED_RUNS`] synchronised runs.
+fn time_route(
+    gpu: &Gpu,
+    r: Route,
+    run: &mut dyn FnMut(Route) -> Result<(), CudaError>,
+) -> Result<f64, CudaError> {
+    run(r)?;
+    gpu.synchronize()?;
+    let mut t = Vec::with_capacity(TIMED_RUNS);
+    for _ in 0..TIMED_RUNS {
+        let t0 = Instant::now();
+        run(r)?;
+        gpu.synchronize()?;
+        t.push(t0.elapsed().as_secs_f64());
+    }
+    Ok(median(t))
+}
+
+/// The implementation of `call` for shape `s` at precision `prec`. Under
+/// [`ConvImpl::Timed`] the first call of a (shape, precision, call) times the [`candidates`]
+/// with `run` (which must overwrite its outputs: the caller runs the pick once more after) and
+/// keeps the fastest; pinned or earlier picks are taken as they are (when still a candidate).
+pub fn route(
+    gpu: &Gpu,
+    prec: Precision,
+    s: &ConvShape,
+    call: ConvCall,
+    run: &mut dyn FnMut(Route) -> Result<(), CudaError>,
+) -> Result<Route, CudaError> {
+    let (ci, fits) = (gpu.conv_impl(), Fits::of(gpu, prec, s));
+    if ci != ConvImpl::Timed {
+        return Ok(fits.fixed(ci, prec));
+    }
+    let key = (*s, prec, call);
+    let cands = fits.candidates(prec);
+    if let Some(name) = gpu.conv_pick(&key) {
+        if let Some(&r) = cands.iter().find(|r| r.name() == name) {
+            return Ok(r);
+        }
+    }
+    if gpu.capturing() {
+        // Timing synchronises the stream, which a capture forbids; the direct pass before a
+        // capture makes every pick of its shapes, so this only follows a setting change.
+        return Err(gpu.refuse_in_capture(&format!("timing conv {s:?} {}", call.name())));
+    }
+    let (pick, _) = fastest(&cands, |r| time_route(gpu, r, run))?;
+    gpu.set_conv_pick(key, pick.name());
+    Ok(pick)
+}
+
+/// One timed pick as a run folder keeps it (`conv_picks.json`, see the module docs).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct ConvPick {
+    /// The convolution: n, c, h, w, o, k, stride, pad, groups.
+    pub shape: [usize; 9],
+    /// `f32`, `tf32` or `bf16`.
+    pub precision: String,
+    /// `forward`, `backward` or `backward-no-dx` ([`ConvCall::name`]).
+    pub call: String,
+    /// `cudnn`, `winograd` or `im2col` ([`Route::name`]).
+    pub conv: String,
+}
+
+impl ConvPick {
+    /// The key and implementation name, checked.
+    fn key(&self) -> Result<(PickKey, &'static str), CudaError> {
+        let shape = ConvShape::from_array(self.shape)?;
+        let conv = ["cudnn", "winograd", "im2col"]
+            .into_iter()
+            .find(|c| *c == self.conv)
+            .ok_or_else(|| {
+                CudaError::invalid(
+                    "conv pick",
+                    format!("conv {:?}: expected cudnn, winograd or im2col", self.conv),
+                )
+            })?;
+        let call = ConvCall::parse(&self.call)?;
+        Ok(((shape, Precision::parse(&self.precision)?, call), conv))
+    }
+
+    fn of((s, p, call): &PickKey, conv: &str) -> ConvPick {
+        ConvPick {
+            shape: s.to_array(),
+            precision: p.name().into(),
+            call: call.name().into(),
+            conv: conv.into(),
+        }
+    }
+}
+
+/// Every pick of `gpu` so far (timed or pinned), sorted.
+pub fn conv_picks(gpu: &Gpu) -> Vec<ConvPick> {
+    let mut out: Vec<ConvPick> = gpu
+        .conv_picks_snapshot()
+        .iter()
+        .map(|(k, c)| ConvPick::of(k, c))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Makes `gpu` take `picks` instead of timing (a pick whose implementation cannot run the
+/// shape under the device's settings is timed again); an invalid pick is an error.
+pub fn pin_conv_picks(gpu: &Gpu, picks: &[ConvPick]) -> Result<(), CudaError> {
+    for p in picks {
+        let (key, conv) = p.key()?;
+        gpu.set_conv_pick(key, conv);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fastest_takes_the_least_time_and_skips_failures() {
+        let c = [
+            Route::Cudnn(Precision::Tf32),
+            Route::Winograd,
+            Route::Im2col,
+        ];
+        let t = |r: Route| -> Result<f64, CudaError> {
+            Ok(match r {
+                Route::Cudnn(_) => 3.0,
+                Route::Winograd => 1.0,
+                Route::Im2col => 2.0,
+            })
+        };
+        let (pick, times) = fastest(&c, t).unwrap();
+        assert_eq!(pick, Route::Winograd);
+        assert_eq!(times, vec![Some(3.0), Some(1.0), Some(2.0)]);
+        // Ties go to the earlier candidate.
+        assert_eq!(fastest(&c, |_| Ok::<_, CudaError>(1.0)).unwrap().0, c[0]);
+        // A failing candidate is left out, even the fastest-looking one.
+        let fails = |r: Route| match r {
+            Route::Winograd => Err(CudaError::invalid("t", "no workspace")),
+            r => t(r),
+        };
+        let (pick, times) = fastest(&c, fails).unwrap();
+        assert_eq!(pick, Route::Im2col);
+        assert_eq!(times[1], None);
+        // All failing: the last error.
+        let all = |r: Route| Err::<f64, _>(CudaError::invalid("t", r.name()));
+        let e = fastest(&c, all).unwrap_err().to_string();
+        assert!(e.contains("im2col"), "{e}");
+        assert!(fastest::<CudaError>(&[], |_| Ok(0.0)).is_err());
+    }
+
+    #[test]
+    fn fixed_routes_and_candidates() {
+        use ConvImpl::*;
+        use Precision::*;
+        let f = |cudnn, s2d, nhwc, winograd| Fits {
+            cudnn,
+            s2d,
+            nhwc,
+            winograd,
+        };
+        // conv2-like (Winograd form, no space-to-depth), TF32 in NCHW, cuDNN loads.
+        let conv2 = f(true, false, false, true);
+        assert_eq!(conv2.fixed(Auto, Tf32), Route::Cudnn(Tf32));
+        assert_eq!(conv2.fixed(Auto, F32), Route::Im2col);
+        assert_eq!(conv2.fixed(Cudnn, F32), Route::Cudnn(F32));
+        assert_eq!(conv2.fixed(Winograd, F32), Route::Winograd);
+        assert_eq!(conv2.fixed(Im2col, Tf32), Route::Im2col);
+        assert_eq!(conv2.fixed(Timed, Tf32), Route::Im2col);
+        let all3 = vec![Route::Cudnn(F32), Route::Winograd, Route::Im2col];
+        assert_eq!(conv2.candidates(F32), all3);
+        // No Winograd form: Winograd falls back to im2col and is no candidate.
+        let fc_like = f(true, false, false, false);
+        assert_eq!(fc_like.fixed(Winograd, F32), Route::Im2col);
+        assert_eq!(
+            fc_like.candidates(Tf32),
+            vec![Route::Cudnn(Tf32), Route::Im2col]
+        );
+        // No libcudnn: no cuDNN candidate.
+        let no_cudnn = f(false, false, false, true);
+        assert_eq!(
+            no_cudnn.candidates(Tf32),
+            vec![Route::Winograd, Route::Im2col]
+        );
+        // bf16: cuDNN in NHWC at bf16; in NCHW only the space-to-depth conv1, at TF32.
+        assert_eq!(
+            f(true, false, true, true).candidates(Bf16)[0],
+            Route::Cudnn(Bf16)
+        );
+        assert_eq!(
+            f(true, true, false, true).candidates(Bf16)[0],
+            Route::Cudnn(Tf32)
+        );
+        assert_eq!(
+            f(true, false, false, true).candidates(Bf16),
+            vec![Route::Winograd, Route::Im2col]
+        );
+    }
+
+    #[test]
+    fn median_of_timed_runs() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![5.0, 1.0, 9.0, 2.0]), 5.0);
+        assert_eq!(median(Vec::new()), 0.0);
+    }
+
+    #[test]
+    fn picks_round_trip_and_bad_ones_are_refused() {
+        let s = ConvShape {
+            n: 128,
+            c: 96,
+            h: 27,
+            w: 27,
+            o: 256,
+            k: 5,
+            stride: 1,
+            pad: 2,
+            groups: 2,
+        };
+        let key = (s, Precision::Bf16, ConvCall::BackwardNoDx);
+        let p = ConvPick::of(&key, "winograd");
+        assert_eq!(p.call, "backward-no-dx");
+        assert_eq!(p.precision, "bf16");
+        assert_eq!(p.key().unwrap(), (key, "winograd"));
+        let text = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<ConvPick>(&text).unwrap(), p);
+        for bad in [
+            ConvPick {
+                conv: "fft".into(),
+                ..p.clone()
+            },
+            ConvPick {
+                call: "sideways".into(),
+                ..p.clone()
+            },
+            ConvPick {
+                precision: "fp8".into(),
+                ..p.clone()
+            },
+            ConvPick {
+                shape: [128, 96, 27, 27, 256, 5, 1, 2, 7],
+                ..p.clone()
+            },
+        ] {
+            assert!(bad.key().is_err(), "{bad:?}");
+        }
+        for c in ConvCall::ALL {
+            assert_eq!(ConvCall::parse(c.name()).unwrap(), c);
+        }
+    }
+}

@@ -95,6 +95,8 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
             rows.push((tf32, ConvImpl::Cudnn, t, 128, true, lay));
         }
         rows.push((tf32, ConvImpl::Cudnn, h, 128, false, nchw));
+        // Larger batches (the bench's --batch is free; PyTorch's best bf16 figure is at 256).
+        rows.push((tf32, ConvImpl::Cudnn, t, 256, true, nchw));
     }
     rows.push((tf32, ConvImpl::Im2col, h, 128, true, auto));
     if cudnn {
@@ -102,6 +104,7 @@ pub(super) fn bench_table(gpu: &Arc<Gpu>, impls: &[ConvImpl]) -> Result<bool> {
         elems_rows.push(rows.len() - 1);
         rows.push((bf16, ConvImpl::Auto, t, 128, true, auto));
         rows.push((bf16, ConvImpl::Auto, h, 256, true, auto));
+        rows.push((bf16, ConvImpl::Auto, h, 512, true, auto));
         rows.push((bf16, ConvImpl::Auto, h, 128, true, nchw));
     }
     rows.push((bf16, ConvImpl::Im2col, h, 128, true, auto));

@@ -150,7 +150,7 @@ fn bad_flags_and_missing_data_are_clear_errors() {
     a.conv = Some("fft".into());
     let e = format!("{:#}", run_train_with(&a, None).unwrap_err());
     assert!(
-        e.contains("--conv fft") && e.contains("im2col or winograd"),
+        e.contains("--conv fft") && e.contains("winograd or timed"),
         "{e}"
     );
     assert!(!root.join("r4").exists());

@@ -441,6 +441,8 @@ pub struct Gpu {
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
     /// Scratch for bf16 GEMM operands (grown on demand).
     pub(crate) bf16_scratch: Mutex<Option<CudaSlice<u16>>>,
+    /// Scratch for the per-segment sums of `ops::elementwise::row_sum` (grown on demand).
+    pub(crate) sum_scratch: Mutex<Option<CudaSlice<f32>>>,
     /// [`ConvImpl`] as u8 (its index in [`ConvImpl::ALL`]).
     conv_impl: AtomicU8,
     /// cuDNN handle, plans and scratch (created on first use).
@@ -520,6 +522,7 @@ impl Gpu {
                 modules: Mutex::new(HashMap::new()),
                 functions: Mutex::new(HashMap::new()),
                 bf16_scratch: Mutex::new(None),
+                sum_scratch: Mutex::new(None),
                 conv_impl: AtomicU8::new(default_conv_impl()? as u8),
                 cudnn: Mutex::new(None),
                 algo_timed: AtomicBool::new(default_algo_search()? == AlgoSearch::Timed),

@@ -12,7 +12,7 @@ use alexnet_cuda::emu::{arg, Emu};
 use alexnet_cuda::gpu::grid_for;
 use alexnet_cuda::hash;
 use alexnet_cuda::kernels::KernelFile;
-use alexnet_cuda::ops::elementwise::dropout_threshold;
+use alexnet_cuda::ops::elementwise::{dropout_threshold, row_sum_split};
 use alexnet_layers::dropout::{dropout_backward, dropout_forward};
 use alexnet_layers::relu::{relu_backward, relu_forward};
 use common::{emu, f64s, normal, rel_l2};
@@ -346,6 +346,47 @@ fn row_sum(e: &Emu, rows: usize, cols: usize, block: u32, accumulate: bool, inte
     check_sums(&out, &want, integers, &what);
 }
 
+/// `row_sum` as `ops::elementwise::row_sum` composes it for few long rows: per
+/// [`row_sum_split`], segments summed by one block each, then the segments of each row.
+fn row_sum_split_rows(e: &Emu, rows: usize, cols: usize, accumulate: bool, integers: bool) {
+    let split = row_sum_split(rows, cols);
+    assert!(split > 1, "{rows}x{cols} is cut into segments");
+    let what = format!("row_sum {rows}x{cols} in {split} segments, accumulate={accumulate}");
+    let m = data(rows * cols, 45 + cols as u64, integers);
+    let out0 = data(rows, 46, integers);
+    let want: Vec<f64> = (0..rows)
+        .map(|r| {
+            let s: f64 = m[r * cols..(r + 1) * cols].iter().map(|&v| v as f64).sum();
+            s + if accumulate { out0[r] as f64 } else { 0.0 }
+        })
+        .collect();
+    let mut part = vec![f32::NAN; rows * split];
+    let mut out = out0.clone();
+    let passes = [
+        (m.as_ptr(), part.as_mut_ptr(), rows * split, cols / split, 0),
+        (
+            part.as_ptr(),
+            out.as_mut_ptr(),
+            rows,
+            split,
+            accumulate as i32,
+        ),
+    ];
+    for (mp, op, r, c, acc) in passes {
+        let c64 = c as u64;
+        // SAFETY: mp holds r*c floats and op r (m, part and out above, sized so).
+        unsafe {
+            e.launch(
+                "row_sum",
+                &block_cfg(r, 256),
+                &[arg(&mp), arg(&op), arg(&c64), arg(&acc)],
+            )
+        }
+        .unwrap();
+    }
+    check_sums(&out, &want, integers, &what);
+}
+
 fn col_sum(e: &Emu, cfg: Cfg, rows: usize, cols: usize, integers: bool) {
     let m = data(rows * cols, 43 + rows as u64, integers);
     let want: Vec<f64> = (0..cols)
@@ -408,11 +449,26 @@ fn elementwise_kernels_match_the_cpu_reference() {
                 row_sum(&e, 5, cols, 256, accumulate, integers);
             }
         }
+        row_sum_split_rows(&e, 3, 11 * 1024, true, integers);
+        row_sum_split_rows(&e, 2, 4096, false, integers);
         // Planes shorter and longer than the block.
         channel_sum(&e, (3, 5, 300), 256, integers);
         channel_sum(&e, (2, 7, 13), 256, integers);
     }
     common::assert_all_launched(&e);
+}
+
+#[test]
+fn row_sums_cut_long_rows_into_segments() {
+    // The paper net's bias gradients: conv1 in chunks of 61 samples (55x55), conv3 at batch
+    // 128 (13x13); short rows and many rows stay whole.
+    assert_eq!(row_sum_split(96, 61 * 3025), 11);
+    assert_eq!(row_sum_split(384, 128 * 169), 2);
+    assert_eq!(row_sum_split(1, 4096), 4);
+    assert_eq!(row_sum_split(5, 1000), 1);
+    assert_eq!(row_sum_split(2048, 1 << 20), 1);
+    // A prime number of columns has no segments.
+    assert_eq!(row_sum_split(4, 65_537), 1);
 }
 
 #[test]

@@ -227,8 +227,49 @@ fn dropout_launch(
         .map(|_| ())
 }
 
-/// m: (rows, cols): `out[r] (+)= sum_j m[r, j]` (one block per row, deterministic).
+/// Blocks [`row_sum`] aims for (a few per SM of an H100 / H200).
+const ROW_SUM_BLOCKS: usize = 1024;
+/// The shortest row segment one block of [`row_sum`] sums.
+const ROW_SUM_MIN_SEGMENT: usize = 1024;
+
+/// Segments per row for [`row_sum`] over (rows, cols): the largest divisor s of `cols` with
+/// rows * s <= [`ROW_SUM_BLOCKS`] (rounded up to a whole segment per row) and segments of at
+/// least [`ROW_SUM_MIN_SEGMENT`]; 1 (one block per row) when none is.
+pub fn row_sum_split(rows: usize, cols: usize) -> usize {
+    let want = ROW_SUM_BLOCKS.div_ceil(rows.max(1));
+    (2..=want.min(cols / ROW_SUM_MIN_SEGMENT))
+        .rev()
+        .find(|s| cols.is_multiple_of(*s))
+        .unwrap_or(1)
+}
+
+/// m: (rows, cols): `out[r] (+)= sum_j m[r, j]`, deterministic. With few long rows (a
+/// convolution's bias gradient: one row per channel, hundreds of thousands of columns) one
+/// block per row would leave most of the GPU idle, so the rows are cut into
+/// [`row_sum_split`] segments summed by one block each into scratch, then summed per row.
 pub fn row_sum(
+    gpu: &Gpu,
+    m: &CudaView<f32>,
+    out: &mut CudaViewMut<f32>,
+    (rows, cols): (usize, usize),
+    accumulate: bool,
+) -> Result<(), CudaError> {
+    check_len("row_sum", "m", m.len(), rows * cols)?;
+    check_len("row_sum", "out", out.len(), rows)?;
+    let split = row_sum_split(rows, cols);
+    if split == 1 {
+        return row_sum_blocks(gpu, m, out, (rows, cols), accumulate);
+    }
+    let mut guard = gpu.sum_scratch.lock().unwrap_or_else(|p| p.into_inner());
+    let part = gpu.grow(&mut guard, rows * split, "row sum segments")?;
+    let mut pv = part.slice_mut(0..rows * split);
+    // m: (rows * split, cols / split) -> part (rows, split) -> out (rows)
+    row_sum_blocks(gpu, m, &mut pv, (rows * split, cols / split), false)?;
+    row_sum_blocks(gpu, &pv.as_view(), out, (rows, split), accumulate)
+}
+
+/// [`row_sum`] with one block per row.
+fn row_sum_blocks(
     gpu: &Gpu,
     m: &CudaView<f32>,
     out: &mut CudaViewMut<f32>,

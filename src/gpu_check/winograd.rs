@@ -81,11 +81,12 @@ pub(super) fn winograd_section(
         ok
     };
     let mut ok = tally.failed == 0;
-    if in_budget("throughput rows") {
-        ok &= throughput_rows(gpu)?;
-    }
+    // Timed first: its picks say per layer where Winograd wins, in every precision.
     if in_budget("timed rows") {
         ok &= timed_rows(gpu)?;
+    }
+    if in_budget("throughput rows") {
+        ok &= throughput_rows(gpu)?;
     }
     gpu.set_conv_impl(default_impl)?;
     if in_budget("f32 profile") {

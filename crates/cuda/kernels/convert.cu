@@ -99,3 +99,56 @@ extern "C" __global__ void nhwc_to_nchw_bf16(const unsigned short* y, const floa
                                              unsigned c, unsigned hw, int relu) {
     from_nhwc(y, b, x, c, hw, relu);
 }
+
+// The output gradient of a convolution for cuDNN's backward, with the bias gradient's partial
+// sums: g = dy * (y > 0) (dy itself where y is null: no fused ReLU), written to out as
+// (N, HW, C) of T when NHWC, else as (N, C, HW) f32 (not written when out is null), and
+// part: (N, C, ceil(HW / 32)), each 32-pixel tile's per-channel sum of g in pixel order (the
+// bias gradient is then channel_sum over part). Same grid and block as the transposes above.
+template <typename T, bool NHWC>
+__device__ __forceinline__ void mask_sum(const float* dy, const float* y, T* out, float* part,
+                                         unsigned c, unsigned hw) {
+    __shared__ float tile[32][33];
+    u64 base = (u64)blockIdx.z * c * hw;
+    unsigned p0 = blockIdx.x * 32, c0 = blockIdx.y * 32;
+    for (unsigned k = threadIdx.y; k < 32; k += 8) {
+        unsigned ch = c0 + k, p = p0 + threadIdx.x;
+        float v = 0.0f;
+        if (ch < c && p < hw) {
+            u64 i = base + (u64)ch * hw + p;
+            v = dy[i];
+            if (y != 0 && !(y[i] > 0.0f)) v = 0.0f;
+            if (!NHWC && out != 0) store_elem(out + i, v);
+        }
+        tile[k][threadIdx.x] = v;
+    }
+    __syncthreads();
+    if (threadIdx.y == 0) {
+        unsigned ch = c0 + threadIdx.x;
+        float s = 0.0f;
+        for (unsigned j = 0; j < 32; ++j) s += tile[threadIdx.x][j];
+        if (ch < c) part[((u64)blockIdx.z * c + ch) * gridDim.x + blockIdx.x] = s;
+    }
+    if (NHWC) {
+        for (unsigned k = threadIdx.y; k < 32; k += 8) {
+            unsigned p = p0 + k, ch = c0 + threadIdx.x;
+            if (ch < c && p < hw) store_elem(out + base + (u64)p * c + ch, tile[threadIdx.x][k]);
+        }
+    }
+}
+
+extern "C" __global__ void relu_mask_sum_nchw(const float* dy, const float* y, float* out,
+                                              float* part, unsigned c, unsigned hw) {
+    mask_sum<float, false>(dy, y, out, part, c, hw);
+}
+
+extern "C" __global__ void relu_mask_sum_nhwc_f32(const float* dy, const float* y, float* out,
+                                                  float* part, unsigned c, unsigned hw) {
+    mask_sum<float, true>(dy, y, out, part, c, hw);
+}
+
+extern "C" __global__ void relu_mask_sum_nhwc_bf16(const float* dy, const float* y,
+                                                   unsigned short* out, float* part, unsigned c,
+                                                   unsigned hw) {
+    mask_sum<unsigned short, true>(dy, y, out, part, c, hw);
+}

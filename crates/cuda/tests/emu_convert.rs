@@ -11,6 +11,7 @@ use alexnet_cuda::emu::{arg, Emu};
 use alexnet_cuda::gpu::grid_for;
 use alexnet_cuda::kernels::KernelFile;
 use alexnet_cuda::ops::convert::f32_to_bf16_bits;
+use alexnet_cuda::ops::layout;
 use alexnet_tensor::rng::Rng;
 use common::{emu, normal};
 use cudarc::driver::LaunchConfig;
@@ -218,13 +219,11 @@ fn convert_checks(e: &Emu) {
     check_decoding(&h, &back);
 }
 
-/// Grid (ceil(HW/32), ceil(C/32), N) x block (32, 8), as `ops::layout` launches the transposes.
+/// The launch of `ops::layout`'s tiled kernels over (N, C, HW).
 fn tiles(n: usize, c: usize, hw: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (hw.div_ceil(32) as u32, c.div_ceil(32) as u32, n as u32),
-        block_dim: (32, 8, 1),
-        shared_mem_bytes: 0,
-    }
+    layout::tiles("test", (n, c, hw))
+        .unwrap()
+        .expect("a non-empty shape")
 }
 
 /// x: (N, C, HW) -> (N, HW, C), by the definition.
@@ -367,6 +366,139 @@ fn layout_checks(e: &Emu, n: usize, c: usize, hw: usize) {
     }
 }
 
+/// The backward's mask-and-sum kernels (`relu_mask_sum_*`, launched by `ops::layout::mask_sums_*`
+/// for cuDNN's backward) against index loops: g = dy * (y > 0) (dy without y) in NHWC f32, NHWC
+/// bf16 and NCHW (or not written), bit-exact; the partial sums exactly as a sequential f32 sum
+/// over each 32-slot tile (empty slots add 0); and `channel_sum` over them, as the convolution
+/// composes it, against the f64 per-channel sums.
+fn mask_checks(e: &Emu, el: &Emu, n: usize, c: usize, hw: usize) {
+    let len = n * c * hw;
+    let (cfg, shape) = (tiles(n, c, hw), format!("N={n} C={c} HW={hw}"));
+    let dy = normal(len, 7 + c as u64, 1.0);
+    let mut y = normal(len, 11 + hw as u64, 1.0);
+    // Exact zeros and a NaN in the ReLU output mask too (y > 0 is false for both).
+    for i in (0..len).step_by(5) {
+        y[i] = 0.0;
+    }
+    y[len / 3] = f32::NAN;
+    let gx = hw.div_ceil(32);
+    let np = layout::partial_sums_len((n, c, hw));
+    assert_eq!(np, n * c * gx);
+    let (c32, hw32) = (c as u32, hw as u32);
+    for with_y in [true, false] {
+        let g: Vec<f32> = (0..len)
+            // Masked where y is not above zero (NaN included), as the kernel's y > 0 test.
+            .map(
+                |i| match with_y && y[i].partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+                    true => 0.0,
+                    false => dy[i],
+                },
+            )
+            .collect();
+        // part[(s, ch, t)] = sum of g over the 32 slots of tile t, in order.
+        let mut part_ref = vec![0f32; np];
+        for s in 0..n {
+            for ch in 0..c {
+                for t in 0..gx {
+                    let mut acc = 0f32;
+                    for j in 0..32 {
+                        let p = t * 32 + j;
+                        acc += if p < hw {
+                            g[(s * c + ch) * hw + p]
+                        } else {
+                            0.0
+                        };
+                    }
+                    part_ref[(s * c + ch) * gx + t] = acc;
+                }
+            }
+        }
+        let yp = if with_y { y.as_ptr() } else { std::ptr::null() };
+        let dyp = dy.as_ptr();
+        let g_nhwc = nhwc_of(&g, n, c, hw);
+        let runs: [(&str, usize); 4] = [
+            ("relu_mask_sum_nhwc_f32", 4),
+            ("relu_mask_sum_nhwc_bf16", 2),
+            ("relu_mask_sum_nchw", 4),
+            ("relu_mask_sum_nchw", 0),
+        ];
+        for (name, elem) in runs {
+            let what = format!("{name} out {elem} B, y {with_y} ({shape})");
+            let mut out = vec![0xa5u8; (len + GUARD) * 4];
+            let op = if elem == 0 {
+                std::ptr::null_mut()
+            } else {
+                out.as_mut_ptr()
+            };
+            let mut part = vec![f32::NAN; np + GUARD];
+            let pp = part.as_mut_ptr();
+            // SAFETY: dy and y (or null) hold N*C*HW floats, out (or null) N*C*HW elements of
+            // `elem` bytes plus GUARD, part the partial sums plus GUARD; the kernel indexes below.
+            unsafe {
+                e.launch(
+                    name,
+                    &cfg,
+                    &[
+                        arg(&dyp),
+                        arg(&yp),
+                        arg(&op),
+                        arg(&pp),
+                        arg(&c32),
+                        arg(&hw32),
+                    ],
+                )
+            }
+            .unwrap();
+            assert!(
+                part[np..].iter().all(|v| v.is_nan()),
+                "{what}: past the end"
+            );
+            assert_eq!(common::bits(&part[..np]), common::bits(&part_ref), "{what}");
+            let want: Vec<u8> = match (name, elem) {
+                (_, 0) => vec![0xa5u8; len * 4],
+                ("relu_mask_sum_nchw", _) => g.iter().flat_map(|v| v.to_ne_bytes()).collect(),
+                (_, 4) => g_nhwc.iter().flat_map(|v| v.to_ne_bytes()).collect(),
+                _ => g_nhwc
+                    .iter()
+                    .flat_map(|&v| bf16_nearest(v).to_ne_bytes())
+                    .collect(),
+            };
+            // Bytes the gradient takes (none written without an output: all left as they were).
+            let nb = if elem == 0 { len * 4 } else { len * elem };
+            assert!(out[nb..].iter().all(|&b| b == 0xa5), "{what}: past the end");
+            assert!(out[..nb] == want[..], "{what}: the gradient");
+            // The bias gradient as the convolution takes it: channel_sum over (N, C, tiles).
+            let mut db = vec![f32::NAN; c + GUARD];
+            let (pp, dbp) = (part.as_ptr(), db.as_mut_ptr());
+            let (n64, c64, gx64) = (n as u64, c as u64, gx as u64);
+            let one_block_per_channel = LaunchConfig {
+                grid_dim: (c as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: part holds N*C*tiles floats, db C plus GUARD.
+            unsafe {
+                el.launch(
+                    "channel_sum",
+                    &one_block_per_channel,
+                    &[arg(&pp), arg(&dbp), arg(&n64), arg(&c64), arg(&gx64)],
+                )
+            }
+            .unwrap();
+            let db_ref: Vec<f64> = (0..c)
+                .map(|ch| {
+                    (0..n)
+                        .flat_map(|s| (0..hw).map(move |p| (s * c + ch) * hw + p))
+                        .map(|i| g[i] as f64)
+                        .sum()
+                })
+                .collect();
+            let err = common::rel_l2(&db[..c], &db_ref);
+            assert!(err < 1e-6, "{what}: bias gradient rel L2 {err:.2e}");
+        }
+    }
+}
+
 #[test]
 fn convert_kernels_match_the_references() {
     let Some(e) = emu(KernelFile::Convert) else {
@@ -378,6 +510,10 @@ fn convert_kernels_match_the_references() {
     layout_checks(&e, 2, 37, 7 * 7);
     layout_checks(&e, 3, 3, 5);
     layout_checks(&e, 2, 65, 6 * 5);
+    let el = emu(KernelFile::Elementwise).expect("the compiler that built convert.cu");
+    for (n, c, hw) in [(2, 37, 7 * 7), (3, 3, 5), (2, 65, 6 * 5), (1, 8, 64)] {
+        mask_checks(&e, &el, n, c, hw);
+    }
     common::assert_all_launched(&e);
 }
 

@@ -1,13 +1,17 @@
 //! NCHW <-> NHWC transposes (kernels `nchw_to_nhwc_*` / `nhwc_to_nchw_*` in
 //! `kernels/convert.cu`) for the NHWC convolution path of `ops::conv_cudnn`: the network keeps
 //! f32 NCHW activations; cuDNN's tensor-core kernels work in NHWC, in f32 or bf16. The NHWC side
-//! is f32 or bf16 ([`NhwcElem`]); the way back can add a bias and apply a ReLU.
+//! is f32 or bf16 ([`NhwcElem`]); the way back can add a bias and apply a ReLU. For the backward,
+//! [`mask_sums_nhwc`] / [`mask_sums_nchw`] build the output gradient (ReLU mask applied, in NHWC
+//! or left in NCHW) and the bias gradient's partial sums in one pass.
 
 use super::check_len;
 use crate::error::CudaError;
 use crate::gpu::Gpu;
 use crate::kernels::KernelFile;
-use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 
 /// An element type of the NHWC side: f32, or bf16 as its raw u16 bits.
 pub trait NhwcElem: DeviceRepr {
@@ -15,21 +19,34 @@ pub trait NhwcElem: DeviceRepr {
     const TO: &'static str;
     /// The kernel NHWC of this type -> NCHW f32.
     const FROM: &'static str;
+    /// The kernel of [`mask_sums_nhwc`] for this type.
+    const MASK: &'static str;
 }
 
 impl NhwcElem for f32 {
     const TO: &'static str = "nchw_to_nhwc_f32";
     const FROM: &'static str = "nhwc_to_nchw_f32";
+    const MASK: &'static str = "relu_mask_sum_nhwc_f32";
 }
 
 impl NhwcElem for u16 {
     const TO: &'static str = "nchw_to_nhwc_bf16";
     const FROM: &'static str = "nhwc_to_nchw_bf16";
+    const MASK: &'static str = "relu_mask_sum_nhwc_bf16";
+}
+
+/// The kernel of [`mask_sums_nchw`].
+pub const MASK_NCHW: &str = "relu_mask_sum_nchw";
+
+/// Elements of the partial sums of [`mask_sums_nhwc`] / [`mask_sums_nchw`] over (N, C, HW):
+/// (N, C, ceil(HW / 32)), one per 32-pixel tile and channel.
+pub fn partial_sums_len((n, c, hw): (usize, usize, usize)) -> usize {
+    n * c * hw.div_ceil(32)
 }
 
 /// The tiled launch over (N, C, HW): grid (ceil(HW/32), ceil(C/32), N), block (32, 8); `None`
-/// when there is nothing to do.
-fn tiles(
+/// when there is nothing to do. Public for the emulator tests, which launch as this does.
+pub fn tiles(
     op: &'static str,
     (n, c, hw): (usize, usize, usize),
 ) -> Result<Option<LaunchConfig>, CudaError> {
@@ -115,4 +132,86 @@ pub(crate) fn from_nhwc<T: NhwcElem>(
     unsafe { l.launch(cfg) }
         .map_err(CudaError::driver(T::FROM))
         .map(|_| ())
+}
+
+/// The launch of [`mask_sums_nhwc`] / [`mask_sums_nchw`]: kernel `op`, output gradient at `pout`
+/// (0: not written; NCHW only), ReLU output at `y` (none: no mask).
+#[allow(clippy::too_many_arguments)]
+fn mask_sums(
+    gpu: &Gpu,
+    op: &'static str,
+    dy: &CudaView<f32>,
+    y: Option<&CudaView<f32>>,
+    pout: u64,
+    part: &mut CudaViewMut<f32>,
+    dims: (usize, usize, usize),
+) -> Result<(), CudaError> {
+    let (n, c, hw) = dims;
+    check_len(op, "dy", dy.len(), n * c * hw)?;
+    if let Some(y) = y {
+        check_len(op, "y", y.len(), n * c * hw)?;
+    }
+    check_len(op, "partial sums", part.len(), partial_sums_len(dims))?;
+    let Some(cfg) = tiles(op, dims)? else {
+        return Ok(());
+    };
+    let (c32, hw32) = (c as u32, hw as u32);
+    let stream = &gpu.stream;
+    // The ReLU output as a raw device pointer, 0 (null) for none.
+    let (py, _guard) = match y {
+        Some(y) => {
+            let (p, g) = y.device_ptr(stream);
+            (p, Some(g))
+        }
+        None => (0u64, None),
+    };
+    let f = gpu.function(KernelFile::Convert, op)?;
+    let mut l = stream.launch_builder(&f);
+    l.arg(dy).arg(&py).arg(&pout).arg(part).arg(&c32).arg(&hw32);
+    // SAFETY: dy (and y when not null) hold n*c*hw elements, part the partial sums of `dims`
+    // (checked here) and the output (when not null) n*c*hw (checked by the callers); `tiles`
+    // bounds the grid and the per-sample index; the types match `(const float*, const float*,
+    // T*, float*, unsigned, unsigned)`, the nullable pointers passed as 64-bit device addresses.
+    unsafe { l.launch(cfg) }
+        .map_err(CudaError::driver(op))
+        .map(|_| ())
+}
+
+/// dy: (N, C, HW) f32, masked by the ReLU output y (N, C, HW) when given (g = dy * (y > 0)),
+/// -> out: (N, HW, C) of `T`, and part: the per-channel sums of g over each 32-pixel tile,
+/// (N, C, ceil(HW/32)) (the bias gradient is `channel_sum` over them).
+pub(crate) fn mask_sums_nhwc<T: NhwcElem>(
+    gpu: &Gpu,
+    dy: &CudaView<f32>,
+    y: Option<&CudaView<f32>>,
+    out: &mut CudaViewMut<T>,
+    part: &mut CudaViewMut<f32>,
+    dims: (usize, usize, usize),
+) -> Result<(), CudaError> {
+    let (n, c, hw) = dims;
+    check_len(T::MASK, "out", out.len(), n * c * hw)?;
+    let (pout, _guard) = out.device_ptr_mut(&gpu.stream);
+    mask_sums(gpu, T::MASK, dy, y, pout, part, dims)
+}
+
+/// As [`mask_sums_nhwc`], the masked gradient left in NCHW f32 (`out`; not written when `None`,
+/// for a convolution without a fused ReLU, whose gradient is dy itself).
+pub(crate) fn mask_sums_nchw(
+    gpu: &Gpu,
+    dy: &CudaView<f32>,
+    y: Option<&CudaView<f32>>,
+    out: Option<&mut CudaViewMut<f32>>,
+    part: &mut CudaViewMut<f32>,
+    dims: (usize, usize, usize),
+) -> Result<(), CudaError> {
+    let (n, c, hw) = dims;
+    let (pout, _guard) = match out {
+        Some(o) => {
+            check_len(MASK_NCHW, "out", o.len(), n * c * hw)?;
+            let (p, g) = o.device_ptr_mut(&gpu.stream);
+            (p, Some(g))
+        }
+        None => (0u64, None),
+    };
+    mask_sums(gpu, MASK_NCHW, dy, y, pout, part, dims)
 }

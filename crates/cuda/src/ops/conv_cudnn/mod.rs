@@ -27,8 +27,10 @@
 
 use super::check_len;
 use super::conv::{BackwardInputs, ConvShape};
-use super::elementwise::{bias_act, channel_sum, relu_mask_to};
-use super::layout::{from_nhwc, to_nhwc, NhwcElem};
+use super::elementwise::{bias_act, channel_sum};
+use super::layout::{
+    from_nhwc, mask_sums_nchw, mask_sums_nhwc, partial_sums_len, to_nhwc, NhwcElem,
+};
 use super::space_to_depth::{self, s2d_shape, S2dScratch};
 use crate::error::{no_panic, CudaError};
 use crate::gpu::{Gpu, Precision};
@@ -60,10 +62,12 @@ struct ConvScratch {
     direct: DirectScratch,
 }
 
-/// The masked output gradient (dy * ReLU mask, for a fused conv + ReLU) and the NHWC copies.
+/// The masked output gradient (dy * ReLU mask, for a fused conv + ReLU, in NCHW), the bias
+/// gradient's partial sums and the NHWC copies.
 #[derive(Default)]
 struct DirectScratch {
     masked: Option<CudaSlice<f32>>,
+    part: Option<CudaSlice<f32>>,
     nhwc: NhwcScratch,
 }
 
@@ -401,26 +405,43 @@ fn backward_direct(
     sc: &mut DirectScratch,
 ) -> Result<(), CudaError> {
     let ny = s.n * s.o * s.ho() * s.wo();
-    let hw = s.ho() * s.wo();
-    // The gradient at the conv output: dy, or dy * (y > 0) for a fused ReLU.
-    let g: CudaView<f32> = match y {
+    let dims = (s.n, s.o, s.ho() * s.wo());
+    let dy = dy.slice(0..ny);
+    let y = match y {
         Some(yv) => {
             check_len("conv2d backward", "y", yv.len(), ny)?;
-            let m = gpu.grow(&mut sc.masked, ny, "the masked conv gradient")?;
-            relu_mask_to(gpu, yv, &dy.slice(0..ny), &mut m.slice_mut(0..ny), ny)?;
-            m.slice(0..ny)
+            Some(yv.slice(0..ny))
         }
-        None => dy.slice(0..ny),
+        None => None,
     };
-    // db (O) = per-channel sums of g (N, O, HO*WO)
-    channel_sum(gpu, &g, db, (s.n, s.o, hw))?;
+    let np = partial_sums_len(dims);
+    let part = gpu.grow(&mut sc.part, np, "the conv bias partial sums")?;
+    let mut part = part.slice_mut(0..np);
+    let (o, tiles) = (s.o, (s.ho() * s.wo()).div_ceil(32));
     if gpu.conv_nhwc_for(prec) {
         let h = &mut sc.nhwc;
+        let io = (x, w, y.as_ref(), &dy);
         return match prec {
-            Precision::Bf16 => backward_nhwc::<u16>(gpu, prec, s, (x, w, &g), dx, dw, h),
-            _ => backward_nhwc::<f32>(gpu, prec, s, (x, w, &g), dx, dw, h),
+            Precision::Bf16 => backward_nhwc::<u16>(gpu, prec, s, io, dx, dw, db, &mut part, h),
+            _ => backward_nhwc::<f32>(gpu, prec, s, io, dx, dw, db, &mut part, h),
         };
     }
+    // The gradient at the conv output: dy, or dy * (y > 0) for a fused ReLU; and the partial
+    // sums of the bias gradient, in one pass.
+    let g: CudaView<f32> = match &y {
+        Some(yv) => {
+            let m = gpu.grow(&mut sc.masked, ny, "the masked conv gradient")?;
+            let mut mv = m.slice_mut(0..ny);
+            mask_sums_nchw(gpu, &dy, Some(yv), Some(&mut mv), &mut part, dims)?;
+            m.slice(0..ny)
+        }
+        None => {
+            mask_sums_nchw(gpu, &dy, None, None, &mut part, dims)?;
+            dy.slice(0..ny)
+        }
+    };
+    // db (O) = sums of the partial sums (N, O, tiles)
+    channel_sum(gpu, &part.as_view(), db, (s.n, o, tiles))?;
     let (px, pw, pg) = (addr(gpu, x), addr(gpu, w), addr(gpu, &g));
     let pdw = addr_mut(gpu, dw);
     run(gpu, prec, s, false, Call::BackwardFilter, (px, pg, pdw))?;
@@ -431,15 +452,18 @@ fn backward_direct(
     Ok(())
 }
 
-/// The weight and input gradients of [`backward_direct`] through NHWC copies of type `T`; `g`
-/// is the (masked) output gradient, (N,O,HO,WO).
+/// [`backward_direct`] through NHWC copies of type `T`: the masked output gradient goes
+/// straight into its NHWC copy, with the bias gradient's partial sums in `part`.
+#[allow(clippy::too_many_arguments)]
 fn backward_nhwc<T: NhwcElem>(
     gpu: &Gpu,
     prec: Precision,
     s: &ConvShape,
-    (x, w, g): (&CudaView<f32>, &CudaView<f32>, &CudaView<f32>),
+    (x, w, y, dy): BackwardInputs,
     dx: Option<&mut CudaViewMut<f32>>,
     dw: &mut CudaViewMut<f32>,
+    db: &mut CudaViewMut<f32>,
+    part: &mut CudaViewMut<f32>,
     sc: &mut NhwcScratch,
 ) -> Result<(), CudaError> {
     let (hw, cg, kk) = (s.ho() * s.wo(), s.c / s.groups, s.k * s.k);
@@ -447,8 +471,11 @@ fn backward_nhwc<T: NhwcElem>(
     let mut xh = scratch::<T>(gpu, &mut sc.x, nx, "NHWC input")?;
     let mut gh = scratch::<T>(gpu, &mut sc.y, ny, "NHWC output gradient")?;
     let mut dwh = scratch::<T>(gpu, &mut sc.dw, nw, "NHWC weight gradient")?;
-    // g: (N,O,HO,WO) -> (N,HO,WO,O); x: (N,C,H,W) -> (N,H,W,C)
-    to_nhwc(gpu, g, &mut gh, (s.n, s.o, hw))?;
+    // dy (* (y > 0)): (N,O,HO,WO) -> g: (N,HO,WO,O), + partial sums (N, O, tiles)
+    mask_sums_nhwc(gpu, dy, y, &mut gh, part, (s.n, s.o, hw))?;
+    // db (O) = sums of the partial sums
+    channel_sum(gpu, &part.as_view(), db, (s.n, s.o, hw.div_ceil(32)))?;
+    // x: (N,C,H,W) -> (N,H,W,C)
     to_nhwc(gpu, x, &mut xh, (s.n, s.c, s.h * s.w))?;
     let pg = addr_mut(gpu, &mut gh);
     let p = (addr_mut(gpu, &mut xh), pg, addr_mut(gpu, &mut dwh));

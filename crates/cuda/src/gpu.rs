@@ -151,8 +151,11 @@ impl ConvImpl {
     }
 
     /// The precision at which cuDNN runs a convolution at precision `p`, or `None` when it runs
-    /// as im2col + cuBLAS (or per shape, for [`ConvImpl::Timed`]: `ops::conv_route`). `s2d`: the convolution runs in space-to-depth form on cuDNN; `nhwc`:
-    /// cuDNN convolutions run in NHWC, where they take bf16 operands too.
+    /// as im2col + cuBLAS (or per shape, for [`ConvImpl::Timed`]: `ops::conv_route`). `s2d`:
+    /// the convolution runs in space-to-depth form on cuDNN; `nhwc`: cuDNN convolutions run in
+    /// NHWC, where they take bf16 operands too. bf16 runs on cuDNN in NHWC only: its bf16
+    /// kernels in NCHW (its heuristics' picks) measured 5-20x slower for conv3-5's backward on
+    /// an H200 (19 ms vs ~1 ms for conv3 at batch 128).
     pub fn cudnn_precision(self, p: Precision, s2d: bool, nhwc: bool) -> Option<Precision> {
         match (self, p) {
             (ConvImpl::Auto | ConvImpl::Cudnn, Precision::Bf16) if nhwc => Some(Precision::Bf16),
@@ -346,14 +349,17 @@ pub fn cublas_available() -> bool {
     .unwrap_or(false)
 }
 
-/// True when libcudnn can be loaded (never panics). f32 / TF32 convolutions then use cuDNN
-/// (see [`ConvImpl`]).
+/// True when libcudnn can be loaded (never panics; asked once per process: convolutions ask on
+/// every call). TF32 and bf16 convolutions then use cuDNN (see [`ConvImpl`]).
 pub fn cudnn_available() -> bool {
-    std::panic::catch_unwind(|| {
-        // SAFETY: `is_culib_present` only tries `dlopen` on candidate names.
-        unsafe { cudarc::cudnn::sys::is_culib_present() }
+    static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PRESENT.get_or_init(|| {
+        std::panic::catch_unwind(|| {
+            // SAFETY: `is_culib_present` only tries `dlopen` on candidate names.
+            unsafe { cudarc::cudnn::sys::is_culib_present() }
+        })
+        .unwrap_or(false)
     })
-    .unwrap_or(false)
 }
 
 /// [`AlgoSearch::Heuristic`] unless [`ALGO_ENV`] says otherwise.

@@ -3,8 +3,9 @@
 //! layout: on cuDNN ([`super::conv_cudnn`]; by default TF32 and bf16), by Winograd
 //! ([`super::winograd`]) for 3x3 and 5x5 stride-1 layers (and conv1 in space-to-depth form) with
 //! `--conv winograd`, on whichever was timed fastest with `--conv timed`; otherwise as im2col and
-//! cuBLAS GEMMs, processed in chunks of samples so the column buffer stays bounded. Forward fuses bias (+ReLU) into the CNHW -> NCHW
-//! epilogue; backward fuses the ReLU mask into the NCHW -> CNHW transpose.
+//! cuBLAS GEMMs, processed in chunks of samples so the column buffer stays bounded. Forward fuses
+//! bias (+ReLU) into the CNHW -> NCHW epilogue; backward fuses the ReLU mask into the NCHW ->
+//! CNHW transpose.
 
 use super::conv_route::{route, ConvCall, Route};
 use super::elementwise::{cnhw_to_nchw_bias_act, nchw_to_cnhw_mask, row_sum};

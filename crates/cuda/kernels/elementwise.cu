@@ -146,11 +146,3 @@ extern "C" __global__ void channel_sum(const float* g, float* db, u64 n, u64 c, 
     }
     if (threadIdx.x == 0) db[ch] = buf[0];
 }
-
-// out = g where y > 0 else 0 (the ReLU gradient into a separate buffer); y, g, out: (n).
-extern "C" __global__ void relu_mask_to(const float* y, const float* g, float* out, u64 n) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n;
-         i += (u64)gridDim.x * blockDim.x) {
-        out[i] = y[i] > 0.0f ? g[i] : 0.0f;
-    }
-}

@@ -184,19 +184,6 @@ fn relu_kernels(e: &Emu, cfg: Cfg) {
     // SAFETY: y and g hold n floats.
     unsafe { e.launch("relu_mask", &cfg(LEN), &[arg(&wp), arg(&gp), arg(&n)]) }.unwrap();
     assert_eq!(g, dx_ref, "relu_mask");
-
-    let mut out = vec![f32::NAN; LEN];
-    let (dyp, op) = (dy.as_ptr(), out.as_mut_ptr());
-    // SAFETY: y, g and out hold n floats.
-    unsafe {
-        e.launch(
-            "relu_mask_to",
-            &cfg(LEN),
-            &[arg(&wp), arg(&dyp), arg(&op), arg(&n)],
-        )
-    }
-    .unwrap();
-    assert_eq!(out, dx_ref, "relu_mask_to");
 }
 
 /// Dropout with drop probability `p` (f64, as the launch widens its f32 `p`): forward against

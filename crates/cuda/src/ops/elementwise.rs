@@ -347,28 +347,3 @@ pub fn channel_sum(
         .map_err(launch_err("channel_sum"))
         .map(|_| ())
 }
-
-/// out = g * (y > 0) (the ReLU gradient, written to a separate buffer); all (n).
-pub fn relu_mask_to(
-    gpu: &Gpu,
-    y: &CudaView<f32>,
-    g: &CudaView<f32>,
-    out: &mut CudaViewMut<f32>,
-    n: usize,
-) -> Result<(), CudaError> {
-    check_len("relu backward", "y", y.len(), n)?;
-    check_len("relu backward", "g", g.len(), n)?;
-    check_len("relu backward", "out", out.len(), n)?;
-    let Some(cfg) = grid_for(n as u64) else {
-        return Ok(());
-    };
-    let f = gpu.function(F, "relu_mask_to")?;
-    let n = n as u64;
-    let mut l = gpu.stream.launch_builder(&f);
-    l.arg(y).arg(g).arg(out).arg(&n);
-    // SAFETY: types match `relu_mask_to(const float*, const float*, float*, u64)`; all three
-    // hold n elements (checked).
-    unsafe { l.launch(cfg) }
-        .map_err(launch_err("relu_mask_to"))
-        .map(|_| ())
-}

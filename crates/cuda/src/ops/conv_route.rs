@@ -207,7 +207,7 @@ fn time_route(
 }
 
 /// The implementation of `call` for shape `s` at precision `prec`. Under
-/// [`ConvImpl::Timed`] the first call of a (shape, precision, call) times the [`candidates`]
+/// [`ConvImpl::Timed`] the first call of a (shape, precision, call) times the [`Fits::candidates`]
 /// with `run` (which must overwrite its outputs: the caller runs the pick once more after) and
 /// keeps the fastest; pinned or earlier picks are taken as they are (when still a candidate).
 pub fn route(

@@ -228,9 +228,9 @@ fn dropout_launch(
 }
 
 /// Blocks [`row_sum`] aims for (a few per SM of an H100 / H200).
-const ROW_SUM_BLOCKS: usize = 1024;
+pub const ROW_SUM_BLOCKS: usize = 1024;
 /// The shortest row segment one block of [`row_sum`] sums.
-const ROW_SUM_MIN_SEGMENT: usize = 1024;
+pub const ROW_SUM_MIN_SEGMENT: usize = 1024;
 
 /// Segments per row for [`row_sum`] over (rows, cols): the largest divisor s of `cols` with
 /// rows * s <= [`ROW_SUM_BLOCKS`] (rounded up to a whole segment per row) and segments of at

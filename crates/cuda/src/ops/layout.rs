@@ -2,7 +2,7 @@
 //! `kernels/convert.cu`) for the NHWC convolution path of `ops::conv_cudnn`: the network keeps
 //! f32 NCHW activations; cuDNN's tensor-core kernels work in NHWC, in f32 or bf16. The NHWC side
 //! is f32 or bf16 ([`NhwcElem`]); the way back can add a bias and apply a ReLU. For the backward,
-//! [`mask_sums_nhwc`] / [`mask_sums_nchw`] build the output gradient (ReLU mask applied, in NHWC
+//! `mask_sums_nhwc` / `mask_sums_nchw` build the output gradient (ReLU mask applied, in NHWC
 //! or left in NCHW) and the bias gradient's partial sums in one pass.
 
 use super::check_len;
@@ -19,7 +19,7 @@ pub trait NhwcElem: DeviceRepr {
     const TO: &'static str;
     /// The kernel NHWC of this type -> NCHW f32.
     const FROM: &'static str;
-    /// The kernel of [`mask_sums_nhwc`] for this type.
+    /// The kernel of `mask_sums_nhwc` for this type.
     const MASK: &'static str;
 }
 
@@ -35,10 +35,10 @@ impl NhwcElem for u16 {
     const MASK: &'static str = "relu_mask_sum_nhwc_bf16";
 }
 
-/// The kernel of [`mask_sums_nchw`].
+/// The kernel of `mask_sums_nchw`.
 pub const MASK_NCHW: &str = "relu_mask_sum_nchw";
 
-/// Elements of the partial sums of [`mask_sums_nhwc`] / [`mask_sums_nchw`] over (N, C, HW):
+/// Elements of the partial sums of `mask_sums_nhwc` / `mask_sums_nchw` over (N, C, HW):
 /// (N, C, ceil(HW / 32)), one per 32-pixel tile and channel.
 pub fn partial_sums_len((n, c, hw): (usize, usize, usize)) -> usize {
     n * c * hw.div_ceil(32)

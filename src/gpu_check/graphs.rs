@@ -14,7 +14,7 @@ use anyhow::{bail, Result};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Training steps of [`graph_identity`]; the one at [`PARTIAL_STEP`] has a partial batch.
+/// Training steps of [`graph_identity`]; the one at `PARTIAL_STEP` has a partial batch.
 pub const IDENTITY_STEPS: usize = 7;
 /// The step of [`graph_identity`] with `batch - batch / 4` samples (run without the graph).
 const PARTIAL_STEP: usize = 3;

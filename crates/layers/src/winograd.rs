@@ -1,5 +1,5 @@
 //! Winograd convolution F(m x m, r x r) for stride-1 convolutions with r = 3 (the paper's
-//! conv3-5) and r = 5 (conv2), with m = 2 or 4 outputs per tile side ([`tile_m`]): each m x m
+//! conv3-5) and r = 5 (conv2), with m = 2 or 4 outputs per tile side (`tile_m`): each m x m
 //! block of outputs costs a^2 = (m + r - 1)^2 products per (input, output) channel pair
 //! instead of m^2 r^2. On AlexNet's planes, whose tiles overhang the edges: F(2, 3) 1.9x fewer
 //! multiply-adds than the direct form on 13x13 (tiles cover 14x14), F(4, 3) 2.6x (16x16),
@@ -7,7 +7,7 @@
 //! Convolutional Neural Networks" (2016).
 //!
 //! With g an r x r filter, d an a x a input patch (tiles m apart) and the Toom-Cook matrices
-//! A^T (m, a), G (a, r) and B^T (a, a) of [`Transforms`], the forward is
+//! A^T (m, a), G (a, r) and B^T (a, a) of `Transforms`, the forward is
 //! `Y = A^T [sum_c (G g G^T) . (B^T d B)] A` (`.` elementwise): with `U = G g G^T` and
 //! `V = B^T d B`, one GEMM per element xi of the a x a grid, `M[xi] = V[xi] U[xi]^T` (tiles x
 //! channels). The backward is the exact transpose of that computation: `dM = A dY A^T`,
@@ -66,7 +66,7 @@ pub fn enabled() -> bool {
 
 static LARGE_TILES: AtomicBool = AtomicBool::new(true);
 
-/// Lets [`tile_m`] pick F(4x4, r x r) where it pays (the default), or keeps every layer on
+/// Lets `tile_m` pick F(4x4, r x r) where it pays (the default), or keeps every layer on
 /// F(2x2, r x r) (process-wide; `--cpu-conv winograd2`, for comparison).
 pub fn set_large_tiles(on: bool) {
     LARGE_TILES.store(on, Ordering::Relaxed);
@@ -113,7 +113,7 @@ struct Transforms<T> {
 }
 
 impl<T: Float> Transforms<T> {
-    /// F(m, r) for the m of [`tile_m`] (2 or 4) and r = 3 or 5 (a <= 8, which [`ToomCook`]
+    /// F(m, r) for the m of `tile_m` (2 or 4) and r = 3 or 5 (a <= 8, which [`ToomCook`]
     /// supports).
     fn new(m: usize, r: usize) -> Self {
         // Invariant: callers pass m in {2, 4} and r in {3, 5} (`applies`), so a <= 8.

@@ -3,7 +3,7 @@
 //!
 //! The release build targets baseline x86-64 (SSE2) so that one binary runs everywhere; the
 //! gemm crate picks its AVX-512 / AVX2 kernels at run time, but our own loops would stay at
-//! 4-wide SSE2. [`multiversion!`] compiles a loop nest three times, for x86-64-v4 (AVX-512), v3
+//! 4-wide SSE2. `multiversion!` compiles a loop nest three times, for x86-64-v4 (AVX-512), v3
 //! (AVX2 + FMA) and the baseline, and each call runs the widest copy the CPU supports. (A
 //! closure run inside a `#[target_feature]` function is not enough: LLVM does not inline a
 //! large closure there, so it would stay SSE2.)
@@ -28,7 +28,7 @@ pub enum Level {
 /// 0 = not probed yet, else `Level as u8 + 1`.
 static LEVEL: AtomicU8 = AtomicU8::new(0);
 
-/// The level [`multiversion!`] functions dispatch to on this CPU. `ALEXNET_SIMD=baseline`, `v3`
+/// The level `multiversion!` functions dispatch to on this CPU. `ALEXNET_SIMD=baseline`, `v3`
 /// or `v4` caps it (to compare levels); none means the widest the CPU has. Any other value is
 /// reported by [`check_env`] (the `alexnet` binary calls it at start) and otherwise ignored.
 pub fn level() -> Level {
@@ -105,7 +105,7 @@ fn detect() -> Level {
     Level::Baseline
 }
 
-/// Caps the level [`multiversion!`] functions dispatch to (for tests and comparisons); a level
+/// Caps the level `multiversion!` functions dispatch to (for tests and comparisons); a level
 /// above what the CPU has is lowered to what it has. Returns the level now in force.
 pub fn set_level(cap: Level) -> Level {
     let l = capped(detect(), cap);

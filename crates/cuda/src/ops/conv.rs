@@ -241,7 +241,9 @@ pub fn conv_forward(
 ) -> Result<(), CudaError> {
     check_io(s, x.len(), w.len(), b.len(), y.len())?;
     let mut run = |r: Route| match r {
-        Route::Cudnn(p) => super::conv_cudnn::forward(gpu, p, s, x, w, b, y, relu),
+        Route::Cudnn { prec: p, nhwc } => {
+            super::conv_cudnn::forward(gpu, (p, nhwc), s, x, w, b, y, relu)
+        }
         Route::Winograd => super::winograd::forward(gpu, prec, s, x, w, b, y, relu, ws),
         Route::Im2col => forward_im2col(gpu, prec, s, (x, w, b), y, relu, ws),
     };
@@ -348,7 +350,9 @@ pub fn conv_backward(
     let mut run = |r: Route| {
         let dx = dx.as_deref_mut();
         match r {
-            Route::Cudnn(p) => super::conv_cudnn::backward(gpu, p, s, x, w, y, dy, dx, dw, db),
+            Route::Cudnn { prec: p, nhwc } => {
+                super::conv_cudnn::backward(gpu, (p, nhwc), s, x, w, y, dy, dx, dw, db)
+            }
             Route::Winograd => super::winograd::backward(gpu, prec, s, x, w, y, dy, dx, dw, db, ws),
             Route::Im2col => backward_im2col(gpu, prec, s, (x, w, y, dy), dx, dw, db, ws),
         }

@@ -6,9 +6,10 @@
 //! conv1's) times every implementation that can run it on its first use, on the real operands,
 //! and keeps the fastest, as PyTorch's `cudnn.benchmark` does among cuDNN's algorithms, here
 //! among our three implementations too: a layer can run Winograd forward and cuDNN backward
-//! when that was measured faster. The candidates ([`Fits::candidates`]): cuDNN where it loads
-//! (at the precision [`ConvImpl::Cudnn`] would use it, or TF32 for bf16's space-to-depth conv1
-//! as [`ConvImpl::Auto`] does), Winograd where the shape has a Winograd form, im2col always.
+//! when that was measured faster. The candidates ([`Fits::candidates`]): cuDNN where it loads,
+//! in NCHW and in NHWC for f32 and TF32 (whatever the layout setting), in NHWC for bf16 (and
+//! TF32 in NCHW for bf16's space-to-depth conv1, as [`ConvImpl::Auto`] runs it with NCHW
+//! convolutions); Winograd where the shape has a Winograd form; im2col always.
 //!
 //! Every candidate computes the same convolution within its precision's documented bound (each
 //! has its own parity checks), but they round differently, and the timing can pick differently
@@ -19,14 +20,15 @@
 
 use super::conv::ConvShape;
 use crate::error::CudaError;
-use crate::gpu::{cudnn_available, ConvImpl, Gpu, Precision};
+use crate::gpu::{cudnn_available, ConvImpl, ConvLayout, Gpu, Precision};
 use std::time::Instant;
 
 /// One implementation of a convolution call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Route {
-    /// cuDNN at this precision (TF32 for bf16's space-to-depth convolutions in NCHW).
-    Cudnn(Precision),
+    /// cuDNN at this precision (TF32 for bf16's space-to-depth convolutions in NCHW), on the
+    /// network's NCHW buffers or on NHWC copies.
+    Cudnn { prec: Precision, nhwc: bool },
     /// Our Winograd transforms around batched cuBLAS GEMMs (`ops::winograd`).
     Winograd,
     /// Our im2col / col2im around cuBLAS GEMMs.
@@ -34,10 +36,12 @@ pub enum Route {
 }
 
 impl Route {
-    /// `cudnn`, `winograd` or `im2col` (the name a run's `conv_picks.json` keeps).
+    /// `cudnn` (NCHW), `cudnn-nhwc`, `winograd` or `im2col` (the name a run's
+    /// `conv_picks.json` keeps).
     pub fn name(self) -> &'static str {
         match self {
-            Route::Cudnn(_) => "cudnn",
+            Route::Cudnn { nhwc: false, .. } => "cudnn",
+            Route::Cudnn { nhwc: true, .. } => "cudnn-nhwc",
             Route::Winograd => "winograd",
             Route::Im2col => "im2col",
         }
@@ -95,20 +99,20 @@ pub struct Fits {
     /// The convolution runs in space-to-depth form on cuDNN (a strided one, with
     /// [`Gpu::space_to_depth`] on).
     pub s2d: bool,
-    /// cuDNN convolutions at this precision run in NHWC ([`Gpu::conv_nhwc_for`]).
-    pub nhwc: bool,
+    /// The layout setting of cuDNN convolutions ([`Gpu::conv_layout`]; fixed routes only).
+    pub layout: ConvLayout,
     /// The shape has a Winograd form (`ops::winograd::winograd_shape`).
     pub winograd: bool,
 }
 
 impl Fits {
     /// The flags of shape `s` at precision `prec` on `gpu`.
-    pub fn of(gpu: &Gpu, prec: Precision, s: &ConvShape) -> Fits {
+    pub fn of(gpu: &Gpu, s: &ConvShape) -> Fits {
         let s2d_on = gpu.space_to_depth();
         Fits {
             cudnn: cudnn_available(),
             s2d: s2d_on && super::space_to_depth::s2d_shape(s).is_some(),
-            nhwc: gpu.conv_nhwc_for(prec),
+            layout: gpu.conv_layout(),
             winograd: super::winograd::winograd_shape(s, s2d_on).is_some(),
         }
     }
@@ -116,8 +120,12 @@ impl Fits {
     /// The implementation under a fixed `ci` (not [`ConvImpl::Timed`], for which this is its
     /// fallback: im2col).
     pub fn fixed(self, ci: ConvImpl, prec: Precision) -> Route {
-        if let Some(p) = ci.cudnn_precision(prec, self.s2d, self.nhwc) {
-            return Route::Cudnn(p);
+        let nhwc_for = |p| self.layout.nhwc_for(p);
+        if let Some(p) = ci.cudnn_precision(prec, self.s2d, nhwc_for(prec)) {
+            return Route::Cudnn {
+                prec: p,
+                nhwc: nhwc_for(p),
+            };
         }
         if ci == ConvImpl::Winograd && self.winograd {
             return Route::Winograd;
@@ -126,15 +134,24 @@ impl Fits {
     }
 
     /// The implementations [`ConvImpl::Timed`] times, in the order they are tried (ties go to
-    /// the earlier one): cuDNN where libcudnn loads (at the precision [`ConvImpl::Cudnn`] runs
-    /// it, else [`ConvImpl::Auto`]'s), Winograd where the shape has a Winograd form, im2col.
+    /// the earlier one), whatever the layout setting: where libcudnn loads, cuDNN in NCHW and
+    /// in NHWC for f32 and TF32, in NHWC for bf16 (its NCHW kernels measured 5-20x slower) and
+    /// for bf16's space-to-depth conv1 also in TF32 on NCHW (as [`ConvImpl::Auto`] runs it with
+    /// NCHW convolutions); Winograd where the shape has a Winograd form; im2col.
     pub fn candidates(self, prec: Precision) -> Vec<Route> {
-        let (s2d, nhwc) = (self.s2d, self.nhwc);
-        let cudnn = ConvImpl::Cudnn
-            .cudnn_precision(prec, s2d, nhwc)
-            .or(ConvImpl::Auto.cudnn_precision(prec, s2d, nhwc))
-            .filter(|_| self.cudnn);
-        let mut out: Vec<Route> = cudnn.map(Route::Cudnn).into_iter().collect();
+        let mut out = Vec::new();
+        if self.cudnn {
+            let c = |prec, nhwc| Route::Cudnn { prec, nhwc };
+            match prec {
+                Precision::Bf16 => {
+                    out.push(c(Precision::Bf16, true));
+                    if self.s2d {
+                        out.push(c(Precision::Tf32, false));
+                    }
+                }
+                p => out.extend([c(p, false), c(p, true)]),
+            }
+        }
         if self.winograd {
             out.push(Route::Winograd);
         }
@@ -217,7 +234,7 @@ pub fn route(
     call: ConvCall,
     run: &mut dyn FnMut(Route) -> Result<(), CudaError>,
 ) -> Result<Route, CudaError> {
-    let (ci, fits) = (gpu.conv_impl(), Fits::of(gpu, prec, s));
+    let (ci, fits) = (gpu.conv_impl(), Fits::of(gpu, s));
     if ci != ConvImpl::Timed {
         return Ok(fits.fixed(ci, prec));
     }
@@ -247,7 +264,7 @@ pub struct ConvPick {
     pub precision: String,
     /// `forward`, `backward` or `backward-no-dx` ([`ConvCall::name`]).
     pub call: String,
-    /// `cudnn`, `winograd` or `im2col` ([`Route::name`]).
+    /// `cudnn`, `cudnn-nhwc`, `winograd` or `im2col` ([`Route::name`]).
     pub conv: String,
 }
 
@@ -255,13 +272,16 @@ impl ConvPick {
     /// The key and implementation name, checked.
     fn key(&self) -> Result<(PickKey, &'static str), CudaError> {
         let shape = ConvShape::from_array(self.shape)?;
-        let conv = ["cudnn", "winograd", "im2col"]
+        let conv = ["cudnn", "cudnn-nhwc", "winograd", "im2col"]
             .into_iter()
             .find(|c| *c == self.conv)
             .ok_or_else(|| {
                 CudaError::invalid(
                     "conv pick",
-                    format!("conv {:?}: expected cudnn, winograd or im2col", self.conv),
+                    format!(
+                        "conv {:?}: expected cudnn, cudnn-nhwc, winograd or im2col",
+                        self.conv
+                    ),
                 )
             })?;
         let call = ConvCall::parse(&self.call)?;
@@ -305,14 +325,14 @@ mod tests {
 
     #[test]
     fn fastest_takes_the_least_time_and_skips_failures() {
-        let c = [
-            Route::Cudnn(Precision::Tf32),
-            Route::Winograd,
-            Route::Im2col,
-        ];
+        let cudnn = Route::Cudnn {
+            prec: Precision::Tf32,
+            nhwc: false,
+        };
+        let c = [cudnn, Route::Winograd, Route::Im2col];
         let t = |r: Route| -> Result<f64, CudaError> {
             Ok(match r {
-                Route::Cudnn(_) => 3.0,
+                Route::Cudnn { .. } => 3.0,
                 Route::Winograd => 1.0,
                 Route::Im2col => 2.0,
             })
@@ -341,48 +361,69 @@ mod tests {
     fn fixed_routes_and_candidates() {
         use ConvImpl::*;
         use Precision::*;
-        let f = |cudnn, s2d, nhwc, winograd| Fits {
+        let f = |cudnn, s2d, layout, winograd| Fits {
             cudnn,
             s2d,
-            nhwc,
+            layout,
             winograd,
         };
-        // conv2-like (Winograd form, no space-to-depth), TF32 in NCHW, cuDNN loads.
-        let conv2 = f(true, false, false, true);
-        assert_eq!(conv2.fixed(Auto, Tf32), Route::Cudnn(Tf32));
+        let cd = |prec, nhwc| Route::Cudnn { prec, nhwc };
+        let (auto, nchw, nhwc) = (ConvLayout::Auto, ConvLayout::Nchw, ConvLayout::Nhwc);
+        // conv2-like (Winograd form, no space-to-depth), cuDNN loads, auto layout.
+        let conv2 = f(true, false, auto, true);
+        assert_eq!(conv2.fixed(Auto, Tf32), cd(Tf32, false));
+        assert_eq!(conv2.fixed(Auto, Bf16), cd(Bf16, true));
         assert_eq!(conv2.fixed(Auto, F32), Route::Im2col);
-        assert_eq!(conv2.fixed(Cudnn, F32), Route::Cudnn(F32));
+        assert_eq!(conv2.fixed(Cudnn, F32), cd(F32, false));
+        assert_eq!(f(true, false, nhwc, true).fixed(Cudnn, F32), cd(F32, true));
         assert_eq!(conv2.fixed(Winograd, F32), Route::Winograd);
         assert_eq!(conv2.fixed(Im2col, Tf32), Route::Im2col);
         assert_eq!(conv2.fixed(Timed, Tf32), Route::Im2col);
-        let all3 = vec![Route::Cudnn(F32), Route::Winograd, Route::Im2col];
-        assert_eq!(conv2.candidates(F32), all3);
+        // bf16 with NCHW convolutions: im2col, except conv1 in space-to-depth form on cuDNN
+        // in TF32, in NCHW.
+        assert_eq!(f(true, false, nchw, true).fixed(Auto, Bf16), Route::Im2col);
+        assert_eq!(f(true, true, nchw, true).fixed(Auto, Bf16), cd(Tf32, false));
+        // Timed tries both layouts for f32 and TF32, whatever the setting.
+        for lay in [auto, nchw, nhwc] {
+            assert_eq!(
+                f(true, false, lay, true).candidates(F32),
+                vec![
+                    cd(F32, false),
+                    cd(F32, true),
+                    Route::Winograd,
+                    Route::Im2col
+                ]
+            );
+        }
         // No Winograd form: Winograd falls back to im2col and is no candidate.
-        let fc_like = f(true, false, false, false);
+        let fc_like = f(true, false, auto, false);
         assert_eq!(fc_like.fixed(Winograd, F32), Route::Im2col);
         assert_eq!(
             fc_like.candidates(Tf32),
-            vec![Route::Cudnn(Tf32), Route::Im2col]
+            vec![cd(Tf32, false), cd(Tf32, true), Route::Im2col]
         );
         // No libcudnn: no cuDNN candidate.
-        let no_cudnn = f(false, false, false, true);
         assert_eq!(
-            no_cudnn.candidates(Tf32),
+            f(false, false, auto, true).candidates(Tf32),
             vec![Route::Winograd, Route::Im2col]
         );
-        // bf16: cuDNN in NHWC at bf16; in NCHW only the space-to-depth conv1, at TF32.
+        // bf16: cuDNN in NHWC, and for the space-to-depth conv1 also TF32 in NCHW.
         assert_eq!(
-            f(true, false, true, true).candidates(Bf16)[0],
-            Route::Cudnn(Bf16)
+            f(true, false, nchw, true).candidates(Bf16),
+            vec![cd(Bf16, true), Route::Winograd, Route::Im2col]
         );
         assert_eq!(
-            f(true, true, false, true).candidates(Bf16)[0],
-            Route::Cudnn(Tf32)
+            f(true, true, auto, true).candidates(Bf16),
+            vec![
+                cd(Bf16, true),
+                cd(Tf32, false),
+                Route::Winograd,
+                Route::Im2col
+            ]
         );
-        assert_eq!(
-            f(true, false, false, true).candidates(Bf16),
-            vec![Route::Winograd, Route::Im2col]
-        );
+        // Names: the layout is part of a cuDNN pick.
+        assert_eq!(cd(Tf32, false).name(), "cudnn");
+        assert_eq!(cd(Bf16, true).name(), "cudnn-nhwc");
     }
 
     #[test]
@@ -432,6 +473,8 @@ mod tests {
         ] {
             assert!(bad.key().is_err(), "{bad:?}");
         }
+        let nhwc = ConvPick::of(&key, "cudnn-nhwc");
+        assert_eq!(nhwc.key().unwrap().1, "cudnn-nhwc");
         for c in ConvCall::ALL {
             assert_eq!(ConvCall::parse(c.name()).unwrap(), c);
         }

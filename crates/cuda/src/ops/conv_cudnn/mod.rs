@@ -279,12 +279,13 @@ fn scratch<'a, T>(
 }
 
 /// y = conv(x, w) + b (then ReLU when `relu`). x: (N,C,H,W), w: (O,C/g,k,k), b: (O),
-/// y: (N,O,HO,WO). Lengths are checked by the caller (`ops::conv`). Strided convolutions run in
-/// space-to-depth form where [`s2d_for`] says so.
+/// y: (N,O,HO,WO), at `form` = (precision, through NHWC copies). Lengths are checked by the
+/// caller (`ops::conv`). Strided convolutions run in space-to-depth form where [`s2d_for`] says
+/// so.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
     gpu: &Gpu,
-    prec: Precision,
+    form: (Precision, bool),
     s: &ConvShape,
     x: &CudaView<f32>,
     w: &CudaView<f32>,
@@ -295,21 +296,22 @@ pub(crate) fn forward(
     with_scratch(gpu, |sc| {
         let nhwc = &mut sc.direct.nhwc;
         if s2d_for(gpu, s).is_none() {
-            return forward_direct(gpu, prec, s, (x, w, b), y, relu, nhwc);
+            return forward_direct(gpu, form, s, (x, w, b), y, relu, nhwc);
         }
         space_to_depth::forward_via(gpu, s, x, w, &mut sc.s2d, |t, xs, ws| {
-            forward_direct(gpu, prec, t, (xs, ws, b), y, relu, nhwc)
+            forward_direct(gpu, form, t, (xs, ws, b), y, relu, nhwc)
         })
     })
 }
 
 /// Gradients of a convolution (+ReLU when `y` is given: `y` is then the layer's ReLU output).
 /// dy: (N,O,HO,WO) -> dw (O,C/g,k,k) and db (O) overwritten; dx (N,C,H,W) overwritten if given.
-/// In space-to-depth form where [`s2d_for`] says so.
+/// At `form` = (precision, through NHWC copies); in space-to-depth form where [`s2d_for`] says
+/// so.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
     gpu: &Gpu,
-    prec: Precision,
+    form: (Precision, bool),
     s: &ConvShape,
     x: &CudaView<f32>,
     w: &CudaView<f32>,
@@ -322,7 +324,7 @@ pub(crate) fn backward(
     with_scratch(gpu, |sc| {
         let direct = &mut sc.direct;
         if s2d_for(gpu, s).is_none() {
-            return backward_direct(gpu, prec, s, (x, w, y, dy), dx, dw, db, direct);
+            return backward_direct(gpu, form, s, (x, w, y, dy), dx, dw, db, direct);
         }
         space_to_depth::backward_via(
             gpu,
@@ -332,7 +334,7 @@ pub(crate) fn backward(
             dw,
             &mut sc.s2d,
             |t, (xs, ws), dxs, dws| {
-                backward_direct(gpu, prec, t, (xs, ws, y, dy), dxs, dws, db, direct)
+                backward_direct(gpu, form, t, (xs, ws, y, dy), dxs, dws, db, direct)
             },
         )
     })
@@ -342,7 +344,7 @@ pub(crate) fn backward(
 /// through NHWC copies.
 fn forward_direct(
     gpu: &Gpu,
-    prec: Precision,
+    (prec, nhwc): (Precision, bool),
     s: &ConvShape,
     (x, w, b): (&CudaView<f32>, &CudaView<f32>, &CudaView<f32>),
     y: &mut CudaViewMut<f32>,
@@ -351,7 +353,7 @@ fn forward_direct(
 ) -> Result<(), CudaError> {
     let (hw, ny) = (s.ho() * s.wo(), s.n * s.o * s.ho() * s.wo());
     let mut yv = y.slice_mut(0..ny);
-    if gpu.conv_nhwc_for(prec) {
+    if nhwc {
         return match prec {
             Precision::Bf16 => forward_nhwc::<u16>(gpu, prec, s, (x, w, b), &mut yv, relu, sc),
             _ => forward_nhwc::<f32>(gpu, prec, s, (x, w, b), &mut yv, relu, sc),
@@ -396,7 +398,7 @@ fn forward_nhwc<T: NhwcElem>(
 #[allow(clippy::too_many_arguments)]
 fn backward_direct(
     gpu: &Gpu,
-    prec: Precision,
+    (prec, nhwc): (Precision, bool),
     s: &ConvShape,
     (x, w, y, dy): BackwardInputs,
     dx: Option<&mut CudaViewMut<f32>>,
@@ -418,7 +420,7 @@ fn backward_direct(
     let part = gpu.grow(&mut sc.part, np, "the conv bias partial sums")?;
     let mut part = part.slice_mut(0..np);
     let (o, tiles) = (s.o, (s.ho() * s.wo()).div_ceil(32));
-    if gpu.conv_nhwc_for(prec) {
+    if nhwc {
         let h = &mut sc.nhwc;
         let io = (x, w, y.as_ref(), &dy);
         return match prec {

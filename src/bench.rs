@@ -26,24 +26,28 @@ pub struct BenchResult {
     pub conv_picks: Option<Vec<ConvPick>>,
 }
 
-/// `picks` for people: one line per convolution (shape, precision) with each call's pick.
+/// `picks` for people: one line per convolution call, its pick and, where timed, each
+/// candidate's milliseconds.
 pub fn pick_lines(picks: &[ConvPick]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < picks.len() {
-        let (shape, prec) = (picks[i].shape, &picks[i].precision);
-        let mut calls = Vec::new();
-        while i < picks.len() && picks[i].shape == shape && &picks[i].precision == prec {
-            calls.push(format!("{} {}", picks[i].call, picks[i].conv));
-            i += 1;
-        }
-        let [n, c, h, w, o, k, stride, ..] = shape;
-        out.push(format!(
-            "{prec} n{n} {c}x{h}x{w} -> {o}, {k}x{k}/{stride}: {}",
-            calls.join(", ")
-        ));
-    }
-    out
+    picks
+        .iter()
+        .map(|p| {
+            let [n, c, h, w, o, k, stride, ..] = p.shape;
+            let times: Vec<String> = p
+                .times_ms
+                .iter()
+                .map(|(name, t)| format!("{name} {t:.3}"))
+                .collect();
+            let times = match times.is_empty() {
+                true => String::new(),
+                false => format!(" ({} ms)", times.join(", ")),
+            };
+            format!(
+                "{} n{n} {c}x{h}x{w} -> {o}, {k}x{k}/{stride} {}: {}{times}",
+                p.precision, p.call, p.conv
+            )
+        })
+        .collect()
 }
 
 /// The median of `v` (the upper one for an even length); `v` is not empty.
@@ -143,23 +147,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn timed_picks_print_one_line_per_convolution() {
-        let pick = |c: usize, call: &str, conv: &str| ConvPick {
+    fn timed_picks_print_one_line_per_call() {
+        let pick = |c: usize, call: &str, conv: &str, times_ms: Vec<(String, f64)>| ConvPick {
             shape: [128, c, 13, 13, 384, 3, 1, 1, 1],
             precision: "tf32".into(),
             call: call.into(),
             conv: conv.into(),
+            times_ms,
         };
+        let times = vec![("cudnn".into(), 0.2104), ("winograd".into(), 0.1789)];
         let lines = pick_lines(&[
-            pick(256, "backward", "cudnn"),
-            pick(256, "forward", "winograd"),
-            pick(384, "forward", "im2col"),
+            pick(256, "forward", "winograd", times),
+            pick(384, "backward", "cudnn", Vec::new()),
         ]);
         assert_eq!(
             lines,
             [
-                "tf32 n128 256x13x13 -> 384, 3x3/1: backward cudnn, forward winograd",
-                "tf32 n128 384x13x13 -> 384, 3x3/1: forward im2col",
+                "tf32 n128 256x13x13 -> 384, 3x3/1 forward: winograd (cudnn 0.210, winograd 0.179 ms)",
+                "tf32 n128 384x13x13 -> 384, 3x3/1 backward: cudnn",
             ]
         );
         assert!(pick_lines(&[]).is_empty());

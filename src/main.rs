@@ -233,7 +233,7 @@ fn run_bench(a: &BenchArgs) -> Result<()> {
             }
         }
         if let Some(picks) = &r.conv_picks {
-            println!("convolutions timed fastest (n CxHxW -> O, KxK/stride: call pick):");
+            println!("convolutions timed fastest (n CxHxW -> O, KxK/stride call: pick (each ms)):");
             for line in bench::pick_lines(picks) {
                 println!("  {line}");
             }

@@ -472,7 +472,7 @@ pub struct Gpu {
     grow_refused: AtomicBool,
     /// [`ConvImpl::Timed`]'s picks so far (timed or pinned): the implementation's name per
     /// (shape, precision, call). Cleared when a convolution setting changes.
-    conv_picks: Mutex<HashMap<crate::ops::conv_route::PickKey, &'static str>>,
+    conv_picks: Mutex<HashMap<crate::ops::conv_route::PickKey, crate::ops::conv_route::Picked>>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -632,27 +632,37 @@ impl Gpu {
 
     fn lock_conv_picks(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<crate::ops::conv_route::PickKey, &'static str>> {
+    ) -> std::sync::MutexGuard<
+        '_,
+        HashMap<crate::ops::conv_route::PickKey, crate::ops::conv_route::Picked>,
+    > {
         self.conv_picks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// [`ConvImpl::Timed`]'s pick for `key` (an implementation name), if made or pinned.
     pub(crate) fn conv_pick(&self, key: &crate::ops::conv_route::PickKey) -> Option<&'static str> {
-        self.lock_conv_picks().get(key).copied()
+        self.lock_conv_picks().get(key).map(|p| p.conv)
     }
 
     /// Records [`ConvImpl::Timed`]'s pick for `key`.
-    pub(crate) fn set_conv_pick(&self, key: crate::ops::conv_route::PickKey, conv: &'static str) {
-        self.lock_conv_picks().insert(key, conv);
+    pub(crate) fn set_conv_pick(
+        &self,
+        key: crate::ops::conv_route::PickKey,
+        pick: crate::ops::conv_route::Picked,
+    ) {
+        self.lock_conv_picks().insert(key, pick);
     }
 
     /// Every pick of [`ConvImpl::Timed`] so far.
     pub(crate) fn conv_picks_snapshot(
         &self,
-    ) -> Vec<(crate::ops::conv_route::PickKey, &'static str)> {
+    ) -> Vec<(
+        crate::ops::conv_route::PickKey,
+        crate::ops::conv_route::Picked,
+    )> {
         self.lock_conv_picks()
             .iter()
-            .map(|(k, v)| (*k, *v))
+            .map(|(k, v)| (*k, v.clone()))
             .collect()
     }
 

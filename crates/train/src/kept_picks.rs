@@ -153,6 +153,7 @@ mod tests {
             precision: "tf32".into(),
             call: call.into(),
             conv: conv.into(),
+            times_ms: vec![(conv.into(), 0.5)],
         };
         record(
             &p,

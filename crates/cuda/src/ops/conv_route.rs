@@ -91,6 +91,28 @@ impl ConvCall {
 /// What the cached picks of a device are keyed by.
 pub(crate) type PickKey = (ConvShape, Precision, ConvCall);
 
+/// A pick on a device: the implementation's name ([`Route::name`]) and the candidates' timed
+/// milliseconds (left out where a candidate failed; as the run folder kept them for a pinned
+/// pick).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Picked {
+    pub conv: &'static str,
+    pub times_ms: Vec<(&'static str, f64)>,
+}
+
+/// The names a pick may have, as [`Route::name`] gives them.
+const ROUTE_NAMES: [&str; 4] = ["cudnn", "cudnn-nhwc", "winograd", "im2col"];
+
+/// `name` as one of [`ROUTE_NAMES`], or an error naming them.
+fn route_name(name: &str) -> Result<&'static str, CudaError> {
+    ROUTE_NAMES.into_iter().find(|c| *c == name).ok_or_else(|| {
+        CudaError::invalid(
+            "conv pick",
+            format!("conv {name:?}: expected cudnn, cudnn-nhwc, winograd or im2col"),
+        )
+    })
+}
+
 /// What decides the implementations open to one convolution on a device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fits {
@@ -250,13 +272,22 @@ pub fn route(
         // capture makes every pick of its shapes, so this only follows a setting change.
         return Err(gpu.refuse_in_capture(&format!("timing conv {s:?} {}", call.name())));
     }
-    let (pick, _) = fastest(&cands, |r| time_route(gpu, r, run))?;
-    gpu.set_conv_pick(key, pick.name());
+    let (pick, times) = fastest(&cands, |r| time_route(gpu, r, run))?;
+    let times_ms = cands
+        .iter()
+        .zip(times)
+        .filter_map(|(r, t)| t.map(|t| (r.name(), t * 1e3)))
+        .collect();
+    let picked = Picked {
+        conv: pick.name(),
+        times_ms,
+    };
+    gpu.set_conv_pick(key, picked);
     Ok(pick)
 }
 
 /// One timed pick as a run folder keeps it (`conv_picks.json`, see the module docs).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ConvPick {
     /// The convolution: n, c, h, w, o, k, stride, pad, groups.
     pub shape: [usize; 9],
@@ -266,34 +297,40 @@ pub struct ConvPick {
     pub call: String,
     /// `cudnn`, `cudnn-nhwc`, `winograd` or `im2col` ([`Route::name`]).
     pub conv: String,
+    /// Each candidate's timed milliseconds (median of the timed runs), for people; none for a
+    /// candidate that failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub times_ms: Vec<(String, f64)>,
 }
 
 impl ConvPick {
-    /// The key and implementation name, checked.
-    fn key(&self) -> Result<(PickKey, &'static str), CudaError> {
+    /// The key and the pick as a device keeps them, checked.
+    fn key(&self) -> Result<(PickKey, Picked), CudaError> {
         let shape = ConvShape::from_array(self.shape)?;
-        let conv = ["cudnn", "cudnn-nhwc", "winograd", "im2col"]
-            .into_iter()
-            .find(|c| *c == self.conv)
-            .ok_or_else(|| {
-                CudaError::invalid(
-                    "conv pick",
-                    format!(
-                        "conv {:?}: expected cudnn, cudnn-nhwc, winograd or im2col",
-                        self.conv
-                    ),
-                )
-            })?;
         let call = ConvCall::parse(&self.call)?;
-        Ok(((shape, Precision::parse(&self.precision)?, call), conv))
+        let times_ms = self
+            .times_ms
+            .iter()
+            .map(|(n, t)| Ok((route_name(n)?, *t)))
+            .collect::<Result<_, CudaError>>()?;
+        let picked = Picked {
+            conv: route_name(&self.conv)?,
+            times_ms,
+        };
+        Ok(((shape, Precision::parse(&self.precision)?, call), picked))
     }
 
-    fn of((s, p, call): &PickKey, conv: &str) -> ConvPick {
+    fn of((s, p, call): &PickKey, picked: &Picked) -> ConvPick {
         ConvPick {
             shape: s.to_array(),
             precision: p.name().into(),
             call: call.name().into(),
-            conv: conv.into(),
+            conv: picked.conv.into(),
+            times_ms: picked
+                .times_ms
+                .iter()
+                .map(|(n, t)| (n.to_string(), *t))
+                .collect(),
         }
     }
 }
@@ -305,7 +342,7 @@ pub fn conv_picks(gpu: &Gpu) -> Vec<ConvPick> {
         .iter()
         .map(|(k, c)| ConvPick::of(k, c))
         .collect();
-    out.sort();
+    out.sort_by(|a, b| (a.shape, &a.precision, &a.call).cmp(&(b.shape, &b.precision, &b.call)));
     out
 }
 
@@ -313,8 +350,8 @@ pub fn conv_picks(gpu: &Gpu) -> Vec<ConvPick> {
 /// shape under the device's settings is timed again); an invalid pick is an error.
 pub fn pin_conv_picks(gpu: &Gpu, picks: &[ConvPick]) -> Result<(), CudaError> {
     for p in picks {
-        let (key, conv) = p.key()?;
-        gpu.set_conv_pick(key, conv);
+        let (key, picked) = p.key()?;
+        gpu.set_conv_pick(key, picked);
     }
     Ok(())
 }
@@ -447,15 +484,32 @@ mod tests {
             groups: 2,
         };
         let key = (s, Precision::Bf16, ConvCall::BackwardNoDx);
-        let p = ConvPick::of(&key, "winograd");
+        let picked = Picked {
+            conv: "winograd",
+            times_ms: vec![("cudnn-nhwc", 0.61), ("winograd", 0.42), ("im2col", 1.3)],
+        };
+        let p = ConvPick::of(&key, &picked);
         assert_eq!(p.call, "backward-no-dx");
         assert_eq!(p.precision, "bf16");
-        assert_eq!(p.key().unwrap(), (key, "winograd"));
+        assert_eq!(p.times_ms[1], ("winograd".to_string(), 0.42));
+        assert_eq!(p.key().unwrap(), (key, picked.clone()));
         let text = serde_json::to_string(&p).unwrap();
         assert_eq!(serde_json::from_str::<ConvPick>(&text).unwrap(), p);
+        // A pick without times (none kept) reads back, and writes no times field.
+        let bare = ConvPick {
+            times_ms: Vec::new(),
+            ..p.clone()
+        };
+        let text = serde_json::to_string(&bare).unwrap();
+        assert!(!text.contains("times_ms"), "{text}");
+        assert_eq!(serde_json::from_str::<ConvPick>(&text).unwrap(), bare);
         for bad in [
             ConvPick {
                 conv: "fft".into(),
+                ..p.clone()
+            },
+            ConvPick {
+                times_ms: vec![("fft".into(), 1.0)],
                 ..p.clone()
             },
             ConvPick {
@@ -473,8 +527,11 @@ mod tests {
         ] {
             assert!(bad.key().is_err(), "{bad:?}");
         }
-        let nhwc = ConvPick::of(&key, "cudnn-nhwc");
-        assert_eq!(nhwc.key().unwrap().1, "cudnn-nhwc");
+        let nhwc = ConvPick {
+            conv: "cudnn-nhwc".into(),
+            ..p.clone()
+        };
+        assert_eq!(nhwc.key().unwrap().1.conv, "cudnn-nhwc");
         for c in ConvCall::ALL {
             assert_eq!(ConvCall::parse(c.name()).unwrap(), c);
         }

@@ -644,13 +644,15 @@ impl Gpu {
         self.lock_conv_picks().get(key).map(|p| p.conv)
     }
 
-    /// Records [`ConvImpl::Timed`]'s pick for `key`.
+    /// Records [`ConvImpl::Timed`]'s pick for `key` (a new generation: a graph captured before
+    /// may have run another implementation).
     pub(crate) fn set_conv_pick(
         &self,
         key: crate::ops::conv_route::PickKey,
         pick: crate::ops::conv_route::Picked,
     ) {
         self.lock_conv_picks().insert(key, pick);
+        self.bump_generation();
     }
 
     /// Every pick of [`ConvImpl::Timed`] so far.

@@ -384,6 +384,7 @@ fn mask_checks(e: &Emu, el: &Emu, n: usize, c: usize, hw: usize) {
     let gx = hw.div_ceil(32);
     let np = layout::partial_sums_len((n, c, hw));
     assert_eq!(np, n * c * gx);
+    assert_eq!(layout::partial_sums_dims((n, c, hw)), (n, c, gx));
     let (c32, hw32) = (c as u32, hw as u32);
     for with_y in [true, false] {
         let g: Vec<f32> = (0..len)

@@ -38,10 +38,17 @@ impl NhwcElem for u16 {
 /// The kernel of `mask_sums_nchw`.
 pub const MASK_NCHW: &str = "relu_mask_sum_nchw";
 
-/// Elements of the partial sums of `mask_sums_nhwc` / `mask_sums_nchw` over (N, C, HW):
-/// (N, C, ceil(HW / 32)), one per 32-pixel tile and channel.
-pub fn partial_sums_len((n, c, hw): (usize, usize, usize)) -> usize {
-    n * c * hw.div_ceil(32)
+/// The shape of the partial sums of `mask_sums_nhwc` / `mask_sums_nchw` over (N, C, HW):
+/// (N, C, ceil(HW / 32)), one per 32-pixel tile and channel; the bias gradient is
+/// `channel_sum` over this shape.
+pub fn partial_sums_dims((n, c, hw): (usize, usize, usize)) -> (usize, usize, usize) {
+    (n, c, hw.div_ceil(32))
+}
+
+/// Elements of the partial sums over (N, C, HW) ([`partial_sums_dims`]).
+pub fn partial_sums_len(dims: (usize, usize, usize)) -> usize {
+    let (n, c, tiles) = partial_sums_dims(dims);
+    n * c * tiles
 }
 
 /// The tiled launch over (N, C, HW): grid (ceil(HW/32), ceil(C/32), N), block (32, 8); `None`

@@ -29,7 +29,8 @@ use super::check_len;
 use super::conv::{BackwardInputs, ConvShape};
 use super::elementwise::{bias_act, channel_sum};
 use super::layout::{
-    from_nhwc, mask_sums_nchw, mask_sums_nhwc, partial_sums_len, to_nhwc, NhwcElem,
+    from_nhwc, mask_sums_nchw, mask_sums_nhwc, partial_sums_dims, partial_sums_len, to_nhwc,
+    NhwcElem,
 };
 use super::space_to_depth::{self, s2d_shape, S2dScratch};
 use crate::error::{no_panic, CudaError};
@@ -419,7 +420,6 @@ fn backward_direct(
     let np = partial_sums_len(dims);
     let part = gpu.grow(&mut sc.part, np, "the conv bias partial sums")?;
     let mut part = part.slice_mut(0..np);
-    let (o, tiles) = (s.o, (s.ho() * s.wo()).div_ceil(32));
     if nhwc {
         let h = &mut sc.nhwc;
         let io = (x, w, y.as_ref(), &dy);
@@ -443,7 +443,7 @@ fn backward_direct(
         }
     };
     // db (O) = sums of the partial sums (N, O, tiles)
-    channel_sum(gpu, &part.as_view(), db, (s.n, o, tiles))?;
+    channel_sum(gpu, &part.as_view(), db, partial_sums_dims(dims))?;
     let (px, pw, pg) = (addr(gpu, x), addr(gpu, w), addr(gpu, &g));
     let pdw = addr_mut(gpu, dw);
     run(gpu, prec, s, false, Call::BackwardFilter, (px, pg, pdw))?;
@@ -476,7 +476,7 @@ fn backward_nhwc<T: NhwcElem>(
     // dy (* (y > 0)): (N,O,HO,WO) -> g: (N,HO,WO,O), + partial sums (N, O, tiles)
     mask_sums_nhwc(gpu, dy, y, &mut gh, part, (s.n, s.o, hw))?;
     // db (O) = sums of the partial sums
-    channel_sum(gpu, &part.as_view(), db, (s.n, s.o, hw.div_ceil(32)))?;
+    channel_sum(gpu, &part.as_view(), db, partial_sums_dims((s.n, s.o, hw)))?;
     // x: (N,C,H,W) -> (N,H,W,C)
     to_nhwc(gpu, x, &mut xh, (s.n, s.c, s.h * s.w))?;
     let pg = addr_mut(gpu, &mut gh);

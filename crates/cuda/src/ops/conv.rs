@@ -100,6 +100,13 @@ impl ConvShape {
     }
 }
 
+/// The inputs of a forward pass: x, w, b.
+pub(crate) type ForwardInputs<'a, 'b> = (
+    &'a CudaView<'b, f32>,
+    &'a CudaView<'b, f32>,
+    &'a CudaView<'b, f32>,
+);
+
 /// The inputs of a backward pass: x, w, the ReLU output y of a fused conv + ReLU, dy.
 pub(crate) type BackwardInputs<'a, 'b> = (
     &'a CudaView<'b, f32>,
@@ -242,9 +249,9 @@ pub fn conv_forward(
     check_io(s, x.len(), w.len(), b.len(), y.len())?;
     let mut run = |r: Route| match r {
         Route::Cudnn { prec: p, nhwc } => {
-            super::conv_cudnn::forward(gpu, (p, nhwc), s, x, w, b, y, relu)
+            super::conv_cudnn::forward(gpu, (p, nhwc), s, (x, w, b), y, relu)
         }
-        Route::Winograd => super::winograd::forward(gpu, prec, s, x, w, b, y, relu, ws),
+        Route::Winograd => super::winograd::forward(gpu, prec, s, (x, w, b), y, relu, ws),
         Route::Im2col => forward_im2col(gpu, prec, s, (x, w, b), y, relu, ws),
     };
     let r = route(gpu, prec, s, ConvCall::Forward, &mut run)?;
@@ -256,7 +263,7 @@ fn forward_im2col(
     gpu: &Gpu,
     prec: Precision,
     s: &ConvShape,
-    (x, w, b): (&CudaView<f32>, &CudaView<f32>, &CudaView<f32>),
+    (x, w, b): ForwardInputs,
     y: &mut CudaViewMut<f32>,
     relu: bool,
     ws: &mut ConvWorkspace,
@@ -351,9 +358,11 @@ pub fn conv_backward(
         let dx = dx.as_deref_mut();
         match r {
             Route::Cudnn { prec: p, nhwc } => {
-                super::conv_cudnn::backward(gpu, (p, nhwc), s, x, w, y, dy, dx, dw, db)
+                super::conv_cudnn::backward(gpu, (p, nhwc), s, (x, w, y, dy), dx, dw, db)
             }
-            Route::Winograd => super::winograd::backward(gpu, prec, s, x, w, y, dy, dx, dw, db, ws),
+            Route::Winograd => {
+                super::winograd::backward(gpu, prec, s, (x, w, y, dy), dx, dw, db, ws)
+            }
             Route::Im2col => backward_im2col(gpu, prec, s, (x, w, y, dy), dx, dw, db, ws),
         }
     };

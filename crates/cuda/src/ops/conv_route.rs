@@ -133,7 +133,7 @@ impl Fits {
         let s2d_on = gpu.space_to_depth();
         Fits {
             cudnn: cudnn_available(),
-            s2d: s2d_on && super::space_to_depth::s2d_shape(s).is_some(),
+            s2d: super::space_to_depth::s2d_for(gpu, s).is_some(),
             layout: gpu.conv_layout(),
             winograd: super::winograd::winograd_shape(s, s2d_on).is_some(),
         }

@@ -1,5 +1,5 @@
 //! Space-to-depth form of strided convolutions, for the cuDNN and Winograd paths
-//! (`ops::conv_cudnn`, `ops::winograd`: `forward_via`, `backward_via`).
+//! (`ops::conv_cudnn`, `ops::winograd`: `forward_in_form`, `backward_in_form`).
 //!
 //! A convolution of stride S, kernel K and padding P equals a stride-1, unpadded convolution
 //! with kernel KS = ceil(K / S) over the input regrouped into S x S blocks:
@@ -160,10 +160,56 @@ pub struct S2dScratch {
     dw: Option<CudaSlice<f32>>,
 }
 
+/// The space-to-depth form of `s` where `gpu` runs strided convolutions that way
+/// ([`Gpu::space_to_depth`] and an [`s2d_shape`]); `None`: `s` runs as it is.
+pub(crate) fn s2d_for(gpu: &Gpu, s: &ConvShape) -> Option<ConvShape> {
+    gpu.space_to_depth().then(|| s2d_shape(s)).flatten()
+}
+
+/// The forward of convolution `s` by `conv(shape, x, w)`: on `s` itself, or where [`s2d_for`]
+/// gives a space-to-depth form, on that form through [`forward_via`]. The implementations that
+/// run strided convolutions this way (cuDNN, Winograd) all dispatch here.
+pub(crate) fn forward_in_form<R>(
+    gpu: &Gpu,
+    s: &ConvShape,
+    x: &CudaView<f32>,
+    w: &CudaView<f32>,
+    sc: &mut S2dScratch,
+    conv: impl FnOnce(&ConvShape, &CudaView<f32>, &CudaView<f32>) -> Result<R, CudaError>,
+) -> Result<R, CudaError> {
+    match s2d_for(gpu, s) {
+        None => conv(s, x, w),
+        Some(_) => forward_via(gpu, s, x, w, sc, conv),
+    }
+}
+
+/// The gradients of convolution `s` by `conv(shape, (x, w), dx, dw)`: on `s` itself, or on its
+/// space-to-depth form through [`backward_via`] where [`s2d_for`] gives one.
+#[allow(clippy::type_complexity)]
+pub(crate) fn backward_in_form(
+    gpu: &Gpu,
+    s: &ConvShape,
+    (x, w): (&CudaView<f32>, &CudaView<f32>),
+    dx: Option<&mut CudaViewMut<f32>>,
+    dw: &mut CudaViewMut<f32>,
+    sc: &mut S2dScratch,
+    conv: impl FnOnce(
+        &ConvShape,
+        (&CudaView<f32>, &CudaView<f32>),
+        Option<&mut CudaViewMut<f32>>,
+        &mut CudaViewMut<f32>,
+    ) -> Result<(), CudaError>,
+) -> Result<(), CudaError> {
+    match s2d_for(gpu, s) {
+        None => conv(s, (x, w), dx, dw),
+        Some(_) => backward_via(gpu, s, (x, w), dx, dw, sc, conv),
+    }
+}
+
 /// The forward of the strided convolution `s` in its space-to-depth form t ([`s2d_shape`]):
 /// x and w are regrouped into `sc`, then `conv(t, xs, ws)` runs the stride-1 convolution
 /// (which writes y: the output is the same in both forms).
-pub(crate) fn forward_via<R>(
+fn forward_via<R>(
     gpu: &Gpu,
     s: &ConvShape,
     x: &CudaView<f32>,
@@ -185,7 +231,7 @@ pub(crate) fn forward_via<R>(
 /// `conv(t, xs, ws, dxs, dws)` computes the stride-1 gradients (dxs only when `dx` is wanted),
 /// and they are regrouped back into dx and dw (both overwritten).
 #[allow(clippy::type_complexity)]
-pub(crate) fn backward_via(
+fn backward_via(
     gpu: &Gpu,
     s: &ConvShape,
     (x, w): (&CudaView<f32>, &CudaView<f32>),

@@ -26,13 +26,13 @@
 //! behind one mutex on the [`Gpu`], held for each cuDNN call.
 
 use super::check_len;
-use super::conv::{BackwardInputs, ConvShape};
+use super::conv::{BackwardInputs, ConvShape, ForwardInputs};
 use super::elementwise::{bias_act, channel_sum};
 use super::layout::{
     from_nhwc, mask_sums_nchw, mask_sums_nhwc, partial_sums_dims, partial_sums_len, to_nhwc,
     NhwcElem,
 };
-use super::space_to_depth::{self, s2d_shape, S2dScratch};
+use super::space_to_depth::{self, s2d_for, S2dScratch};
 use crate::error::{no_panic, CudaError};
 use crate::gpu::{Gpu, Precision};
 use cudarc::cudnn::{result, sys};
@@ -136,11 +136,6 @@ fn vp(p: u64) -> *const c_void {
 /// A mutable device pointer as cuDNN takes it.
 fn vpm(p: u64) -> *mut c_void {
     p as usize as *mut c_void
-}
-
-/// The shape `s` runs as: its space-to-depth form where that applies and is on.
-fn s2d_for(gpu: &Gpu, s: &ConvShape) -> Option<ConvShape> {
-    gpu.space_to_depth().then(|| s2d_shape(s)).flatten()
 }
 
 /// Runs `f` with the scratch buffers taken out of the cuDNN state (so that each cuDNN call can
@@ -281,25 +276,19 @@ fn scratch<'a, T>(
 
 /// y = conv(x, w) + b (then ReLU when `relu`). x: (N,C,H,W), w: (O,C/g,k,k), b: (O),
 /// y: (N,O,HO,WO), at `form` = (precision, through NHWC copies). Lengths are checked by the
-/// caller (`ops::conv`). Strided convolutions run in space-to-depth form where [`s2d_for`] says
-/// so.
-#[allow(clippy::too_many_arguments)]
+/// caller (`ops::conv`). Strided convolutions run in space-to-depth form where
+/// `space_to_depth::s2d_for` says so.
 pub(crate) fn forward(
     gpu: &Gpu,
     form: (Precision, bool),
     s: &ConvShape,
-    x: &CudaView<f32>,
-    w: &CudaView<f32>,
-    b: &CudaView<f32>,
+    (x, w, b): ForwardInputs,
     y: &mut CudaViewMut<f32>,
     relu: bool,
 ) -> Result<(), CudaError> {
     with_scratch(gpu, |sc| {
         let nhwc = &mut sc.direct.nhwc;
-        if s2d_for(gpu, s).is_none() {
-            return forward_direct(gpu, form, s, (x, w, b), y, relu, nhwc);
-        }
-        space_to_depth::forward_via(gpu, s, x, w, &mut sc.s2d, |t, xs, ws| {
+        space_to_depth::forward_in_form(gpu, s, x, w, &mut sc.s2d, |t, xs, ws| {
             forward_direct(gpu, form, t, (xs, ws, b), y, relu, nhwc)
         })
     })
@@ -307,27 +296,20 @@ pub(crate) fn forward(
 
 /// Gradients of a convolution (+ReLU when `y` is given: `y` is then the layer's ReLU output).
 /// dy: (N,O,HO,WO) -> dw (O,C/g,k,k) and db (O) overwritten; dx (N,C,H,W) overwritten if given.
-/// At `form` = (precision, through NHWC copies); in space-to-depth form where [`s2d_for`] says
-/// so.
-#[allow(clippy::too_many_arguments)]
+/// At `form` = (precision, through NHWC copies); in space-to-depth form where
+/// `space_to_depth::s2d_for` says so.
 pub(crate) fn backward(
     gpu: &Gpu,
     form: (Precision, bool),
     s: &ConvShape,
-    x: &CudaView<f32>,
-    w: &CudaView<f32>,
-    y: Option<&CudaView<f32>>,
-    dy: &CudaView<f32>,
+    (x, w, y, dy): BackwardInputs,
     dx: Option<&mut CudaViewMut<f32>>,
     dw: &mut CudaViewMut<f32>,
     db: &mut CudaViewMut<f32>,
 ) -> Result<(), CudaError> {
     with_scratch(gpu, |sc| {
         let direct = &mut sc.direct;
-        if s2d_for(gpu, s).is_none() {
-            return backward_direct(gpu, form, s, (x, w, y, dy), dx, dw, db, direct);
-        }
-        space_to_depth::backward_via(
+        space_to_depth::backward_in_form(
             gpu,
             s,
             (x, w),
@@ -347,7 +329,7 @@ fn forward_direct(
     gpu: &Gpu,
     (prec, nhwc): (Precision, bool),
     s: &ConvShape,
-    (x, w, b): (&CudaView<f32>, &CudaView<f32>, &CudaView<f32>),
+    (x, w, b): ForwardInputs,
     y: &mut CudaViewMut<f32>,
     relu: bool,
     sc: &mut NhwcScratch,
@@ -371,7 +353,7 @@ fn forward_nhwc<T: NhwcElem>(
     gpu: &Gpu,
     prec: Precision,
     s: &ConvShape,
-    (x, w, b): (&CudaView<f32>, &CudaView<f32>, &CudaView<f32>),
+    (x, w, b): ForwardInputs,
     y: &mut CudaViewMut<f32>,
     relu: bool,
     sc: &mut NhwcScratch,

@@ -13,7 +13,7 @@
 //! elements; the filter gradient accumulates over the chunks in the transformed domain (the GEMM's
 //! beta) and is transformed back once.
 
-use super::conv::{BackwardInputs, ConvShape, ConvWorkspace};
+use super::conv::{BackwardInputs, ConvShape, ConvWorkspace, ForwardInputs};
 use super::elementwise::{nchw_to_cnhw_mask, row_sum};
 use super::gemm::gemm_batched;
 use super::space_to_depth;
@@ -105,35 +105,27 @@ fn products(
 /// y = conv(x, w) + b (then ReLU when `relu`) by Winograd F(m x m, k x k) ([`tile_m`]), a strided
 /// convolution in its space-to-depth form ([`winograd_shape`]): x (N, C, H, W),
 /// w (O, C/g, K, K), b (O), y (N, O, HO, WO).
-#[allow(clippy::too_many_arguments)]
 pub fn forward(
     gpu: &Gpu,
     prec: Precision,
     s: &ConvShape,
-    x: &CudaView<f32>,
-    w: &CudaView<f32>,
-    b: &CudaView<f32>,
+    (x, w, b): ForwardInputs,
     y: &mut CudaViewMut<f32>,
     relu: bool,
     ws: &mut ConvWorkspace,
 ) -> Result<(), CudaError> {
-    if stride1_shape(gpu, s)? == *s {
-        return forward_stride1(gpu, prec, s, x, w, b, y, relu, &mut ws.wino);
-    }
-    space_to_depth::forward_via(gpu, s, x, w, &mut ws.s2d, |t, xs, wt| {
-        forward_stride1(gpu, prec, t, xs, wt, b, y, relu, &mut ws.wino)
+    stride1_shape(gpu, s)?;
+    space_to_depth::forward_in_form(gpu, s, x, w, &mut ws.s2d, |t, xs, wt| {
+        forward_stride1(gpu, prec, t, (xs, wt, b), y, relu, &mut ws.wino)
     })
 }
 
 /// [`forward`] of a stride-1 convolution (3x3 or 5x5).
-#[allow(clippy::too_many_arguments)]
 fn forward_stride1(
     gpu: &Gpu,
     prec: Precision,
     s: &ConvShape,
-    x: &CudaView<f32>,
-    w: &CudaView<f32>,
-    b: &CudaView<f32>,
+    (x, w, b): ForwardInputs,
     y: &mut CudaViewMut<f32>,
     relu: bool,
     slot: &mut Option<CudaSlice<f32>>,
@@ -170,28 +162,22 @@ pub fn backward(
     gpu: &Gpu,
     prec: Precision,
     s: &ConvShape,
-    x: &CudaView<f32>,
-    w: &CudaView<f32>,
-    y: Option<&CudaView<f32>>,
-    dy: &CudaView<f32>,
+    (x, w, y, dy): BackwardInputs,
     dx: Option<&mut CudaViewMut<f32>>,
     dw: &mut CudaViewMut<f32>,
     db: &mut CudaViewMut<f32>,
     ws: &mut ConvWorkspace,
 ) -> Result<(), CudaError> {
-    if stride1_shape(gpu, s)? == *s {
-        return backward_stride1(gpu, prec, s, (x, w, y, dy), dx, dw, db, &mut ws.wino);
-    }
-    space_to_depth::backward_via(
+    stride1_shape(gpu, s)?;
+    let slot = &mut ws.wino;
+    space_to_depth::backward_in_form(
         gpu,
         s,
         (x, w),
         dx,
         dw,
         &mut ws.s2d,
-        |t, (xs, wt), dxs, dwt| {
-            backward_stride1(gpu, prec, t, (xs, wt, y, dy), dxs, dwt, db, &mut ws.wino)
-        },
+        |t, (xs, wt), dxs, dwt| backward_stride1(gpu, prec, t, (xs, wt, y, dy), dxs, dwt, db, slot),
     )
 }
 

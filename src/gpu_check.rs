@@ -78,11 +78,13 @@ use alexnet_cuda::{
     ConvLayout, CudaError, Gpu, GpuNet, Precision, CONV_ENV, LAYOUT_ENV,
 };
 use alexnet_data::augment::{patch_to_chw, pca_delta, Patch};
+use alexnet_data::{view_patches, View};
 use alexnet_layers::{Mode, Model};
 use alexnet_tensor::fixture::Fixture;
 use alexnet_tensor::rel_l2;
 use alexnet_tensor::rng::Rng;
 use alexnet_tensor::spec::{Op, Plan};
+use alexnet_train::backend::view_samples;
 use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -459,7 +461,8 @@ fn fixture_case(gpu: &Arc<Gpu>, path: &Path, p: Precision) -> Option<CaseResult>
 
 /// The u8 training path ([`GpuNet::augment_input`]: staging upload, then the augment kernel's
 /// crop, flip, PCA-lighting delta and mean subtraction) against the CPU loader's
-/// [`patch_to_chw`] on the same records and draws, on the `small` preset's 64 -> 56 crops.
+/// [`patch_to_chw`] on the same records and draws, on the `small` preset's 64 -> 56 crops; then
+/// the evaluation path (ten views of each staged record, and the staged inference's logits).
 fn augment_check(gpu: &Arc<Gpu>, t: &mut Tally) -> Result<()> {
     let spec = load_preset("small")?;
     let plan = spec.plan(10)?;
@@ -492,6 +495,39 @@ fn augment_check(gpu: &Arc<Gpu>, t: &mut Tally) -> Result<()> {
         &format!("augment_u8 via GpuNet ({n} samples, {side} -> {crop}) vs the CPU loader"),
         rel_l2(&got, &want),
         F32_BOUND,
+    );
+    // The evaluation path: ten crops of each of two records cut on the device (the samples
+    // `predict_split` builds) against the CPU's views of the same records, then the staged
+    // inference's logits against the forward of the CPU's f32 views.
+    let patches = view_patches(side, crop, View::TenCrop);
+    let mut recs = Vec::new();
+    pool.eval_records(&mut rng, 2, &mut recs);
+    let views = view_samples(2, &patches);
+    let mut want = vec![0.0f32; views.len() * per];
+    for (k, (sm, out)) in views.iter().zip(want.chunks_exact_mut(per)).enumerate() {
+        let img = &recs[sm.src as usize * rec..(sm.src as usize + 1) * rec];
+        let patch = patches[k % patches.len()];
+        patch_to_chw(img, &pool.mean, side, crop, patch, [0.0; 3], out);
+    }
+    let m = views.len();
+    let mut net = GpuNet::new(gpu.clone(), &plan, m, Precision::F32)?;
+    net.upload_params(&bench::init_params(&plan, 5))?;
+    net.set_mean_image(&pool.mean, side, side)?;
+    net.augment_input(&recs, (side, side), &views)?;
+    let got = net.download_input(m)?;
+    t.check(
+        &format!("evaluation views via GpuNet (2 images x 10 crops, {side} -> {crop}) vs the CPU"),
+        rel_l2(&got, &want),
+        F32_BOUND,
+    );
+    let staged = net.stage_u8(&recs)?;
+    net.launch_predict_staged(staged, (side, side), &views)?;
+    let logits = net.finish_logits()?;
+    let direct = net.forward(&want, false, 0)?;
+    t.check(
+        "staged inference logits vs the forward of the CPU's views (same bits expected)",
+        rel_l2(&logits, &direct),
+        0.0,
     );
     Ok(())
 }

@@ -4,6 +4,8 @@
 use super::model::draw_batch;
 use super::*;
 use alexnet_cuda::ops::conv_route::conv_picks;
+use alexnet_data::{view_patches, View};
+use alexnet_train::backend::view_samples;
 
 /// Measured TFLOP/s of one `PEAK_GEMM`^3 GEMM through `ops::gemm` (bf16: including the casts of
 /// the operands), the median of 5 after 2 warm-up runs.
@@ -322,7 +324,7 @@ impl ImagePool {
         let (mut samples, mut labels) = (Vec::with_capacity(n), Vec::with_capacity(n));
         let mut picks = Vec::with_capacity(n);
         let span = (self.side - crop + 1) as u64;
-        for _ in 0..n {
+        for k in 0..n {
             let i = rng.below(self.labels.len() as u64) as usize;
             picks.push(i);
             labels.push(self.labels[i]);
@@ -335,6 +337,7 @@ impl ImagePool {
                 moy: oy,
                 flip: rng.below(2) as u32,
                 delta: pca_delta(&EIGVEC, &EIGVAL, &alpha),
+                src: k as u32,
             });
         }
         buf.resize(n * rec, 0);
@@ -344,31 +347,42 @@ impl ImagePool {
         (samples, labels)
     }
 
-    /// One evaluation batch as the CPU loader prepares it (in parallel over samples): the
-    /// centre crop minus the mean image, f32 NCHW.
-    pub(super) fn eval_batch(&self, rng: &mut Rng, n: usize, crop: usize, x: &mut [f32]) {
-        let s = self.side;
-        let o = (s - crop) / 2;
-        let plane = crop * crop;
+    /// One evaluation batch as the evaluation hands it to the GPU path: `n` random S x S u8
+    /// records copied into one buffer (in parallel, as [`alexnet_data::eval_records`] gathers).
+    pub(super) fn eval_records(&self, rng: &mut Rng, n: usize, buf: &mut Vec<u8>) {
+        let rec = self.side * self.side * 3;
         let picks: Vec<usize> = (0..n)
             .map(|_| rng.below(self.labels.len() as u64) as usize)
             .collect();
-        x[..n * 3 * plane]
-            .par_chunks_mut(3 * plane)
+        buf.resize(n * rec, 0);
+        buf.par_chunks_mut(rec)
             .zip(picks.par_iter())
-            .for_each(|(out, &pick)| {
-                let img = self.record(pick);
-                for i in 0..crop {
-                    for j in 0..crop {
-                        let src = ((o + i) * s + o + j) * 3;
-                        for c in 0..3 {
-                            out[c * plane + i * crop + j] =
-                                img[src + c] as f32 - self.mean[src + c];
-                        }
-                    }
-                }
-            });
+            .for_each(|(dst, &i)| dst.copy_from_slice(self.record(i)));
     }
+}
+
+/// The median seconds of `steps` pipelined steps after `warmup` ones: each `step` call queues
+/// work, stages the next batch and waits for a result, so a step's time runs from one result to
+/// the next and includes whatever host work the GPU has to wait for.
+fn pipelined_secs(
+    gpu: &Gpu,
+    warmup: usize,
+    steps: usize,
+    mut step: impl FnMut(usize) -> Result<()>,
+) -> Result<f64> {
+    let mut times = Vec::with_capacity(steps);
+    gpu.synchronize()?;
+    let mut t_prev = Instant::now();
+    for i in 0..warmup + steps {
+        step(i)?;
+        let now = Instant::now();
+        if i >= warmup {
+            times.push((now - t_prev).as_secs_f64());
+        }
+        t_prev = now;
+    }
+    gpu.synchronize()?;
+    Ok(median(times))
 }
 
 /// Random N(0, std^2) weights / constant biases as the plan asks (what `Model::init` draws,
@@ -440,8 +454,9 @@ impl CudaBench<'static> {
 ///   delta ([`alexnet_tensor::rng::Rng`]) and stages its upload ([`GpuNet::stage_u8`]: page-locked
 ///   copy, then an upload on a copy stream); then it reads the loss and queues SGD. A step's
 ///   time runs from one loss read to the next, so it includes whatever host work the GPU has to
-///   wait for. Every inference step builds the centre crops minus the mean image as f32 on the
-///   host and runs [`GpuNet::forward`], the device synchronised around it (not overlapped).
+///   wait for. Inference runs as the evaluation does: each step queues the centre crop of every
+///   staged record (cut on the GPU) and the forward ([`GpuNet::launch_predict_staged`]), gathers
+///   and stages the next batch meanwhile, then downloads the logits.
 /// - `synthetic_data == true`: compute only, as PyTorch's synthetic-input benchmarks measure:
 ///   one random f32 batch uploaded once; training is [`GpuNet::forward_backward_resident`] +
 ///   [`GpuNet::sgd_step`], inference [`GpuNet::forward_resident`] (logits left on the device).
@@ -538,24 +553,16 @@ pub(super) fn bench_on(gpu: &Arc<Gpu>, o: &CudaBench, p: Precision) -> Result<Be
         let src = (side, side);
         let (mut samples, mut labels) = pool.train_batch(&mut rng, batch, h, &mut buf);
         let mut staged = net.stage_u8(&buf)?;
-        let mut times = Vec::with_capacity(steps);
-        gpu.synchronize()?;
-        let mut t_prev = Instant::now();
-        for step in 0..warmup + steps {
-            net.launch_train_staged(staged, src, &samples, &labels, step as u64)?;
-            let next = pool.train_batch(&mut rng, batch, h, &mut buf);
-            staged = net.stage_u8(&buf)?;
-            net.finish_loss()?;
-            net.sgd_step(lr, m, wd)?;
-            (samples, labels) = next;
-            let now = Instant::now();
-            if step >= warmup {
-                times.push((now - t_prev).as_secs_f64());
-            }
-            t_prev = now;
-        }
-        gpu.synchronize()?;
-        let train = batch as f64 / median(times);
+        let train = batch as f64
+            / pipelined_secs(gpu, warmup, steps, |step| {
+                net.launch_train_staged(staged, src, &samples, &labels, step as u64)?;
+                let next = pool.train_batch(&mut rng, batch, h, &mut buf);
+                staged = net.stage_u8(&buf)?;
+                net.finish_loss()?;
+                net.sgd_step(lr, m, wd)?;
+                (samples, labels) = next;
+                Ok(())
+            })?;
         // The profile runs unpipelined steps (every stage is synchronised anyway).
         let mut step_fn = |net: &mut GpuNet, step: u64| -> Result<()> {
             let (samples, labels) = pool.train_batch(&mut rng, batch, h, &mut buf);
@@ -563,13 +570,21 @@ pub(super) fn bench_on(gpu: &Arc<Gpu>, o: &CudaBench, p: Precision) -> Result<Be
             Ok(())
         };
         let layers = profiled(&mut net, &mut step_fn)?;
-        let mut x = vec![0.0f32; batch * c * h * w];
+        // Inference as the evaluation runs it: the centre crop of each staged record cut on
+        // the device, the next batch gathered and staged while the forward computes; a step
+        // runs from one logits download to the next.
+        let centre = view_samples(batch, &view_patches(side, h, View::Center));
         let mut rng2 = Rng::new(0x0BE4_C0DB);
-        let infer = timed(&mut net, &mut |net, _| {
-            pool.eval_batch(&mut rng2, batch, h, &mut x);
-            net.forward(&x, false, 0)?;
-            Ok(())
-        })?;
+        pool.eval_records(&mut rng2, batch, &mut buf);
+        let mut staged = net.stage_u8(&buf)?;
+        let infer = batch as f64
+            / pipelined_secs(gpu, warmup, steps, |_| {
+                net.launch_predict_staged(staged, src, &centre)?;
+                pool.eval_records(&mut rng2, batch, &mut buf);
+                staged = net.stage_u8(&buf)?;
+                net.finish_logits()?;
+                Ok(())
+            })?;
         (train, infer, layers)
     };
     Ok(BenchResult {
@@ -611,11 +626,11 @@ mod tests {
             .iter()
             .all(|s| s.flip <= 1 && s.delta.iter().all(|d| d.is_finite())));
 
-        // The centre crop of a one-image pool, minus the mean (= the image itself): all zero.
-        let one = ImagePool::new(&mut rng, 1, side, 4);
-        let mut x = vec![1.0f32; 2 * 3 * crop * crop];
-        one.eval_batch(&mut rng, 2, crop, &mut x);
-        assert!(x.iter().all(|&v| v == 0.0));
+        // Evaluation records are whole pool images.
+        pool.eval_records(&mut rng, 3, &mut buf);
+        let rec = side * side * 3;
+        assert_eq!(buf.len(), 3 * rec);
+        assert!(buf.chunks(rec).all(|r| (0..7).any(|i| pool.record(i) == r)));
     }
     #[test]
     fn gemm_shapes_are_the_paper_layers() {

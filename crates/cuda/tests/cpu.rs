@@ -24,7 +24,7 @@ fn repr_c_structs_match_the_cuda_structs() {
     assert_eq!(size_of::<PoolTile>(), 16);
     assert_eq!((size_of::<SgdParams>(), align_of::<SgdParams>()), (24, 8));
     assert_eq!(size_of::<AugmentParams>(), 32);
-    assert_eq!(size_of::<AugmentSample>(), 32);
+    assert_eq!(size_of::<AugmentSample>(), 36);
     assert_eq!(size_of::<WinoGeom>(), 64);
     assert_eq!(size_of::<WinoMats>(), (48 + 40 + 64) * 4);
     // Each C struct declares the same field count as its Rust mirror.
@@ -169,11 +169,18 @@ fn param_structs_validate() {
         moy: 0,
         flip: 1,
         delta: [0.0; 3],
+        src: 0,
     };
     assert!(p.validate(&[ok]).is_ok());
     let out = AugmentSample { ox: 33, ..ok };
     assert!(p.validate(&[out]).is_err());
     assert!(p.validate(&[ok, ok]).is_err());
+    // Two crops of one image (evaluation views) name it; an image past the batch is an error.
+    let two = AugmentParams { n: 2, ..p };
+    assert!(two.validate(&[ok, AugmentSample { flip: 0, ..ok }]).is_ok());
+    let past = AugmentSample { src: 1, ..ok };
+    let e = two.validate(&[ok, past]).unwrap_err().to_string();
+    assert!(e.contains("sample 1: image 1 of 1"), "{e}");
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! u8 -> f32, PCA-lighting delta, mean-image subtraction, scale) against a reference written from
 //! the definition of the CPU loader's `patch_to_chw` (crates/data/src/augment.rs; alexnet-data
 //! is not a dev-dependency of this crate, so it is restated here). Exact: the same three f32
-//! operations in the same order.
+//! operations in the same order. Each sample crops the image its `src` names: one per image
+//! for training, several per image for the evaluation views.
 
 #[path = "emu/common.rs"]
 mod common;
@@ -32,9 +33,9 @@ fn mean_image(h: u32, w: u32, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// The per-sample crop of image n at (oy, ox), mirrored left-right when flipped, each channel
+/// The per-sample crop of image `src` at (oy, ox), mirrored left-right when flipped, each channel
 /// plus its lighting delta, minus the mean image cropped (and mirrored) at (moy, mox), times
-/// `scale`: out[n][c][y][x] = (img[n][oy+y][ox+x'][c] + delta[c] - mean[moy+y][mox+x'][c]) * scale
+/// `scale`: out[n][c][y][x] = (img[src][oy+y][ox+x'][c] + delta[c] - mean[moy+y][mox+x'][c]) * scale
 /// with x' = crop-1-x when flipped. In f32, in that order (as the CPU loader computes it, then
 /// scaled), and in f64.
 fn reference(
@@ -46,8 +47,9 @@ fn reference(
     let (c, sw, mw) = (p.crop as usize, p.src_w as usize, p.mean_w as usize);
     let plane = p.src_h as usize * sw * 3;
     let (mut out32, mut out64) = (Vec::new(), Vec::new());
-    for (n, s) in samples.iter().enumerate() {
-        let img = &src[n * plane..(n + 1) * plane];
+    for s in samples {
+        let r = s.src as usize;
+        let img = &src[r * plane..(r + 1) * plane];
         for ch in 0..3 {
             for y in 0..c {
                 for x in 0..c {
@@ -74,7 +76,7 @@ fn run(
     cfg: Option<LaunchConfig>,
 ) -> Vec<f32> {
     p.validate(samples).unwrap();
-    assert_eq!(src.len(), (p.n * p.src_h * p.src_w * 3) as usize);
+    assert_eq!(src.len(), (p.records * p.src_h * p.src_w * 3) as usize);
     assert_eq!(mean.len(), (p.mean_h * p.mean_w * 3) as usize);
     let out = (p.n * 3 * p.crop * p.crop) as usize;
     let cfg = cfg.unwrap_or_else(|| grid_for(out as u64).unwrap());
@@ -86,7 +88,7 @@ fn run(
         x.as_mut_ptr(),
     );
     // SAFETY: src and mean hold the sizes `p` gives (asserted), samples holds p.n entries and
-    // every crop fits its image and the mean image (validated), x holds n*3*crop^2 floats plus
+    // every crop fits its image (one of p.records) and the mean image (validated), x holds n*3*crop^2 floats plus
     // GUARD; the kernel indexes below those.
     unsafe {
         e.launch(
@@ -105,7 +107,7 @@ fn run(
 }
 
 fn check(e: &Emu, p: AugmentParams, samples: &[AugmentSample], seed: u64) {
-    let src = images((p.n * p.src_h * p.src_w * 3) as usize, seed);
+    let src = images((p.records * p.src_h * p.src_w * 3) as usize, seed);
     let mean = mean_image(p.mean_h, p.mean_w, seed + 1);
     let (want, want64) = reference(&src, &mean, samples, &p);
     let x = run(e, &src, &mean, samples, p, None);
@@ -116,8 +118,9 @@ fn check(e: &Emu, p: AugmentParams, samples: &[AugmentSample], seed: u64) {
     assert!(err < 1e-6, "augment_u8 vs f64: rel L2 {err:e} ({p:?})");
 }
 
-/// A sample with crop origin (ox, oy), mean origin (mox, moy), flip and a lighting delta.
-fn sample(o: (u32, u32), mo: (u32, u32), flip: bool, seed: u64) -> AugmentSample {
+/// A sample of image `src` with crop origin (ox, oy), mean origin (mox, moy), flip and a
+/// lighting delta.
+fn sample(src: u32, o: (u32, u32), mo: (u32, u32), flip: bool, seed: u64) -> AugmentSample {
     let d = normal(3, seed, 12.0);
     AugmentSample {
         ox: o.0,
@@ -126,6 +129,7 @@ fn sample(o: (u32, u32), mo: (u32, u32), flip: bool, seed: u64) -> AugmentSample
         moy: mo.1,
         flip: flip as u32,
         delta: [d[0], d[1], d[2]],
+        src,
     }
 }
 
@@ -141,13 +145,13 @@ fn rect_case() -> (AugmentParams, Vec<AugmentSample>) {
         mean_h: 10,
         mean_w: 9,
         scale: 1.0,
-        pad_: 0,
+        records: 4,
     };
     let samples = vec![
-        sample((0, 0), (2, 3), false, 1),
-        sample((4, 6), (0, 0), true, 2),
-        sample((4, 0), (2, 0), true, 3),
-        sample((1, 5), (1, 3), false, 4),
+        sample(0, (0, 0), (2, 3), false, 1),
+        sample(1, (4, 6), (0, 0), true, 2),
+        sample(2, (4, 0), (2, 0), true, 3),
+        sample(3, (1, 5), (1, 3), false, 4),
     ];
     (p, samples)
 }
@@ -175,12 +179,31 @@ fn augment_kernel_matches_the_reference() {
     let samples: Vec<AugmentSample> = [((3, 0), false), ((0, 3), true), ((2, 1), true)]
         .iter()
         .enumerate()
-        .map(|(i, &(o, f))| sample(o, o, f, 20 + i as u64))
+        .map(|(i, &(o, f))| sample(i as u32, o, o, f, 20 + i as u64))
         .collect();
     check(&e, p, &samples, 12);
     // Crop = the whole image, mirrored: one sample, one partial block.
     let p = AugmentParams::square(1, 5, 5, 5).unwrap();
-    check(&e, p, &[sample((0, 0), (0, 0), true, 30)], 13);
+    check(&e, p, &[sample(0, (0, 0), (0, 0), true, 30)], 13);
+    // Evaluation views: three crops of each of two images, interleaved out of image order, no
+    // lighting (as the views have none) except on one, so a crop taken from the wrong image or
+    // with another sample's delta shows.
+    let p = AugmentParams {
+        n: 6,
+        records: 2,
+        ..AugmentParams::square(6, 12, 9, 12).unwrap()
+    };
+    let views: Vec<AugmentSample> = [(1, (0, 0), false), (0, (3, 3), true), (1, (3, 0), true)]
+        .iter()
+        .chain(&[(0, (0, 3), false), (1, (1, 1), false), (0, (0, 0), true)])
+        .enumerate()
+        .map(|(i, &(r, o, f))| {
+            let s = sample(r, o, o, f, 40 + i as u64);
+            let delta = if i == 4 { s.delta } else { [0.0; 3] };
+            AugmentSample { delta, ..s }
+        })
+        .collect();
+    check(&e, p, &views, 14);
     common::assert_all_launched(&e);
 }
 
@@ -214,4 +237,6 @@ fn crops_outside_the_image_or_mean_are_refused() {
     assert!(p.validate(&samples).is_err());
     samples[2].moy = 0;
     assert!(p.validate(&samples[..3]).is_err(), "3 samples for n = 4");
+    samples[3].src = 4; // image 4 of 4
+    assert!(p.validate(&samples).is_err());
 }

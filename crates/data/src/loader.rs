@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use crate::augment::{patch_to_chw, pca_delta, Patch};
 use crate::error::DataError;
 use crate::rng::Rng;
-use crate::shards::{Dataset, Split};
+use crate::shards::{Dataset, Split, SplitData};
 
 /// Training-loader settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -338,6 +338,44 @@ pub fn view_patches(s: usize, crop: usize, view: View) -> Vec<Patch> {
     }
 }
 
+/// Checks an evaluation request: `crop` fits the records and every index is in `data`.
+fn check_eval(data: &SplitData, s: usize, indices: &[usize], crop: usize) -> Result<(), DataError> {
+    if crop == 0 || crop > s {
+        return Err(DataError::InvalidArg(format!(
+            "eval crop {crop} not in 1..={s}"
+        )));
+    }
+    if let Some(&bad) = indices.iter().find(|&&i| i >= data.len()) {
+        return Err(DataError::InvalidArg(format!(
+            "index {bad} >= {} records",
+            data.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The records of `indices` from `split` as stored, `(N, S, S, 3)` u8 HWC, and their labels:
+/// what a device that builds the evaluation views itself uploads (the views of [`eval_batch`]
+/// are [`view_patches`] of each record with no lighting).
+pub fn eval_records(
+    dataset: &Dataset,
+    split: Split,
+    indices: &[usize],
+) -> Result<(Vec<u8>, Vec<u32>), DataError> {
+    let s = dataset.image_size();
+    let data = dataset.split(split);
+    check_eval(data, s, indices, s)?;
+    let rec = s * s * 3;
+    let mut records = vec![0u8; indices.len() * rec];
+    records.par_chunks_mut(rec).zip(indices).try_for_each(
+        |(out, &i)| -> Result<(), DataError> {
+            out.copy_from_slice(&data.image(i)?);
+            Ok(())
+        },
+    )?;
+    Ok((records, indices.iter().map(|&i| data.label(i)).collect()))
+}
+
 /// Evaluation batch of `indices` from `split`: x is `(N*V, 3, crop, crop)` NCHW f32 (V = 1 for
 /// `Center`, 10 for `TenCrop`, the views of sample i at rows `i*V..i*V+V`), mean-subtracted like
 /// training; labels has N entries (one per sample, not per view).
@@ -349,18 +387,8 @@ pub fn eval_batch(
     view: View,
 ) -> Result<(Vec<f32>, Vec<u32>), DataError> {
     let s = dataset.image_size();
-    if crop == 0 || crop > s {
-        return Err(DataError::InvalidArg(format!(
-            "eval crop {crop} not in 1..={s}"
-        )));
-    }
     let data = dataset.split(split);
-    if let Some(&bad) = indices.iter().find(|&&i| i >= data.len()) {
-        return Err(DataError::InvalidArg(format!(
-            "index {bad} >= {} records",
-            data.len()
-        )));
-    }
+    check_eval(data, s, indices, crop)?;
     let patches = view_patches(s, crop, view);
     let per = 3 * crop * crop * patches.len();
     let mut x = vec![0f32; indices.len() * per];

@@ -7,7 +7,7 @@ use alexnet_cuda::ops::conv_route::{self, ConvPick};
 use alexnet_cuda::{
     device_count, AlgoSearch, AugmentSample, ConvImpl, Gpu, GpuNet, Precision, Staged,
 };
-use alexnet_data::augment::pca_delta;
+use alexnet_data::augment::{pca_delta, Patch};
 use alexnet_data::{Draw, Stats};
 use alexnet_layers::{Mode, Model};
 use alexnet_tensor::spec::Plan;
@@ -281,20 +281,7 @@ impl Backend {
         let Backend::Cuda(g) = self else {
             return Err(cpu_takes_f32());
         };
-        let samples: Vec<AugmentSample> = draws
-            .iter()
-            .map(|d| {
-                let (ox, oy) = (d.patch.left as u32, d.patch.top as u32);
-                AugmentSample {
-                    ox,
-                    oy,
-                    mox: ox,
-                    moy: oy,
-                    flip: d.patch.flip as u32,
-                    delta: pca_delta(&stats.eigvec, &stats.eigval, &d.alpha),
-                }
-            })
-            .collect();
+        let samples = draw_samples(draws, stats);
         g.launch_train_staged(staged, (s, s), &samples, labels, seed)?;
         let next = next.map(|r| g.stage_u8(r)).transpose()?;
         let loss = g.finish_loss()?;
@@ -312,6 +299,75 @@ impl Backend {
             Backend::Cuda(g) => g.forward(x, false, 0)?,
         })
     }
+
+    /// Queues the inference of a raw batch staged by [`Backend::stage_u8`] (`records` S x S
+    /// images) without waiting: the device crops every patch of every image and subtracts the
+    /// mean ([`view_samples`]; the same inputs as the CPU's [`alexnet_data::eval_batch`], bit
+    /// for bit), then runs the forward with dropout off. [`Backend::predict_finish`] returns the
+    /// logits; in between the host can stage the next batch. Needs
+    /// [`Backend::set_augment_stats`] first.
+    pub fn predict_launch(
+        &mut self,
+        staged: Staged,
+        s: usize,
+        (records, patches): (usize, &[Patch]),
+    ) -> Result<()> {
+        let Backend::Cuda(g) = self else {
+            return Err(cpu_takes_f32());
+        };
+        Ok(g.launch_predict_staged(staged, (s, s), &view_samples(records, patches))?)
+    }
+
+    /// The logits `(records * patches, classes)` of the inference queued by
+    /// [`Backend::predict_launch`].
+    pub fn predict_finish(&mut self) -> Result<Vec<f32>> {
+        let Backend::Cuda(g) = self else {
+            return Err(cpu_takes_f32());
+        };
+        Ok(g.finish_logits()?)
+    }
+}
+
+/// The augment kernel's samples for a training batch: each sample's crop, flip and PCA-lighting
+/// delta from its draw, from its own image.
+pub fn draw_samples(draws: &[Draw], stats: &Stats) -> Vec<AugmentSample> {
+    draws
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let (ox, oy) = (d.patch.left as u32, d.patch.top as u32);
+            AugmentSample {
+                ox,
+                oy,
+                mox: ox,
+                moy: oy,
+                flip: d.patch.flip as u32,
+                delta: pca_delta(&stats.eigvec, &stats.eigval, &d.alpha),
+                src: i as u32,
+            }
+        })
+        .collect()
+}
+
+/// The augment kernel's samples for evaluation views: every patch of image 0, then of image 1,
+/// ... (the row order of [`alexnet_data::eval_batch`]), no lighting.
+pub fn view_samples(records: usize, patches: &[Patch]) -> Vec<AugmentSample> {
+    (0..records)
+        .flat_map(|r| {
+            patches.iter().map(move |p| {
+                let (ox, oy) = (p.left as u32, p.top as u32);
+                AugmentSample {
+                    ox,
+                    oy,
+                    mox: ox,
+                    moy: oy,
+                    flip: p.flip as u32,
+                    delta: [0.0; 3],
+                    src: r as u32,
+                }
+            })
+        })
+        .collect()
 }
 
 /// The raw-batch (device augmentation) entry points called on the CPU backend: a caller bug

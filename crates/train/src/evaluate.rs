@@ -3,12 +3,16 @@
 
 use crate::backend::Backend;
 use crate::metrics::topk_misses;
-use alexnet_data::{eval_batch, Dataset, Split, View};
+use alexnet_data::{eval_batch, eval_records, view_patches, Dataset, Split, View};
 use alexnet_layers::loss::softmax_rows;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 /// Softmax probabilities (N, classes) of `split` (or its first `limit` samples), averaged over
-/// the views of `view`. `batch` is the number of network inputs per forward pass.
+/// the views of `view`. `batch` is the number of network inputs per forward pass. On a device
+/// that builds its own inputs (CUDA), the records are uploaded as stored and the device cuts
+/// the views ([`Backend::predict_launch`]), the next pass's records read and uploaded while
+/// this pass computes; the CPU gets [`eval_batch`]'s f32 views. Both see the same inputs, bit
+/// for bit.
 #[allow(clippy::too_many_arguments)]
 pub fn predict_split(
     backend: &mut Backend,
@@ -28,20 +32,49 @@ pub fn predict_split(
     let per_pass = (batch / views).max(1);
     let mut probs = Vec::with_capacity(n * classes);
     let mut labels = Vec::with_capacity(n);
-    let mut start = 0;
-    while start < n {
-        let idx: Vec<usize> = (start..(start + per_pass).min(n)).collect();
-        let (x, l) = eval_batch(dataset, split, &idx, crop, view)
-            .with_context(|| format!("{}: reading {split:?} images", dataset.dir.display()))?;
+    let passes: Vec<Vec<usize>> = (0..n)
+        .step_by(per_pass)
+        .map(|start| (start..(start + per_pass).min(n)).collect())
+        .collect();
+    let reading = || format!("{}: reading {split:?} images", dataset.dir.display());
+    let mut take = |logits: &[f32], l: &[u32]| {
+        let p = softmax_rows(logits, classes);
+        probs.extend(average_views(&p, views, classes));
+        labels.extend_from_slice(l);
+        progress(l.len());
+    };
+    if backend.augments_on_device() && !passes.is_empty() {
+        let s = dataset.image_size();
+        if crop == 0 || crop > s {
+            bail!("eval crop {crop} not in 1..={s}");
+        }
+        backend.set_augment_stats(&dataset.stats, s)?;
+        let patches = view_patches(s, crop, view);
+        let stage = |backend: &mut Backend, idx: &[usize]| -> Result<_> {
+            let (records, l) = eval_records(dataset, split, idx).with_context(reading)?;
+            Ok((backend.stage_u8(&records)?, l))
+        };
+        let mut current = stage(backend, &passes[0])?;
+        for (k, idx) in passes.iter().enumerate() {
+            let (staged, l) = current;
+            backend.predict_launch(staged, s, (idx.len(), &patches))?;
+            // The next pass's records are read and their upload queued while this one computes.
+            let next = match passes.get(k + 1) {
+                Some(nidx) => Some(stage(backend, nidx)?),
+                None => None,
+            };
+            take(&backend.predict_finish()?, &l);
+            match next {
+                Some(nx) => current = nx,
+                None => break,
+            }
+        }
+        return Ok((probs, labels));
+    }
+    for idx in &passes {
+        let (x, l) = eval_batch(dataset, split, idx, crop, view).with_context(reading)?;
         let logits = backend.predict(&x, idx.len() * views)?;
-        probs.extend(average_views(
-            &softmax_rows(&logits, classes),
-            views,
-            classes,
-        ));
-        labels.extend_from_slice(&l);
-        start += idx.len();
-        progress(idx.len());
+        take(&logits, &l);
     }
     Ok((probs, labels))
 }

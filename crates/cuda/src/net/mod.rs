@@ -62,6 +62,8 @@ pub struct GpuNet {
     /// Samples of a training step queued by [`GpuNet::launch_train_staged`] whose loss has
     /// not been read yet.
     pending_loss: Option<usize>,
+    /// Samples of the inference queued by `launch_predict_staged`, whose logits are not read.
+    pending_logits: Option<usize>,
     /// Per-stage [forward, backward] seconds, then [input, 0], [loss, 0], [sgd, 0] (profiling).
     prof: Option<Vec<[f64; 2]>>,
     /// Per stage: the dropout seed of the current step (read by the kernels of a CUDA graph).
@@ -139,6 +141,7 @@ impl GpuNet {
             pinned_in: None,
             stager: staging::Stager::default(),
             pending_loss: None,
+            pending_logits: None,
             prof: None,
             seeds,
             graphs: graph::StepGraphs::default(),
@@ -393,7 +396,9 @@ impl GpuNet {
         let mut dst = self.acts[0].slice_mut(0..x.len());
         if x.len() == per * self.batch {
             // A full batch goes through the page-locked staging buffer (a parallel host copy,
-            // then DMA at full bus speed); partial batches copy from pageable memory.
+            // then DMA at full bus speed); partial batches copy from pageable memory. No upload
+            // still reads the buffer: both callers wait for the stream before they return
+            // (`forward` downloads the logits, `forward_backward` reads the loss).
             let pin = staging::pinned(&self.gpu, &mut self.pinned_in, x.len())?;
             staging::par_copy(x, pin)?;
             s.memcpy_htod(pin, &mut dst)
@@ -466,7 +471,10 @@ impl GpuNet {
     /// Queues forward, loss and backward of the first `n` samples already on the device: as
     /// a CUDA graph when they are on ([`Gpu::graphs`]) and the pass is not profiled.
     fn launch_pass(&mut self, n: usize, dropout_seed: u64) -> Result<(), CudaError> {
+        // A replayed graph skips `run_forward`'s bookkeeping: the logits of a queued inference
+        // are overwritten here either way.
         self.pending_loss = None;
+        self.pending_logits = None;
         if self.gpu.graphs() && self.prof.is_none() {
             self.graph_pass(n, dropout_seed)
         } else {
@@ -580,7 +588,8 @@ impl GpuNet {
         self.stager.stage(&self.gpu, images)
     }
 
-    /// The augment kernel from a staged batch into the input buffer; returns n.
+    /// The augment kernel from a staged batch into the input buffer; returns n (one input per
+    /// sample: each sample names its staged image, `src`).
     fn augment_staged(
         &mut self,
         st: Staged,
@@ -595,12 +604,12 @@ impl GpuNet {
             ));
         }
         let n = samples.len();
-        let len = st.len();
-        if n == 0 || n > self.batch || len != n * src_h * src_w * 3 {
+        let (len, image) = (st.len(), src_h * src_w * 3);
+        if n == 0 || n > self.batch || image == 0 || len % image != 0 {
             return Err(CudaError::shape(
                 "augment",
                 format!(
-                    "{len} bytes / {n} samples for batch <= {} of {src_h}x{src_w}x3",
+                    "{len} bytes / {n} samples for batch <= {} of {src_h}x{src_w}x3 images",
                     self.batch
                 ),
             ));
@@ -612,6 +621,7 @@ impl GpuNet {
         let mut p = AugmentParams::square(n, src_h, h, *mh)?;
         p.src_w = crate::ops::u32_of("augment", "src_w", src_w)?;
         p.mean_w = crate::ops::u32_of("augment", "mean_w", *mw)?;
+        p.records = crate::ops::u32_of("augment", "records", len / image)?;
         self.resident = 0;
         let dev = self.stager.take(&self.gpu, st)?;
         let src = dev.slice(0..len);
@@ -619,6 +629,38 @@ impl GpuNet {
         crate::ops::augment::augment_u8(&self.gpu, &src, &mean.as_view(), samples, &mut x, p)?;
         self.stager.consumed(&self.gpu, st)?;
         Ok(n)
+    }
+
+    /// Queues the inference of a batch staged by [`GpuNet::stage_u8`]: the augment kernel
+    /// builds one input per sample (several may crop the same image: the evaluation views),
+    /// then the forward with dropout off, without waiting; [`GpuNet::finish_logits`] returns
+    /// the logits. In between, the host can stage the next batch.
+    pub fn launch_predict_staged(
+        &mut self,
+        st: Staged,
+        src: (usize, usize),
+        samples: &[AugmentSample],
+    ) -> Result<(), CudaError> {
+        let t0 = pass::tick(&self.gpu, self.prof.is_some())?;
+        let n = self.augment_staged(st, src, samples)?;
+        self.prof_extra(0, t0)?;
+        self.run_forward(n, false, DropSeeds::Host(0))?;
+        self.pending_logits = Some(n);
+        Ok(())
+    }
+
+    /// Waits for the inference queued by [`GpuNet::launch_predict_staged`] and returns its
+    /// logits (n, classes).
+    pub fn finish_logits(&mut self) -> Result<Vec<f32>, CudaError> {
+        let n = self.pending_logits.take().ok_or_else(|| {
+            CudaError::invalid(
+                "finish_logits",
+                "no inference queued (launch_predict_staged first)",
+            )
+        })?;
+        let last = self.stages.last().map(|s| s.out()).unwrap_or(0);
+        self.gpu
+            .download(&self.acts[last].slice(0..n * self.plan.num_classes))
     }
 
     /// Queues augmentation (from a batch staged by [`GpuNet::stage_u8`]), forward, loss and

@@ -141,6 +141,7 @@ impl GpuNet {
     ) -> Result<(), CudaError> {
         self.last_n = n;
         self.input_grad_at = None;
+        self.pending_logits = None;
         let gpu = self.gpu.clone();
         let prec = self.precision;
         let profiling = self.prof.is_some();

@@ -1,5 +1,6 @@
 //! Launch of `kernels/augment.cu`: u8 HWC images -> f32 NCHW crops with flip, PCA lighting and
-//! mean subtraction in one kernel.
+//! mean subtraction in one kernel; one crop per image for training, several per image (the
+//! evaluation views) through each sample's `src`.
 
 use super::{check_len, u32_of};
 use crate::error::CudaError;
@@ -18,15 +19,17 @@ pub struct AugmentParams {
     pub mean_h: u32,
     pub mean_w: u32,
     pub scale: f32,
-    pub pad_: u32,
+    /// Images in the source batch (samples pick theirs by `src`).
+    pub records: u32,
 }
 
 // SAFETY: `#[repr(C)]` of u32/f32 fields, identical to the C struct `AugmentParams`.
 unsafe impl DeviceRepr for AugmentParams {}
 
 /// Per-sample augmentation (`AugmentSample` of kernels/augment.cu): crop origin in the stored
-/// image (`ox`, `oy`) and in the mean image (`mox`, `moy`), horizontal flip, and the PCA-lighting
-/// delta `eigvec @ (alpha * eigval)` added to every pixel.
+/// image (`ox`, `oy`) and in the mean image (`mox`, `moy`), horizontal flip, the PCA-lighting
+/// delta `eigvec @ (alpha * eigval)` added to every pixel, and the index of the source image
+/// in the batch (`src`: the sample's own index for training, `sample / views` for evaluation).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct AugmentSample {
@@ -36,13 +39,15 @@ pub struct AugmentSample {
     pub moy: u32,
     pub flip: u32,
     pub delta: [f32; 3],
+    pub src: u32,
 }
 
 // SAFETY: `#[repr(C)]` of u32/f32 fields, identical to the C struct `AugmentSample`.
 unsafe impl DeviceRepr for AugmentSample {}
 
 impl AugmentParams {
-    /// Checks every sample's crop against the image and mean sizes.
+    /// Checks every sample's crop against the image and mean sizes, and its source image against
+    /// `records`.
     pub fn validate(&self, samples: &[AugmentSample]) -> Result<(), CudaError> {
         if samples.len() != self.n as usize {
             return Err(CudaError::shape(
@@ -57,6 +62,12 @@ impl AugmentParams {
             self.n as usize * 3 * self.crop as usize * self.crop as usize,
         )?;
         for (i, s) in samples.iter().enumerate() {
+            if s.src >= self.records {
+                return Err(CudaError::invalid(
+                    "augment",
+                    format!("sample {i}: image {} of {}", s.src, self.records),
+                ));
+            }
             let fits = |o: u32, side: u32| o as u64 + self.crop as u64 <= side as u64;
             if !(fits(s.ox, self.src_w) && fits(s.oy, self.src_h)) {
                 return Err(CudaError::invalid(
@@ -80,7 +91,8 @@ impl AugmentParams {
         Ok(())
     }
 
-    /// Parameters for `n` images of `src` x `src` cropped to `crop`, mean image `mean` x `mean`.
+    /// Parameters for `n` crops of `src` x `src` images cropped to `crop` (one per image:
+    /// `records` = `n`; set `records` for several), mean image `mean` x `mean`.
     pub fn square(n: usize, src: usize, crop: usize, mean: usize) -> Result<Self, CudaError> {
         let u = |what, v| u32_of("augment", what, v);
         Ok(AugmentParams {
@@ -91,13 +103,13 @@ impl AugmentParams {
             mean_h: u("mean", mean)?,
             mean_w: u("mean", mean)?,
             scale: 1.0,
-            pad_: 0,
+            records: u("n", n)?,
         })
     }
 }
 
-/// src: (N, SRC_H, SRC_W, 3) u8, mean: (MEAN_H, MEAN_W, 3) f32, samples: (N) (host, validated
-/// and uploaded here) -> x: (N, 3, CROP, CROP) f32.
+/// src: (RECORDS, SRC_H, SRC_W, 3) u8, mean: (MEAN_H, MEAN_W, 3) f32, samples: (N) (host,
+/// validated and uploaded here) -> x: (N, 3, CROP, CROP) f32.
 pub fn augment_u8(
     gpu: &Gpu,
     src: &CudaView<u8>,
@@ -112,7 +124,7 @@ pub fn augment_u8(
         "augment",
         "images",
         src.len(),
-        n * p.src_h as usize * p.src_w as usize * 3,
+        p.records as usize * p.src_h as usize * p.src_w as usize * 3,
     )?;
     check_len(
         "augment",

@@ -42,8 +42,13 @@ pub fn pick_lines(picks: &[ConvPick]) -> Vec<String> {
                 true => String::new(),
                 false => format!(" ({} ms)", times.join(", ")),
             };
+            let failed: String = p
+                .failed
+                .iter()
+                .map(|(name, e)| format!("; {name} failed: {e}"))
+                .collect();
             format!(
-                "{} n{n} {c}x{h}x{w} -> {o}, {k}x{k}/{stride} {}: {}{times}",
+                "{} n{n} {c}x{h}x{w} -> {o}, {k}x{k}/{stride} {}: {}{times}{failed}",
                 p.precision, p.call, p.conv
             )
         })
@@ -154,17 +159,17 @@ mod tests {
             call: call.into(),
             conv: conv.into(),
             times_ms,
+            failed: Vec::new(),
         };
         let times = vec![("cudnn".into(), 0.2104), ("winograd".into(), 0.1789)];
-        let lines = pick_lines(&[
-            pick(256, "forward", "winograd", times),
-            pick(384, "backward", "cudnn", Vec::new()),
-        ]);
+        let mut failing = pick(384, "backward", "cudnn", Vec::new());
+        failing.failed = vec![("im2col".into(), "out of memory".into())];
+        let lines = pick_lines(&[pick(256, "forward", "winograd", times), failing]);
         assert_eq!(
             lines,
             [
                 "tf32 n128 256x13x13 -> 384, 3x3/1 forward: winograd (cudnn 0.210, winograd 0.179 ms)",
-                "tf32 n128 384x13x13 -> 384, 3x3/1 backward: cudnn",
+                "tf32 n128 384x13x13 -> 384, 3x3/1 backward: cudnn; im2col failed: out of memory",
             ]
         );
         assert!(pick_lines(&[]).is_empty());

@@ -154,6 +154,7 @@ mod tests {
             call: call.into(),
             conv: conv.into(),
             times_ms: vec![(conv.into(), 0.5)],
+            failed: Vec::new(),
         };
         record(
             &p,

@@ -98,6 +98,8 @@ pub(crate) type PickKey = (ConvShape, Precision, ConvCall);
 pub(crate) struct Picked {
     pub conv: &'static str,
     pub times_ms: Vec<(&'static str, f64)>,
+    /// The candidates whose timing failed, with the error (left out of the pick).
+    pub failed: Vec<(&'static str, String)>,
 }
 
 /// The names a pick may have, as [`Route::name`] gives them.
@@ -187,33 +189,34 @@ pub const TIMED_RUNS: usize = 3;
 
 /// The candidate with the least `measure`d time (seconds), ties to the earlier one. A
 /// candidate whose measurement fails is left out (one without an algorithm that fits cuDNN's
-/// workspace, a workspace that cannot be allocated); when all fail, the last error. Returns
-/// the pick and each candidate's time (`None` where it failed).
+/// workspace, a workspace that cannot be allocated); when all fail, the first error (a later
+/// one may only echo it: a sticky device error fails every candidate after it). Returns the
+/// pick and each candidate's time, or its error as text where it failed.
 pub fn fastest<E>(
     cands: &[Route],
     mut measure: impl FnMut(Route) -> Result<f64, E>,
-) -> Result<(Route, Vec<Option<f64>>), E>
+) -> Result<(Route, Vec<Result<f64, String>>), E>
 where
-    E: From<CudaError>,
+    E: From<CudaError> + std::fmt::Display,
 {
     let mut best: Option<(Route, f64)> = None;
-    let mut last_err = None;
+    let mut first_err = None;
     let mut times = Vec::with_capacity(cands.len());
     for &r in cands {
         match measure(r) {
             Ok(t) => {
-                times.push(Some(t));
+                times.push(Ok(t));
                 if best.is_none_or(|(_, b)| t < b) {
                     best = Some((r, t));
                 }
             }
             Err(e) => {
-                times.push(None);
-                last_err = Some(e);
+                times.push(Err(e.to_string()));
+                first_err.get_or_insert(e);
             }
         }
     }
-    match (best, last_err) {
+    match (best, first_err) {
         (Some((r, _)), _) => Ok((r, times)),
         (None, Some(e)) => Err(e),
         (None, None) => Err(CudaError::invalid("conv timed", "no candidate implementation").into()),
@@ -273,14 +276,17 @@ pub fn route(
         return Err(gpu.refuse_in_capture(&format!("timing conv {s:?} {}", call.name())));
     }
     let (pick, times) = fastest(&cands, |r| time_route(gpu, r, run))?;
-    let times_ms = cands
-        .iter()
-        .zip(times)
-        .filter_map(|(r, t)| t.map(|t| (r.name(), t * 1e3)))
-        .collect();
+    let (mut times_ms, mut failed) = (Vec::new(), Vec::new());
+    for (r, t) in cands.iter().zip(times) {
+        match t {
+            Ok(t) => times_ms.push((r.name(), t * 1e3)),
+            Err(e) => failed.push((r.name(), e)),
+        }
+    }
     let picked = Picked {
         conv: pick.name(),
         times_ms,
+        failed,
     };
     gpu.set_conv_pick(key, picked);
     Ok(pick)
@@ -301,6 +307,9 @@ pub struct ConvPick {
     /// candidate that failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub times_ms: Vec<(String, f64)>,
+    /// The candidates whose timing failed, with the error, for people.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<(String, String)>,
 }
 
 impl ConvPick {
@@ -313,9 +322,15 @@ impl ConvPick {
             .iter()
             .map(|(n, t)| Ok((route_name(n)?, *t)))
             .collect::<Result<_, CudaError>>()?;
+        let failed = self
+            .failed
+            .iter()
+            .map(|(n, e)| Ok((route_name(n)?, e.clone())))
+            .collect::<Result<_, CudaError>>()?;
         let picked = Picked {
             conv: route_name(&self.conv)?,
             times_ms,
+            failed,
         };
         Ok(((shape, Precision::parse(&self.precision)?, call), picked))
     }
@@ -330,6 +345,11 @@ impl ConvPick {
                 .times_ms
                 .iter()
                 .map(|(n, t)| (n.to_string(), *t))
+                .collect(),
+            failed: picked
+                .failed
+                .iter()
+                .map(|(n, e)| (n.to_string(), e.clone()))
                 .collect(),
         }
     }
@@ -376,7 +396,7 @@ mod tests {
         };
         let (pick, times) = fastest(&c, t).unwrap();
         assert_eq!(pick, Route::Winograd);
-        assert_eq!(times, vec![Some(3.0), Some(1.0), Some(2.0)]);
+        assert_eq!(times, vec![Ok(3.0), Ok(1.0), Ok(2.0)]);
         // Ties go to the earlier candidate.
         assert_eq!(fastest(&c, |_| Ok::<_, CudaError>(1.0)).unwrap().0, c[0]);
         // A failing candidate is left out, even the fastest-looking one.
@@ -386,11 +406,11 @@ mod tests {
         };
         let (pick, times) = fastest(&c, fails).unwrap();
         assert_eq!(pick, Route::Im2col);
-        assert_eq!(times[1], None);
-        // All failing: the last error.
+        assert!(times[1].as_ref().unwrap_err().contains("no workspace"));
+        // All failing: the first error (later ones may only echo a sticky device error).
         let all = |r: Route| Err::<f64, _>(CudaError::invalid("t", r.name()));
         let e = fastest(&c, all).unwrap_err().to_string();
-        assert!(e.contains("im2col"), "{e}");
+        assert!(e.contains("cudnn") && !e.contains("im2col"), "{e}");
         assert!(fastest::<CudaError>(&[], |_| Ok(0.0)).is_err());
     }
 
@@ -486,7 +506,8 @@ mod tests {
         let key = (s, Precision::Bf16, ConvCall::BackwardNoDx);
         let picked = Picked {
             conv: "winograd",
-            times_ms: vec![("cudnn-nhwc", 0.61), ("winograd", 0.42), ("im2col", 1.3)],
+            times_ms: vec![("cudnn-nhwc", 0.61), ("winograd", 0.42)],
+            failed: vec![("im2col", "out of memory".into())],
         };
         let p = ConvPick::of(&key, &picked);
         assert_eq!(p.call, "backward-no-dx");

@@ -4,8 +4,8 @@
 //! input uploads use too.
 //!
 //! Each of the two slots holds a page-locked host buffer and a device buffer. [`Stager::stage`]
-//! copies the batch into the slot's page-locked buffer on the host (waiting, through the
-//! buffer's own event, for the slot's previous upload to have read it), then queues the upload
+//! copies the batch into the slot's page-locked buffer on the host (waiting, through the slot's
+//! `ready` event, for the slot's previous upload to have read it), then queues the upload
 //! on the copy stream after the compute stream's last read of the slot's device buffer, and
 //! records a `ready` event. [`Stager::take`] makes the compute stream wait for `ready` before
 //! anything reads the slot. All crate buffers run with cudarc's event tracking off (one compute
@@ -84,8 +84,14 @@ impl Stager {
         self.generation += 1;
         let len = images.len();
         let slot = &mut self.slots[k];
+        // The slot's previous upload may still read its page-locked buffer (a batch staged and
+        // never taken): wait for it before the buffer is rewritten or reallocated. (The buffer's
+        // own event is not recorded: the crate runs with cudarc's event tracking off.)
+        if let Some(e) = &slot.ready {
+            e.synchronize()
+                .map_err(CudaError::driver("wait for the slot's previous upload"))?;
+        }
         let pin = pinned(gpu, &mut slot.pinned, len)?;
-        // Waits (the pinned buffer's own event) for this slot's previous upload.
         par_copy(images, pin)?;
         // The device buffer may still be read by compute queued earlier: the copy stream waits.
         if let Some(e) = &slot.consumed {
@@ -178,8 +184,8 @@ pub(super) fn pinned<'a, T: cudarc::driver::DeviceRepr>(
         .ok_or_else(|| CudaError::invalid("staging", "pinned buffer missing"))
 }
 
-/// Copies `src` into the pinned buffer (same length) in parallel chunks; waits for the buffer's
-/// previous device copy first.
+/// Copies `src` into the pinned buffer (same length) in parallel chunks. The caller makes sure
+/// no copy still reads the buffer (with event tracking off, `as_mut_slice` does not wait).
 pub(super) fn par_copy<T: Copy + Send + Sync + cudarc::driver::ValidAsZeroBits>(
     src: &[T],
     dst: &mut PinnedHostSlice<T>,

@@ -129,14 +129,26 @@ extern "C" __global__ void col_sum(const float* m, float* out, u64 rows, u64 col
 }
 
 // One block per channel ch of g: (N, C, HW): db[ch] = sum over n and p of g[n, ch, p]
-// (the convolution bias gradient in NCHW). blockDim.x is a power of two <= 1024. Deterministic.
+// (the convolution bias gradient; g is the per-tile partial sums, HW the tiles). The threads
+// stride over the (n, p) pairs together, so a short plane (a few tiles) still keeps the whole
+// block busy; (s, p) advance by blockDim.x without a division. blockDim.x is a power of two
+// <= 1024. Deterministic (fixed order per thread, fixed reduction tree).
 extern "C" __global__ void channel_sum(const float* g, float* db, u64 n, u64 c, u64 hw) {
     __shared__ float buf[1024];
     u64 ch = blockIdx.x;
     float acc = 0.0f;
-    for (u64 s = 0; s < n; ++s) {
-        const float* plane = g + (s * c + ch) * hw;
-        for (u64 p = threadIdx.x; p < hw; p += blockDim.x) acc += plane[p];
+    if (hw > 0) {
+        u64 q = blockDim.x / hw, r = blockDim.x % hw;
+        u64 s = threadIdx.x / hw, p = threadIdx.x % hw;
+        while (s < n) {
+            acc += g[(s * c + ch) * hw + p];
+            s += q;
+            p += r;
+            if (p >= hw) {
+                p -= hw;
+                s += 1;
+            }
+        }
     }
     buf[threadIdx.x] = acc;
     __syncthreads();

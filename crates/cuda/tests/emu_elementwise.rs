@@ -438,9 +438,14 @@ fn elementwise_kernels_match_the_cpu_reference() {
         }
         row_sum_split_rows(&e, 3, 11 * 1024, true, integers);
         row_sum_split_rows(&e, 2, 4096, false, integers);
-        // Planes shorter and longer than the block.
+        // Planes shorter and longer than the block, one a divisor of it, the paper's tile
+        // counts (conv1 95, conv3-5 6 partial sums per channel and sample).
         channel_sum(&e, (3, 5, 300), 256, integers);
         channel_sum(&e, (2, 7, 13), 256, integers);
+        channel_sum(&e, (9, 3, 32), 256, integers);
+        channel_sum(&e, (40, 4, 95), 256, integers);
+        channel_sum(&e, (130, 3, 6), 256, integers);
+        channel_sum(&e, (1, 2, 1), 256, integers);
     }
     common::assert_all_launched(&e);
 }
@@ -490,5 +495,6 @@ fn block_reductions_work_for_every_power_of_two_block() {
     for block in [1, 2, 32, 1024] {
         row_sum(&e, 3, 1500, block, true, true);
         channel_sum(&e, (2, 3, 1100), block, true);
+        channel_sum(&e, (50, 3, 7), block, true);
     }
 }

@@ -9,7 +9,7 @@ use anyhow::Context;
 use fast_image_resize::Resizer;
 use rayon::prelude::*;
 
-use crate::loader::{LoaderConfig, TrainLoader};
+use crate::loader::{Batch, LoaderConfig, Pixels, Recycler, TrainLoader};
 use crate::manifest::Storage;
 use crate::prepare::{self, PrepareOptions, Source};
 use crate::shards::Dataset;
@@ -304,6 +304,40 @@ pub fn run_bench_data(args: &BenchDataArgs) -> anyhow::Result<()> {
                 rate(n1, t),
                 rayon::current_num_threads(),
                 c = cfg.crop,
+            );
+            // What a device that augments itself takes (the CUDA trainer): the stored records
+            // gathered into one batch, and each sample's draws.
+            // Each batch's buffer goes back to the loader, as the trainer hands it back.
+            let raw = LoaderConfig { raw: true, ..cfg };
+            let give = |recycler: &Recycler, b: Batch| {
+                let n = b.labels.len();
+                if let Pixels::U8 { records, .. } = b.pixels {
+                    recycler.give(records);
+                }
+                n
+            };
+            let t = Instant::now();
+            let loader = TrainLoader::new(ds.clone(), raw.clone(), 0, 0)?;
+            let recycler = loader.recycler();
+            let n: usize = loader.map(|b| give(&recycler, b)).sum();
+            let all = rate(n, t);
+            let t = Instant::now();
+            let mut n1 = 0;
+            let recycler = Recycler::default();
+            one.install(|| -> anyhow::Result<()> {
+                for b in 0..crate::loader::batches_per_epoch(n, raw.batch_size, true).min(20) {
+                    let batch = crate::loader::train_batch_recycled(&ds, &raw, (1, b), &recycler)?;
+                    n1 += give(&recycler, batch);
+                }
+                Ok(())
+            })?;
+            let s = ds.image_size();
+            println!(
+                "loader, raw (u8 {s}x{s} records gathered + draws, for a device that augments, \
+                 batch {}): {:.0} img/s per core, {all:.0} img/s on {} threads",
+                raw.batch_size,
+                rate(n1, t),
+                rayon::current_num_threads(),
             );
         }
         Err(e) => println!("loader: skipped ({e})"),

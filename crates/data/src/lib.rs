@@ -25,7 +25,7 @@ pub mod synthetic;
 pub use error::DataError;
 pub use loader::{
     batches_per_epoch, epoch_order, eval_batch, eval_records, view_patches, Batch, Draw,
-    LoaderConfig, Pixels, TrainLoader, View,
+    LoaderConfig, Pixels, Recycler, TrainLoader, View,
 };
 pub use manifest::{ClassEntry, Manifest, ShardInfo, Skipped, SplitInfo, Storage};
 pub use prepare::{prepare, verify, PrepareOptions, Source, VerifyReport};

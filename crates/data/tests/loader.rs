@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
-use alexnet_data::loader::{sample_draw, train_batch, view_patches};
+use alexnet_data::loader::{sample_draw, train_batch, train_batch_recycled, view_patches};
 use alexnet_data::prepare::from_records;
 use alexnet_data::{
-    batches_per_epoch, epoch_order, eval_batch, Dataset, LoaderConfig, Split, TrainLoader, View,
+    batches_per_epoch, epoch_order, eval_batch, Dataset, LoaderConfig, Pixels, Recycler, Split,
+    TrainLoader, View,
 };
 
 fn small_dataset(dir: &std::path::Path, n: usize, s: usize) -> Arc<Dataset> {
@@ -288,4 +289,57 @@ fn view_count_is_the_number_of_patches() {
         assert_eq!(view.count(), view_patches(256, 224, view).len(), "{view:?}");
     }
     assert_eq!((View::Center.count(), View::TenCrop.count()), (1, 10));
+}
+
+#[test]
+fn recycled_record_buffers_give_the_same_raw_batches() {
+    let d = tempfile::tempdir().unwrap();
+    let ds = small_dataset(d.path(), 23, 8);
+    let cfg = LoaderConfig {
+        batch_size: 5,
+        crop: 6,
+        seed: 3,
+        drop_last: false,
+        raw: true,
+        ..Default::default()
+    };
+    let plain: Vec<_> = TrainLoader::new(ds.clone(), cfg.clone(), 1, 0)
+        .unwrap()
+        .collect();
+    assert_eq!(plain.len(), 5, "4 full batches and a partial one");
+    // Every buffer handed back at once, poisoned: a refilled buffer must be overwritten whole.
+    let loader = TrainLoader::new(ds.clone(), cfg.clone(), 1, 0).unwrap();
+    let recycler = loader.recycler();
+    let mut recycled = Vec::new();
+    for b in loader {
+        recycled.push(b.clone());
+        if let Pixels::U8 { mut records, .. } = b.pixels {
+            records.iter_mut().for_each(|v| *v = 0xAB);
+            recycler.give(records);
+        }
+    }
+    assert_eq!(recycled, plain);
+    // The synchronous form with a recycler, including a longer buffer for a partial batch and
+    // a shorter one for a full batch.
+    let r = Recycler::default();
+    r.give(vec![7u8; 5 * 8 * 8 * 3 + 11]);
+    assert_eq!(
+        train_batch_recycled(&ds, &cfg, (1, 4), &r).unwrap(),
+        plain[4]
+    );
+    r.give(vec![7u8; 3]);
+    assert_eq!(
+        train_batch_recycled(&ds, &cfg, (1, 0), &r).unwrap(),
+        plain[0]
+    );
+    // A buffer of the batch's size is refilled in place (no new allocation), poison overwritten.
+    let buf = vec![0xABu8; 5 * 8 * 8 * 3];
+    let at = buf.as_ptr();
+    r.give(buf);
+    let b = train_batch_recycled(&ds, &cfg, (1, 2), &r).unwrap();
+    assert_eq!(b, plain[2]);
+    match b.pixels {
+        Pixels::U8 { records, .. } => assert_eq!(records.as_ptr(), at),
+        Pixels::F32(_) => panic!("a raw batch"),
+    }
 }

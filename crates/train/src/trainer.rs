@@ -218,7 +218,9 @@ pub fn train_model(
         )?;
         let t_epoch = Instant::now();
         let mut imgs_epoch = 0usize;
-        // The raw path stages the next batch's upload while the device computes this one.
+        // The raw path stages the next batch's upload while the device computes this one, and
+        // hands each batch's record buffer back to the loader once its upload is staged.
+        let recycler = loader.recycler();
         let mut batches = loader.by_ref().peekable();
         let mut staged = None;
         while let Some(batch) = batches.next() {
@@ -274,6 +276,10 @@ pub fn train_model(
             }
             state.step += 1;
             state.next_batch = batch.index + 1;
+            if let Pixels::U8 { records, .. } = batch.pixels {
+                // Its upload was staged (copied to page-locked memory) before this step ran.
+                recycler.give(records);
+            }
             steps_this_run += 1;
             imgs_epoch += n;
             let ips = n as f64 / t.elapsed().as_secs_f64().max(1e-9);

@@ -644,6 +644,11 @@ impl Gpu {
         self.lock_conv_picks().get(key).map(|p| p.conv)
     }
 
+    /// Whether the pick for `key` was pinned from a run folder rather than timed here.
+    pub(crate) fn conv_pick_pinned(&self, key: &crate::ops::conv_route::PickKey) -> bool {
+        self.lock_conv_picks().get(key).is_some_and(|p| p.pinned)
+    }
+
     /// Records [`ConvImpl::Timed`]'s pick for `key` (a new generation: a graph captured before
     /// may have run another implementation).
     pub(crate) fn set_conv_pick(

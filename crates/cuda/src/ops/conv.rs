@@ -7,7 +7,7 @@
 //! bias (+ReLU) into the CNHW -> NCHW epilogue; backward fuses the ReLU mask into the NCHW ->
 //! CNHW transpose.
 
-use super::conv_route::{route, ConvCall, Route};
+use super::conv_route::{route_and_run, ConvCall, Route};
 use super::elementwise::{cnhw_to_nchw_bias_act, nchw_to_cnhw_mask, row_sum};
 use super::gemm::{gemm, MatDesc};
 use super::space_to_depth::S2dScratch;
@@ -254,8 +254,7 @@ pub fn conv_forward(
         Route::Winograd => super::winograd::forward(gpu, prec, s, (x, w, b), y, relu, ws),
         Route::Im2col => forward_im2col(gpu, prec, s, (x, w, b), y, relu, ws),
     };
-    let r = route(gpu, prec, s, ConvCall::Forward, &mut run)?;
-    run(r)
+    route_and_run(gpu, prec, s, ConvCall::Forward, &mut run)
 }
 
 /// [`conv_forward`] as im2col + cuBLAS GEMMs, in chunks of samples.
@@ -366,8 +365,7 @@ pub fn conv_backward(
             Route::Im2col => backward_im2col(gpu, prec, s, (x, w, y, dy), dx, dw, db, ws),
         }
     };
-    let r = route(gpu, prec, s, call, &mut run)?;
-    run(r)
+    route_and_run(gpu, prec, s, call, &mut run)
 }
 
 /// [`conv_backward`] as im2col + cuBLAS GEMMs, in chunks of samples.

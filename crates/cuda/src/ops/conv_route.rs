@@ -100,6 +100,8 @@ pub(crate) struct Picked {
     pub times_ms: Vec<(&'static str, f64)>,
     /// The candidates whose timing failed, with the error (left out of the pick).
     pub failed: Vec<(&'static str, String)>,
+    /// Taken from a run folder's `conv_picks.json` ([`pin_conv_picks`]), not timed here.
+    pub pinned: bool,
 }
 
 /// The names a pick may have, as [`Route::name`] gives them.
@@ -287,9 +289,35 @@ pub fn route(
         conv: pick.name(),
         times_ms,
         failed,
+        pinned: false,
     };
     gpu.set_conv_pick(key, picked);
     Ok(pick)
+}
+
+/// [`route`], then `run` on the implementation it gives. When that fails with a pick pinned
+/// from a run folder (made by another process, maybe on another card or library), the error
+/// says so and how to time again.
+pub fn route_and_run(
+    gpu: &Gpu,
+    prec: Precision,
+    s: &ConvShape,
+    call: ConvCall,
+    run: &mut dyn FnMut(Route) -> Result<(), CudaError>,
+) -> Result<(), CudaError> {
+    let r = route(gpu, prec, s, call, run)?;
+    run(r).map_err(|e| match gpu.conv_pick_pinned(&(*s, prec, call)) {
+        true => CudaError::invalid(
+            "conv pick",
+            format!(
+                "{e} ({} {} was pinned from the run folder's conv_picks.json: delete that file \
+                 to time the implementations again)",
+                call.name(),
+                r.name()
+            ),
+        ),
+        false => e,
+    })
 }
 
 /// One timed pick as a run folder keeps it (`conv_picks.json`, see the module docs).
@@ -331,6 +359,7 @@ impl ConvPick {
             conv: route_name(&self.conv)?,
             times_ms,
             failed,
+            pinned: true,
         };
         Ok(((shape, Precision::parse(&self.precision)?, call), picked))
     }
@@ -508,6 +537,7 @@ mod tests {
             conv: "winograd",
             times_ms: vec![("cudnn-nhwc", 0.61), ("winograd", 0.42)],
             failed: vec![("im2col", "out of memory".into())],
+            pinned: true,
         };
         let p = ConvPick::of(&key, &picked);
         assert_eq!(p.call, "backward-no-dx");

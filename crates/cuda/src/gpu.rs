@@ -280,6 +280,18 @@ pub const WINO_TILE_ENV: &str = "ALEXNET_WINOGRAD_TILE";
 /// (`net::graph`).
 pub const GRAPH_ENV: &str = "ALEXNET_CUDA_GRAPH";
 
+/// The environment variables that change which kernels compute a training step on the GPU, and
+/// so its bits: a run resumed under other values is not bit-identical to an uninterrupted one
+/// ([`GRAPH_ENV`] is not among them: graphs replay the same kernels).
+pub const NUMERIC_ENVS: [&str; 6] = [
+    CONV_ENV,
+    ALGO_ENV,
+    LAYOUT_ENV,
+    S2D_ENV,
+    LRN_ENV,
+    WINO_TILE_ENV,
+];
+
 /// Parses a [`WINO_TILE_ENV`] value: `auto` (or empty) -> `None`, `2` or `4` -> that tile side.
 pub fn parse_wino_tile(v: &str) -> Result<Option<usize>, CudaError> {
     match v {

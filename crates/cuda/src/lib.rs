@@ -28,8 +28,8 @@ pub mod parity;
 pub use error::CudaError;
 pub use gpu::{
     cublas_available, cudnn_available, device_count, driver_available, AlgoSearch, ConvImpl,
-    ConvLayout, Gpu, Precision, ALGO_ENV, CONV_ENV, GRAPH_ENV, LAYOUT_ENV, LRN_ENV, S2D_ENV,
-    WINO_TILE_ENV,
+    ConvLayout, Gpu, Precision, ALGO_ENV, CONV_ENV, GRAPH_ENV, LAYOUT_ENV, LRN_ENV, NUMERIC_ENVS,
+    S2D_ENV, WINO_TILE_ENV,
 };
 pub use kernels::{check_kernels, nvrtc_available};
 pub use net::{GpuNet, Staged};

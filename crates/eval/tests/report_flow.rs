@@ -137,6 +137,7 @@ fn make_run(name: &str, models: usize) -> PathBuf {
         precision: "f32".into(),
         conv: None,
         cudnn_algo: None,
+        gpu_env: Default::default(),
         threads: 1,
         train_subset: None,
         init_from: None,

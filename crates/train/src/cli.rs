@@ -110,6 +110,7 @@ pub fn make_config(a: &TrainArgs, dataset: &Dataset) -> Result<RunConfig> {
         precision: a.precision.clone(),
         conv: a.conv.clone(),
         cudnn_algo: a.cudnn_algo.clone(),
+        gpu_env: RunConfig::gpu_env_now(|k| std::env::var(k).ok()),
         threads: rayon::current_num_threads(),
         train_subset: a.train_subset,
         init_from: a.init_from.clone(),
@@ -176,6 +177,15 @@ pub fn run_train_with(a: &TrainArgs, stop_after_steps: Option<u64>) -> Result<Pa
                  start a new --run",
                 cfg.data.display()
             );
+        }
+        if matches!(device, DeviceChoice::Cuda(_)) {
+            let now = RunConfig::gpu_env_now(|k| std::env::var(k).ok());
+            for change in cfg.env_changes(&now) {
+                eprintln!(
+                    "warning: {change}: the resumed run computes with other kernels and will \
+                     not be bit-identical to an uninterrupted one"
+                );
+            }
         }
         cfg
     } else {

@@ -301,7 +301,7 @@ impl Backend {
     }
 
     /// Queues the inference of a raw batch staged by [`Backend::stage_u8`] (`records` S x S
-    /// images) without waiting: the device crops every patch of every image and subtracts the
+    /// images; `patches` of side `crop`, the network's input side) without waiting: the device crops every patch of every image and subtracts the
     /// mean ([`view_samples`]; the same inputs as the CPU's [`alexnet_data::eval_batch`], bit
     /// for bit), then runs the forward with dropout off. [`Backend::predict_finish`] returns the
     /// logits; in between the host can stage the next batch. Needs
@@ -309,12 +309,17 @@ impl Backend {
     pub fn predict_launch(
         &mut self,
         staged: Staged,
-        s: usize,
+        (s, crop): (usize, usize),
         (records, patches): (usize, &[Patch]),
     ) -> Result<()> {
         let Backend::Cuda(g) = self else {
             return Err(cpu_takes_f32());
         };
+        // The kernel cuts crops of the network's input side; `patches` were placed for `crop`.
+        let side = g.plan().input[1];
+        if crop != side {
+            bail!("evaluation crop {crop} is not the network's input side {side}");
+        }
         Ok(g.launch_predict_staged(staged, (s, s), &view_samples(records, patches))?)
     }
 

@@ -57,7 +57,7 @@ pub fn predict_split(
         let mut current = stage(backend, &passes[0])?;
         for (k, idx) in passes.iter().enumerate() {
             let (staged, l) = current;
-            backend.predict_launch(staged, s, (idx.len(), &patches))?;
+            backend.predict_launch(staged, (s, crop), (idx.len(), &patches))?;
             // The next pass's records are read and their upload queued while this one computes.
             let next = match passes.get(k + 1) {
                 Some(nidx) => Some(stage(backend, nidx)?),

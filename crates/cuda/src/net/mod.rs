@@ -561,6 +561,7 @@ impl GpuNet {
         labels: &[u32],
         dropout_seed: u64,
     ) -> Result<f32, CudaError> {
+        one_crop_per_image(images.len(), (src_h, src_w), samples.len())?;
         let n = self.augment_input(images, (src_h, src_w), samples)?;
         self.load_labels(labels, n)?;
         self.train_pass(n, dropout_seed)
@@ -675,6 +676,7 @@ impl GpuNet {
         labels: &[u32],
         dropout_seed: u64,
     ) -> Result<(), CudaError> {
+        one_crop_per_image(st.len(), src, samples.len())?;
         let t0 = pass::tick(&self.gpu, self.prof.is_some())?;
         let n = self.augment_staged(st, src, samples)?;
         self.prof_extra(0, t0)?;
@@ -696,5 +698,33 @@ impl GpuNet {
     /// own kernels (e.g. multi-GPU gradient reduction).
     pub fn buffers_mut(&mut self) -> (&mut CudaSlice<f32>, &mut CudaSlice<f32>) {
         (&mut self.params, &mut self.grads)
+    }
+}
+
+/// A training batch crops each image once: `bytes` must hold exactly `n` images of `src`
+/// (the evaluation's several views per image are for inference only).
+fn one_crop_per_image(bytes: usize, (h, w): (usize, usize), n: usize) -> Result<(), CudaError> {
+    if bytes != n * h * w * 3 {
+        return Err(CudaError::shape(
+            "train from u8 images",
+            format!("{bytes} bytes for {n} samples of {h}x{w}x3 (one crop per image)"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_crop_per_image;
+
+    #[test]
+    fn a_training_batch_crops_each_staged_image_once() {
+        assert!(one_crop_per_image(2 * 4 * 5 * 3, (4, 5), 2).is_ok());
+        // Two samples of one staged image (evaluation views) are not a training batch.
+        let e = one_crop_per_image(4 * 5 * 3, (4, 5), 2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("60 bytes for 2 samples of 4x5x3"), "{e}");
+        assert!(one_crop_per_image(3 * 4 * 5 * 3, (4, 5), 2).is_err());
     }
 }

@@ -297,7 +297,7 @@ pub fn route(
 
 /// [`route`], then `run` on the implementation it gives. When that fails with a pick pinned
 /// from a run folder (made by another process, maybe on another card or library), the error
-/// says so and how to time again.
+/// says so and how to time again (the failure may have another cause: the hint says "if").
 pub fn route_and_run(
     gpu: &Gpu,
     prec: Precision,
@@ -310,8 +310,8 @@ pub fn route_and_run(
         true => CudaError::invalid(
             "conv pick",
             format!(
-                "{e} ({} {} was pinned from the run folder's conv_picks.json: delete that file \
-                 to time the implementations again)",
+                "{e} ({} {} was pinned from the run folder's conv_picks.json; if it cannot run \
+                 here, delete that file to time the implementations again)",
                 call.name(),
                 r.name()
             ),

@@ -8,9 +8,9 @@
 #[path = "emu/common.rs"]
 mod common;
 
-use alexnet_cuda::emu::{arg, Emu};
-use alexnet_cuda::gpu::grid_for;
+use alexnet_cuda::emu::Emu;
 use alexnet_cuda::kernels::KernelFile;
+use alexnet_cuda::ops::augment::augment_u8_emulated;
 use alexnet_cuda::{AugmentParams, AugmentSample};
 use alexnet_tensor::rng::Rng;
 use common::{emu, normal, rel_l2};
@@ -75,35 +75,7 @@ fn run(
     p: AugmentParams,
     cfg: Option<LaunchConfig>,
 ) -> Vec<f32> {
-    p.validate(samples).unwrap();
-    assert_eq!(src.len(), (p.records * p.src_h * p.src_w * 3) as usize);
-    assert_eq!(mean.len(), (p.mean_h * p.mean_w * 3) as usize);
-    let out = (p.n * 3 * p.crop * p.crop) as usize;
-    let cfg = cfg.unwrap_or_else(|| grid_for(out as u64).unwrap());
-    let mut x = vec![f32::NAN; out + GUARD];
-    let (sp, mp, qp, xp) = (
-        src.as_ptr(),
-        mean.as_ptr(),
-        samples.as_ptr(),
-        x.as_mut_ptr(),
-    );
-    // SAFETY: src and mean hold the sizes `p` gives (asserted), samples holds p.n entries and
-    // every crop fits its image (one of p.records) and the mean image (validated), x holds n*3*crop^2 floats plus
-    // GUARD; the kernel indexes below those.
-    unsafe {
-        e.launch(
-            "augment_u8",
-            &cfg,
-            &[arg(&sp), arg(&mp), arg(&qp), arg(&xp), arg(&p)],
-        )
-    }
-    .unwrap();
-    assert!(
-        x[out..].iter().all(|v| v.is_nan()),
-        "augment_u8 wrote past the end"
-    );
-    x.truncate(out);
-    x
+    augment_u8_emulated(e, (src, mean, samples), p, cfg, GUARD).unwrap()
 }
 
 fn check(e: &Emu, p: AugmentParams, samples: &[AugmentSample], seed: u64) {

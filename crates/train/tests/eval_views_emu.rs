@@ -4,9 +4,9 @@
 //! `eval_batch` views bit for bit: ten crops and the centre crop, several records per pass,
 //! records out of order and repeated.
 
-use alexnet_cuda::emu::{arg, Emu};
-use alexnet_cuda::gpu::grid_for;
+use alexnet_cuda::emu::Emu;
 use alexnet_cuda::kernels::KernelFile;
+use alexnet_cuda::ops::augment::augment_u8_emulated;
 use alexnet_cuda::AugmentParams;
 use alexnet_data::prepare::from_records;
 use alexnet_data::{eval_batch, eval_records, view_patches, Dataset, Split, View};
@@ -33,33 +33,7 @@ fn device_views(e: &Emu, ds: &Dataset, idx: &[usize], crop: usize, view: View) -
     let samples = view_samples(idx.len(), &view_patches(s, crop, view));
     let mut p = AugmentParams::square(samples.len(), s, crop, s).unwrap();
     p.records = idx.len() as u32;
-    p.validate(&samples).unwrap();
-    let mean = &ds.stats.mean;
-    assert_eq!(records.len(), idx.len() * s * s * 3);
-    assert_eq!(mean.len(), s * s * 3);
-    let out = samples.len() * 3 * crop * crop;
-    let mut x = vec![f32::NAN; out + 16];
-    let (sp, mp, qp, xp) = (
-        records.as_ptr(),
-        mean.as_ptr(),
-        samples.as_ptr(),
-        x.as_mut_ptr(),
-    );
-    let cfg = grid_for(out as u64).unwrap();
-    // SAFETY: records hold p.records S x S x 3 images and mean one S x S x 3 image (asserted),
-    // samples hold p.n validated crops (each inside its image), x holds n*3*crop^2 floats and a
-    // tail.
-    unsafe {
-        e.launch(
-            "augment_u8",
-            &cfg,
-            &[arg(&sp), arg(&mp), arg(&qp), arg(&xp), arg(&p)],
-        )
-    }
-    .unwrap();
-    assert!(x[out..].iter().all(|v| v.is_nan()), "wrote past the end");
-    x.truncate(out);
-    x
+    augment_u8_emulated(e, (&records, &ds.stats.mean, &samples), p, None, 16).unwrap()
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {

@@ -91,6 +91,22 @@ impl AugmentParams {
         Ok(())
     }
 
+    /// [`AugmentParams::validate`] and the lengths of the images and the mean image; returns
+    /// the output's length, n * 3 * crop^2.
+    fn check(
+        &self,
+        samples: &[AugmentSample],
+        src_len: usize,
+        mean_len: usize,
+    ) -> Result<usize, CudaError> {
+        self.validate(samples)?;
+        let image = self.src_h as usize * self.src_w as usize * 3;
+        check_len("augment", "images", src_len, self.records as usize * image)?;
+        let mean = self.mean_h as usize * self.mean_w as usize * 3;
+        check_len("augment", "mean", mean_len, mean)?;
+        Ok(self.n as usize * 3 * self.crop as usize * self.crop as usize)
+    }
+
     /// Parameters for `n` crops of `src` x `src` images cropped to `crop` (one per image:
     /// `records` = `n`; set `records` for several), mean image `mean` x `mean`.
     pub fn square(n: usize, src: usize, crop: usize, mean: usize) -> Result<Self, CudaError> {
@@ -118,21 +134,7 @@ pub fn augment_u8(
     x: &mut CudaViewMut<f32>,
     p: AugmentParams,
 ) -> Result<(), CudaError> {
-    p.validate(samples)?;
-    let n = p.n as usize;
-    check_len(
-        "augment",
-        "images",
-        src.len(),
-        p.records as usize * p.src_h as usize * p.src_w as usize * 3,
-    )?;
-    check_len(
-        "augment",
-        "mean",
-        mean.len(),
-        p.mean_h as usize * p.mean_w as usize * 3,
-    )?;
-    let out = n * 3 * p.crop as usize * p.crop as usize;
+    let out = p.check(samples, src.len(), mean.len())?;
     check_len("augment", "x", x.len(), out)?;
     let Some(cfg) = grid_for(out as u64) else {
         return Ok(());
@@ -147,4 +149,47 @@ pub fn augment_u8(
     unsafe { l.launch(cfg) }
         .map_err(CudaError::driver("augment_u8"))
         .map(|_| ())
+}
+
+/// [`augment_u8`] on the kernel emulator ([`crate::emu`]), host buffers standing in for the
+/// device's: validated and checked as the device launch is, over `cfg` (the launch's own grid
+/// when `None`). The output gets a tail of `guard` NaNs, which the kernel must leave as they
+/// are (an error otherwise), and is returned without it. For tests on machines without a GPU.
+pub fn augment_u8_emulated(
+    e: &crate::emu::Emu,
+    (src, mean, samples): (&[u8], &[f32], &[AugmentSample]),
+    p: AugmentParams,
+    cfg: Option<cudarc::driver::LaunchConfig>,
+    guard: usize,
+) -> Result<Vec<f32>, CudaError> {
+    use crate::emu::arg;
+    let out = p.check(samples, src.len(), mean.len())?;
+    let Some(cfg) = cfg.or_else(|| grid_for(out as u64)) else {
+        return Ok(Vec::new());
+    };
+    let mut x = vec![f32::NAN; out + guard];
+    let (sp, mp, qp, xp) = (
+        src.as_ptr(),
+        mean.as_ptr(),
+        samples.as_ptr(),
+        x.as_mut_ptr(),
+    );
+    // SAFETY: src holds p.records images and mean the mean image (checked), samples holds p.n
+    // entries whose crops fit their image (one of p.records) and the mean image (validated), x
+    // holds n*3*crop^2 floats and the guard; the kernel indexes below those.
+    unsafe {
+        e.launch(
+            "augment_u8",
+            &cfg,
+            &[arg(&sp), arg(&mp), arg(&qp), arg(&xp), arg(&p)],
+        )?;
+    }
+    if !x[out..].iter().all(|v| v.is_nan()) {
+        return Err(CudaError::invalid(
+            "augment (emulated)",
+            "wrote past the output",
+        ));
+    }
+    x.truncate(out);
+    Ok(x)
 }

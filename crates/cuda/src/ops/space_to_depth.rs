@@ -217,13 +217,28 @@ fn forward_via<R>(
     sc: &mut S2dScratch,
     conv: impl FnOnce(&ConvShape, &CudaView<f32>, &CudaView<f32>) -> Result<R, CudaError>,
 ) -> Result<R, CudaError> {
+    let (t, xs, ws) = regroup(gpu, s, (x, w), (&mut sc.x, &mut sc.w))?;
+    conv(&t, &xs.as_view(), &ws.as_view())
+}
+
+/// x and w of the strided convolution `s` regrouped into the scratch slots `xs` and `ws`
+/// (grown as needed): the space-to-depth form's shape t ([`s2d_shape`]) and its operands.
+fn regroup<'a>(
+    gpu: &Gpu,
+    s: &ConvShape,
+    (x, w): (&CudaView<f32>, &CudaView<f32>),
+    (xs, ws): (
+        &'a mut Option<CudaSlice<f32>>,
+        &'a mut Option<CudaSlice<f32>>,
+    ),
+) -> Result<(ConvShape, &'a CudaSlice<f32>, &'a CudaSlice<f32>), CudaError> {
     let t = transformed(s)?;
-    let xs = gpu.grow(&mut sc.x, input_len(s)?, "space-to-depth input")?;
-    let ws = gpu.grow(&mut sc.w, t.o * t.kdim(), "space-to-depth weights")?;
+    let xs = gpu.grow(xs, input_len(s)?, "space-to-depth input")?;
+    let ws = gpu.grow(ws, t.o * t.kdim(), "space-to-depth weights")?;
     // x: (N,C,H,W) -> xs: (N,C*S*S,HS,WS); w: (O,C/g,K,K) -> ws: (O,C/g*S*S,KS,KS)
     input(gpu, s, x, &mut xs.as_view_mut())?;
     weight(gpu, s, w, &mut ws.as_view_mut())?;
-    conv(&t, &xs.as_view(), &ws.as_view())
+    Ok((t, xs, ws))
 }
 
 /// The gradients of the strided convolution `s` in its space-to-depth form t: x and w are
@@ -245,18 +260,13 @@ fn backward_via(
         &mut CudaViewMut<f32>,
     ) -> Result<(), CudaError>,
 ) -> Result<(), CudaError> {
-    let t = transformed(s)?;
-    let nxs = input_len(s)?;
-    let xs = gpu.grow(&mut sc.x, nxs, "space-to-depth input")?;
-    let ws = gpu.grow(&mut sc.w, t.o * t.kdim(), "space-to-depth weights")?;
+    let (t, xs, ws) = regroup(gpu, s, (x, w), (&mut sc.x, &mut sc.w))?;
     let dws = gpu.grow(&mut sc.dw, t.o * t.kdim(), "space-to-depth weight gradient")?;
-    input(gpu, s, x, &mut xs.as_view_mut())?;
-    weight(gpu, s, w, &mut ws.as_view_mut())?;
     let ops = (&xs.as_view(), &ws.as_view());
     let mut dwsv = dws.as_view_mut();
     match dx {
         Some(dx) => {
-            let dxs = gpu.grow(&mut sc.dx, nxs, "space-to-depth input gradient")?;
+            let dxs = gpu.grow(&mut sc.dx, input_len(s)?, "space-to-depth input gradient")?;
             let mut dxs = dxs.as_view_mut();
             conv(&t, ops, Some(&mut dxs), &mut dwsv)?;
             // dxs: (N,C*S*S,HS,WS) -> dx: (N,C,H,W)

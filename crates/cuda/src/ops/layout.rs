@@ -10,7 +10,8 @@ use crate::error::CudaError;
 use crate::gpu::Gpu;
 use crate::kernels::KernelFile;
 use cudarc::driver::{
-    CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
+    PushKernelArg, SyncOnDrop,
 };
 
 /// An element type of the NHWC side: f32, or bf16 as its raw u16 bits.
@@ -102,6 +103,21 @@ pub(crate) fn to_nhwc<T: NhwcElem>(
         .map(|_| ())
 }
 
+/// An optional input as a kernel's nullable pointer argument: the view's device address, or 0
+/// (null) for none, with the guard that keeps the address valid while it is held.
+fn nullable<'a, T>(
+    v: Option<&'a CudaView<'_, T>>,
+    stream: &'a CudaStream,
+) -> (u64, Option<SyncOnDrop<'a>>) {
+    match v {
+        Some(v) => {
+            let (p, g) = v.device_ptr(stream);
+            (p, Some(g))
+        }
+        None => (0, None),
+    }
+}
+
 /// y: (N, HW, C) of `T` -> x: (N, C, HW) f32, plus `b[c]` when given, then ReLU when `relu`.
 pub(crate) fn from_nhwc<T: NhwcElem>(
     gpu: &Gpu,
@@ -122,14 +138,7 @@ pub(crate) fn from_nhwc<T: NhwcElem>(
     };
     let (c32, hw32, r) = (c as u32, hw as u32, relu as i32);
     let stream = &gpu.stream;
-    // The bias as a raw device pointer, 0 (null) for none.
-    let (pb, _guard) = match b {
-        Some(b) => {
-            let (p, g) = b.device_ptr(stream);
-            (p, Some(g))
-        }
-        None => (0u64, None),
-    };
+    let (pb, _guard) = nullable(b, stream);
     let f = gpu.function(KernelFile::Convert, T::FROM)?;
     let mut l = stream.launch_builder(&f);
     l.arg(y).arg(&pb).arg(x).arg(&c32).arg(&hw32).arg(&r);
@@ -164,14 +173,7 @@ fn mask_sums(
     };
     let (c32, hw32) = (c as u32, hw as u32);
     let stream = &gpu.stream;
-    // The ReLU output as a raw device pointer, 0 (null) for none.
-    let (py, _guard) = match y {
-        Some(y) => {
-            let (p, g) = y.device_ptr(stream);
-            (p, Some(g))
-        }
-        None => (0u64, None),
-    };
+    let (py, _guard) = nullable(y, stream);
     let f = gpu.function(KernelFile::Convert, op)?;
     let mut l = stream.launch_builder(&f);
     l.arg(dy).arg(&py).arg(&pout).arg(part).arg(&c32).arg(&hw32);

@@ -2,6 +2,7 @@
 
 use crate::error::{no_panic, CudaError};
 use crate::kernels::{cached_ptx, KernelFile};
+use crate::ops::conv_route::{PickKey, Picked};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig,
@@ -484,7 +485,7 @@ pub struct Gpu {
     grow_refused: AtomicBool,
     /// [`ConvImpl::Timed`]'s picks so far (timed or pinned): the implementation's name per
     /// (shape, precision, call). Cleared when a convolution setting changes.
-    conv_picks: Mutex<HashMap<crate::ops::conv_route::PickKey, crate::ops::conv_route::Picked>>,
+    conv_picks: Mutex<HashMap<PickKey, Picked>>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -642,43 +643,29 @@ impl Gpu {
         self.lock_conv_picks().clear();
     }
 
-    fn lock_conv_picks(
-        &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        HashMap<crate::ops::conv_route::PickKey, crate::ops::conv_route::Picked>,
-    > {
+    fn lock_conv_picks(&self) -> std::sync::MutexGuard<'_, HashMap<PickKey, Picked>> {
         self.conv_picks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// [`ConvImpl::Timed`]'s pick for `key` (an implementation name), if made or pinned.
-    pub(crate) fn conv_pick(&self, key: &crate::ops::conv_route::PickKey) -> Option<&'static str> {
+    pub(crate) fn conv_pick(&self, key: &PickKey) -> Option<&'static str> {
         self.lock_conv_picks().get(key).map(|p| p.conv)
     }
 
     /// Whether the pick for `key` was pinned from a run folder rather than timed here.
-    pub(crate) fn conv_pick_pinned(&self, key: &crate::ops::conv_route::PickKey) -> bool {
+    pub(crate) fn conv_pick_pinned(&self, key: &PickKey) -> bool {
         self.lock_conv_picks().get(key).is_some_and(|p| p.pinned)
     }
 
     /// Records [`ConvImpl::Timed`]'s pick for `key` (a new generation: a graph captured before
     /// may have run another implementation).
-    pub(crate) fn set_conv_pick(
-        &self,
-        key: crate::ops::conv_route::PickKey,
-        pick: crate::ops::conv_route::Picked,
-    ) {
+    pub(crate) fn set_conv_pick(&self, key: PickKey, pick: Picked) {
         self.lock_conv_picks().insert(key, pick);
         self.bump_generation();
     }
 
     /// Every pick of [`ConvImpl::Timed`] so far.
-    pub(crate) fn conv_picks_snapshot(
-        &self,
-    ) -> Vec<(
-        crate::ops::conv_route::PickKey,
-        crate::ops::conv_route::Picked,
-    )> {
+    pub(crate) fn conv_picks_snapshot(&self) -> Vec<(PickKey, Picked)> {
         self.lock_conv_picks()
             .iter()
             .map(|(k, v)| (*k, v.clone()))

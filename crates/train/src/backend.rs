@@ -340,16 +340,8 @@ pub fn draw_samples(draws: &[Draw], stats: &Stats) -> Vec<AugmentSample> {
         .iter()
         .enumerate()
         .map(|(i, d)| {
-            let (ox, oy) = (d.patch.left as u32, d.patch.top as u32);
-            AugmentSample {
-                ox,
-                oy,
-                mox: ox,
-                moy: oy,
-                flip: d.patch.flip as u32,
-                delta: pca_delta(&stats.eigvec, &stats.eigval, &d.alpha),
-                src: i as u32,
-            }
+            let delta = pca_delta(&stats.eigvec, &stats.eigval, &d.alpha);
+            patch_sample(&d.patch, delta, i)
         })
         .collect()
 }
@@ -358,21 +350,23 @@ pub fn draw_samples(draws: &[Draw], stats: &Stats) -> Vec<AugmentSample> {
 /// ... (the row order of [`alexnet_data::eval_batch`]), no lighting.
 pub fn view_samples(records: usize, patches: &[Patch]) -> Vec<AugmentSample> {
     (0..records)
-        .flat_map(|r| {
-            patches.iter().map(move |p| {
-                let (ox, oy) = (p.left as u32, p.top as u32);
-                AugmentSample {
-                    ox,
-                    oy,
-                    mox: ox,
-                    moy: oy,
-                    flip: p.flip as u32,
-                    delta: [0.0; 3],
-                    src: r as u32,
-                }
-            })
-        })
+        .flat_map(|r| patches.iter().map(move |p| patch_sample(p, [0.0; 3], r)))
         .collect()
+}
+
+/// The sample cropping `patch` of staged image `src` (the mean image cropped at the same
+/// place, as the CPU loader subtracts it), with lighting `delta`.
+fn patch_sample(patch: &Patch, delta: [f32; 3], src: usize) -> AugmentSample {
+    let (ox, oy) = (patch.left as u32, patch.top as u32);
+    AugmentSample {
+        ox,
+        oy,
+        mox: ox,
+        moy: oy,
+        flip: patch.flip as u32,
+        delta,
+        src: src as u32,
+    }
 }
 
 /// The raw-batch (device augmentation) entry points called on the CPU backend: a caller bug

@@ -212,6 +212,39 @@ fn rate(n: usize, t: Instant) -> f64 {
     n as f64 / t.elapsed().as_secs_f64().max(1e-9)
 }
 
+/// The loader's img/s (per core, all threads): one epoch on all threads (its producer thread
+/// and rayon's pool), and up to 20 batches built on `one` thread. A raw batch's record buffer
+/// is handed back, as the trainer hands it back once the upload is staged.
+fn loader_rates(
+    ds: &Arc<Dataset>,
+    cfg: &LoaderConfig,
+    one: &rayon::ThreadPool,
+) -> anyhow::Result<(f64, f64)> {
+    let give = |recycler: &Recycler, b: Batch| {
+        let n = b.labels.len();
+        if let Pixels::U8 { records, .. } = b.pixels {
+            recycler.give(records);
+        }
+        n
+    };
+    let t = Instant::now();
+    let loader = TrainLoader::new(ds.clone(), cfg.clone(), 0, 0)?;
+    let recycler = loader.recycler();
+    let n: usize = loader.map(|b| give(&recycler, b)).sum();
+    let all = rate(n, t);
+    let t = Instant::now();
+    let mut n1 = 0;
+    let recycler = Recycler::default();
+    one.install(|| -> anyhow::Result<()> {
+        for b in 0..crate::loader::batches_per_epoch(n, cfg.batch_size, true).min(20) {
+            let batch = crate::loader::train_batch_recycled(ds, cfg, (1, b), &recycler)?;
+            n1 += give(&recycler, batch);
+        }
+        Ok(())
+    })?;
+    Ok((rate(n1, t), all))
+}
+
 /// Measures ingestion (decode + resize + crop) per core and on all cores, and the loader.
 pub fn run_bench_data(args: &BenchDataArgs) -> anyhow::Result<()> {
     let root = match &args.dir {
@@ -283,60 +316,24 @@ pub fn run_bench_data(args: &BenchDataArgs) -> anyhow::Result<()> {
                 crop: args.crop,
                 ..LoaderConfig::default()
             };
-            let t = Instant::now();
-            let n: usize = TrainLoader::new(ds.clone(), cfg.clone(), 0, 0)?
-                .map(|b| b.labels.len())
-                .sum();
-            let all = rate(n, t);
-            let t = Instant::now();
-            let mut n1 = 0;
-            one.install(|| -> anyhow::Result<()> {
-                for b in 0..crate::loader::batches_per_epoch(n, cfg.batch_size, true).min(20) {
-                    n1 += crate::loader::train_batch(&ds, &cfg, 1, b)?.labels.len();
-                }
-                Ok(())
-            })?;
+            let (per_core, all) = loader_rates(&ds, &cfg, &one)?;
             println!(
                 "loader (crop {c} of {}, flip, PCA, mean-subtract, f32 NCHW, batch {}): \
-                 {:.0} img/s per core, {all:.0} img/s on {} threads",
+                 {per_core:.0} img/s per core, {all:.0} img/s on {} threads",
                 ds.image_size(),
                 cfg.batch_size,
-                rate(n1, t),
                 rayon::current_num_threads(),
                 c = cfg.crop,
             );
             // What a device that augments itself takes (the CUDA trainer): the stored records
             // gathered into one batch, and each sample's draws.
-            // Each batch's buffer goes back to the loader, as the trainer hands it back.
             let raw = LoaderConfig { raw: true, ..cfg };
-            let give = |recycler: &Recycler, b: Batch| {
-                let n = b.labels.len();
-                if let Pixels::U8 { records, .. } = b.pixels {
-                    recycler.give(records);
-                }
-                n
-            };
-            let t = Instant::now();
-            let loader = TrainLoader::new(ds.clone(), raw.clone(), 0, 0)?;
-            let recycler = loader.recycler();
-            let n: usize = loader.map(|b| give(&recycler, b)).sum();
-            let all = rate(n, t);
-            let t = Instant::now();
-            let mut n1 = 0;
-            let recycler = Recycler::default();
-            one.install(|| -> anyhow::Result<()> {
-                for b in 0..crate::loader::batches_per_epoch(n, raw.batch_size, true).min(20) {
-                    let batch = crate::loader::train_batch_recycled(&ds, &raw, (1, b), &recycler)?;
-                    n1 += give(&recycler, batch);
-                }
-                Ok(())
-            })?;
+            let (per_core, all) = loader_rates(&ds, &raw, &one)?;
             let s = ds.image_size();
             println!(
                 "loader, raw (u8 {s}x{s} records gathered + draws, for a device that augments, \
-                 batch {}): {:.0} img/s per core, {all:.0} img/s on {} threads",
+                 batch {}): {per_core:.0} img/s per core, {all:.0} img/s on {} threads",
                 raw.batch_size,
-                rate(n1, t),
                 rayon::current_num_threads(),
             );
         }
